@@ -1,0 +1,578 @@
+//! The messages two peers exchange, and their encoding.
+//!
+//! The control stream (one bidirectional stream per connection, opened by the client) carries
+//! the handshake, the streaming manifest (`Entry`), the receiver's answers (`Need`, `Installed`,
+//! `Failed`) and the end of the session. Data streams (unidirectional, client to server) carry
+//! only `Chunk` messages, many files' chunks one after another, so small files never cost a
+//! stream or a round trip each.
+//!
+//! Decoding is total: any byte string yields a message or a [`DecodeError`], never a panic, and
+//! every declared length is checked against [`Limits`] before it is used.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::Limits;
+use crate::frame::{Frame, HEADER_LEN, header};
+
+/// A BLAKE3 hash or chaining value.
+pub type Hash = [u8; 32];
+
+/// File kinds a manifest can carry. Device nodes, FIFOs and sockets are never sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link, copied as a link and never followed.
+    Symlink,
+}
+
+/// Metadata carried for every entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Meta {
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Modification time, seconds since the epoch.
+    pub mtime_sec: i64,
+    /// Nanoseconds part of the modification time.
+    pub mtime_nsec: u32,
+}
+
+/// Client's first message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// Protocol version the client speaks.
+    pub version: u16,
+    /// The secret that proves the client may write under the receiver's root.
+    pub token: Bytes,
+    /// Destination path relative to the receiver's root (`/`-separated bytes; may be empty).
+    pub dest: Bytes,
+    /// Chunk size the client will use; a power of two within the limits.
+    pub chunk_size: u32,
+}
+
+/// Server's answer to an accepted hello.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Welcome {
+    /// Protocol version the server speaks.
+    pub version: u16,
+    /// An id for this session, for logs on both sides.
+    pub session: u64,
+}
+
+/// Why a hello was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefuseReason {
+    /// The token is not one the receiver accepts.
+    BadToken,
+    /// The protocol versions differ.
+    BadVersion,
+    /// The destination path is not acceptable.
+    BadPath,
+    /// The chunk size is not acceptable.
+    BadChunkSize,
+    /// Anything else; the text says what.
+    Other,
+}
+
+/// Server's answer to a refused hello.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// The category.
+    pub reason: RefuseReason,
+    /// What to tell the operator.
+    pub message: String,
+}
+
+/// One entry of the streaming manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Client-chosen id, strictly increasing within a session.
+    pub id: u64,
+    /// What the entry is.
+    pub kind: EntryKind,
+    /// Path relative to the destination, `/`-separated bytes; empty for the destination itself.
+    pub path: Bytes,
+    /// Size in bytes (files only).
+    pub size: u64,
+    /// Permission bits and mtime.
+    pub meta: Meta,
+    /// Link target (symlinks only), as raw bytes.
+    pub link_target: Bytes,
+}
+
+/// Which chunks of a file the receiver wants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Need {
+    /// The entry id.
+    pub id: u64,
+    /// Half-open chunk index ranges `(start, count)`; empty means nothing is needed.
+    pub ranges: Vec<(u64, u64)>,
+}
+
+/// The client's whole-file hash, sent after the last chunk of a multi-chunk file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileDone {
+    /// The entry id.
+    pub id: u64,
+    /// BLAKE3 hash of the whole file (what `b3sum` prints).
+    pub hash: Hash,
+}
+
+/// The client could not read a file it announced; the receiver drops what it has of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceFailed {
+    /// The entry id.
+    pub id: u64,
+    /// Why, for the receiver's log.
+    pub message: String,
+}
+
+/// The receiver installed an entry under its final name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Installed {
+    /// The entry id.
+    pub id: u64,
+    /// The hash the receiver verified (files), or zeros.
+    pub hash: Hash,
+    /// Payload bytes the receiver wrote for it.
+    pub bytes_written: u64,
+}
+
+/// The receiver could not install an entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failed {
+    /// The entry id.
+    pub id: u64,
+    /// What went wrong, for the operator.
+    pub message: String,
+    /// True when the failure is the target running out of space.
+    pub no_space: bool,
+}
+
+/// End of the session, sent by the server once every entry is resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finished {
+    /// Entries installed.
+    pub installed: u64,
+    /// Entries that failed.
+    pub failed: u64,
+}
+
+/// One chunk of file data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    /// The entry id.
+    pub id: u64,
+    /// Chunk index within the file.
+    pub index: u64,
+    /// The chunk's BLAKE3 chaining value (or the file hash if the file has one chunk).
+    pub hash: Hash,
+    /// True when the chunk is all zeros and `data` is empty (a hole in a sparse file).
+    pub zero: bool,
+    /// The chunk's bytes (empty when `zero`).
+    pub data: Bytes,
+}
+
+/// A fatal error: the sender closes the session after this.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Abort {
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Every message of the protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// See [`Hello`].
+    Hello(Hello),
+    /// See [`Welcome`].
+    Welcome(Welcome),
+    /// See [`Refused`].
+    Refused(Refused),
+    /// See [`Entry`].
+    Entry(Entry),
+    /// The client has announced every entry.
+    EndOfEntries,
+    /// See [`Need`].
+    Need(Need),
+    /// See [`FileDone`].
+    FileDone(FileDone),
+    /// See [`SourceFailed`].
+    SourceFailed(SourceFailed),
+    /// See [`Installed`].
+    Installed(Installed),
+    /// See [`Failed`].
+    Failed(Failed),
+    /// See [`Finished`].
+    Finished(Finished),
+    /// See [`Chunk`].
+    Chunk(Chunk),
+    /// See [`Abort`].
+    Abort(Abort),
+}
+
+/// A frame that does not decode to a valid message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Unknown message type byte.
+    #[error("unknown message type {0}")]
+    UnknownType(u8),
+    /// The body ended before a field.
+    #[error("message truncated while reading {field}")]
+    Truncated {
+        /// The field being read.
+        field: &'static str,
+    },
+    /// Bytes left after the last field.
+    #[error("{0} unexpected trailing bytes")]
+    Trailing(usize),
+    /// A declared length is over its limit.
+    #[error("{field} of {declared} bytes exceeds the limit of {limit}")]
+    TooLong {
+        /// The field.
+        field: &'static str,
+        /// What the peer declared.
+        declared: u64,
+        /// What we accept.
+        limit: u64,
+    },
+    /// A field holds a value outside its domain.
+    #[error("invalid {field}: {value}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// The offending value.
+        value: u64,
+    },
+}
+
+mod kind {
+    pub(super) const HELLO: u8 = 1;
+    pub(super) const WELCOME: u8 = 2;
+    pub(super) const REFUSED: u8 = 3;
+    pub(super) const ENTRY: u8 = 4;
+    pub(super) const END_OF_ENTRIES: u8 = 5;
+    pub(super) const NEED: u8 = 6;
+    pub(super) const FILE_DONE: u8 = 7;
+    pub(super) const SOURCE_FAILED: u8 = 8;
+    pub(super) const INSTALLED: u8 = 9;
+    pub(super) const FAILED: u8 = 10;
+    pub(super) const FINISHED: u8 = 11;
+    pub(super) const CHUNK: u8 = 12;
+    pub(super) const ABORT: u8 = 13;
+}
+
+impl Message {
+    /// Encodes the message as one whole frame.
+    pub fn encode(&self) -> Bytes {
+        let (head, payload) = self.encode_parts();
+        if payload.is_empty() {
+            return head;
+        }
+        let mut all = BytesMut::with_capacity(head.len() + payload.len());
+        all.extend_from_slice(&head);
+        all.extend_from_slice(&payload);
+        all.freeze()
+    }
+
+    /// Encodes the message as a frame header plus fields, and a payload that follows them
+    /// unchanged. Only chunks have a payload; sending the two parts separately avoids copying
+    /// chunk data.
+    pub fn encode_parts(&self) -> (Bytes, Bytes) {
+        let mut body = BytesMut::with_capacity(64);
+        let mut payload = Bytes::new();
+        let kind = match self {
+            Message::Hello(m) => {
+                body.put_u16(m.version);
+                put_bytes(&mut body, &m.token);
+                put_bytes(&mut body, &m.dest);
+                body.put_u32(m.chunk_size);
+                kind::HELLO
+            }
+            Message::Welcome(m) => {
+                body.put_u16(m.version);
+                body.put_u64(m.session);
+                kind::WELCOME
+            }
+            Message::Refused(m) => {
+                body.put_u8(refuse_code(m.reason));
+                put_bytes(&mut body, m.message.as_bytes());
+                kind::REFUSED
+            }
+            Message::Entry(m) => {
+                body.put_u64(m.id);
+                body.put_u8(match m.kind {
+                    EntryKind::File => 0,
+                    EntryKind::Dir => 1,
+                    EntryKind::Symlink => 2,
+                });
+                put_bytes(&mut body, &m.path);
+                body.put_u64(m.size);
+                body.put_u32(m.meta.mode);
+                body.put_i64(m.meta.mtime_sec);
+                body.put_u32(m.meta.mtime_nsec);
+                put_bytes(&mut body, &m.link_target);
+                kind::ENTRY
+            }
+            Message::EndOfEntries => kind::END_OF_ENTRIES,
+            Message::Need(m) => {
+                body.put_u64(m.id);
+                body.put_u32(m.ranges.len() as u32);
+                for (start, count) in &m.ranges {
+                    body.put_u64(*start);
+                    body.put_u64(*count);
+                }
+                kind::NEED
+            }
+            Message::FileDone(m) => {
+                body.put_u64(m.id);
+                body.put_slice(&m.hash);
+                kind::FILE_DONE
+            }
+            Message::SourceFailed(m) => {
+                body.put_u64(m.id);
+                put_bytes(&mut body, m.message.as_bytes());
+                kind::SOURCE_FAILED
+            }
+            Message::Installed(m) => {
+                body.put_u64(m.id);
+                body.put_slice(&m.hash);
+                body.put_u64(m.bytes_written);
+                kind::INSTALLED
+            }
+            Message::Failed(m) => {
+                body.put_u64(m.id);
+                put_bytes(&mut body, m.message.as_bytes());
+                body.put_u8(u8::from(m.no_space));
+                kind::FAILED
+            }
+            Message::Finished(m) => {
+                body.put_u64(m.installed);
+                body.put_u64(m.failed);
+                kind::FINISHED
+            }
+            Message::Chunk(m) => {
+                body.put_u64(m.id);
+                body.put_u64(m.index);
+                body.put_slice(&m.hash);
+                body.put_u8(u8::from(m.zero));
+                body.put_u32(m.data.len() as u32);
+                payload = m.data.clone();
+                kind::CHUNK
+            }
+            Message::Abort(m) => {
+                put_bytes(&mut body, m.message.as_bytes());
+                kind::ABORT
+            }
+        };
+        let mut head = BytesMut::with_capacity(HEADER_LEN + body.len());
+        head.put_slice(&header(kind, body.len() + payload.len()));
+        head.put_slice(&body);
+        (head.freeze(), payload)
+    }
+
+    /// Decodes one frame, checking every declared length against `limits`.
+    pub fn decode(frame: Frame, limits: &Limits) -> Result<Message, DecodeError> {
+        let mut r = Reader { buf: frame.body };
+        let msg = match frame.kind {
+            kind::HELLO => Message::Hello(Hello {
+                version: r.u16("version")?,
+                token: r.bytes("token", limits.max_token)?,
+                dest: r.bytes("dest", limits.max_path)?,
+                chunk_size: r.u32("chunk_size")?,
+            }),
+            kind::WELCOME => Message::Welcome(Welcome {
+                version: r.u16("version")?,
+                session: r.u64("session")?,
+            }),
+            kind::REFUSED => Message::Refused(Refused {
+                reason: match r.u8("reason")? {
+                    1 => RefuseReason::BadToken,
+                    2 => RefuseReason::BadVersion,
+                    3 => RefuseReason::BadPath,
+                    4 => RefuseReason::BadChunkSize,
+                    _ => RefuseReason::Other,
+                },
+                message: r.text("message", limits.max_text)?,
+            }),
+            kind::ENTRY => Message::Entry(Entry {
+                id: r.u64("id")?,
+                kind: match r.u8("kind")? {
+                    0 => EntryKind::File,
+                    1 => EntryKind::Dir,
+                    2 => EntryKind::Symlink,
+                    other => {
+                        return Err(DecodeError::Invalid { field: "kind", value: other.into() });
+                    }
+                },
+                path: r.bytes("path", limits.max_path)?,
+                size: r.u64("size")?,
+                meta: Meta {
+                    mode: r.u32("mode")?,
+                    mtime_sec: r.i64("mtime_sec")?,
+                    mtime_nsec: {
+                        let nsec = r.u32("mtime_nsec")?;
+                        if nsec >= 1_000_000_000 {
+                            return Err(DecodeError::Invalid {
+                                field: "mtime_nsec",
+                                value: nsec.into(),
+                            });
+                        }
+                        nsec
+                    },
+                },
+                link_target: r.bytes("link_target", limits.max_path)?,
+            }),
+            kind::END_OF_ENTRIES => Message::EndOfEntries,
+            kind::NEED => {
+                let id = r.u64("id")?;
+                let count = r.u32("range count")?;
+                if count > limits.max_ranges {
+                    return Err(DecodeError::TooLong {
+                        field: "range count",
+                        declared: count.into(),
+                        limit: limits.max_ranges.into(),
+                    });
+                }
+                // Each range is 16 bytes: check before allocating for them.
+                if r.buf.remaining() < count as usize * 16 {
+                    return Err(DecodeError::Truncated { field: "ranges" });
+                }
+                let mut ranges = Vec::with_capacity(count as usize);
+                for _ in 0..count {
+                    ranges.push((r.u64("range start")?, r.u64("range count")?));
+                }
+                Message::Need(Need { id, ranges })
+            }
+            kind::FILE_DONE => Message::FileDone(FileDone { id: r.u64("id")?, hash: r.hash()? }),
+            kind::SOURCE_FAILED => Message::SourceFailed(SourceFailed {
+                id: r.u64("id")?,
+                message: r.text("message", limits.max_text)?,
+            }),
+            kind::INSTALLED => Message::Installed(Installed {
+                id: r.u64("id")?,
+                hash: r.hash()?,
+                bytes_written: r.u64("bytes_written")?,
+            }),
+            kind::FAILED => Message::Failed(Failed {
+                id: r.u64("id")?,
+                message: r.text("message", limits.max_text)?,
+                no_space: r.u8("no_space")? != 0,
+            }),
+            kind::FINISHED => Message::Finished(Finished {
+                installed: r.u64("installed")?,
+                failed: r.u64("failed")?,
+            }),
+            kind::CHUNK => {
+                let id = r.u64("id")?;
+                let index = r.u64("index")?;
+                let hash = r.hash()?;
+                let zero = match r.u8("zero")? {
+                    0 => false,
+                    1 => true,
+                    other => {
+                        return Err(DecodeError::Invalid { field: "zero", value: other.into() });
+                    }
+                };
+                let data = r.bytes("data", limits.max_chunk)?;
+                if zero && !data.is_empty() {
+                    return Err(DecodeError::Invalid {
+                        field: "zero chunk length",
+                        value: data.len() as u64,
+                    });
+                }
+                Message::Chunk(Chunk { id, index, hash, zero, data })
+            }
+            kind::ABORT => Message::Abort(Abort { message: r.text("message", limits.max_text)? }),
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        if r.buf.has_remaining() {
+            return Err(DecodeError::Trailing(r.buf.remaining()));
+        }
+        Ok(msg)
+    }
+
+    /// A short name for logs and error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "Hello",
+            Message::Welcome(_) => "Welcome",
+            Message::Refused(_) => "Refused",
+            Message::Entry(_) => "Entry",
+            Message::EndOfEntries => "EndOfEntries",
+            Message::Need(_) => "Need",
+            Message::FileDone(_) => "FileDone",
+            Message::SourceFailed(_) => "SourceFailed",
+            Message::Installed(_) => "Installed",
+            Message::Failed(_) => "Failed",
+            Message::Finished(_) => "Finished",
+            Message::Chunk(_) => "Chunk",
+            Message::Abort(_) => "Abort",
+        }
+    }
+}
+
+fn refuse_code(reason: RefuseReason) -> u8 {
+    match reason {
+        RefuseReason::BadToken => 1,
+        RefuseReason::BadVersion => 2,
+        RefuseReason::BadPath => 3,
+        RefuseReason::BadChunkSize => 4,
+        RefuseReason::Other => 0,
+    }
+}
+
+fn put_bytes(buf: &mut BytesMut, bytes: &[u8]) {
+    buf.put_u32(bytes.len() as u32);
+    buf.put_slice(bytes);
+}
+
+struct Reader {
+    buf: Bytes,
+}
+
+impl Reader {
+    fn need(&self, n: usize, field: &'static str) -> Result<(), DecodeError> {
+        if self.buf.remaining() < n { Err(DecodeError::Truncated { field }) } else { Ok(()) }
+    }
+    fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
+        self.need(1, field)?;
+        Ok(self.buf.get_u8())
+    }
+    fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
+        self.need(2, field)?;
+        Ok(self.buf.get_u16())
+    }
+    fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
+        self.need(4, field)?;
+        Ok(self.buf.get_u32())
+    }
+    fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+        self.need(8, field)?;
+        Ok(self.buf.get_u64())
+    }
+    fn i64(&mut self, field: &'static str) -> Result<i64, DecodeError> {
+        self.need(8, field)?;
+        Ok(self.buf.get_i64())
+    }
+    fn hash(&mut self) -> Result<Hash, DecodeError> {
+        self.need(32, "hash")?;
+        let mut hash = [0u8; 32];
+        self.buf.copy_to_slice(&mut hash);
+        Ok(hash)
+    }
+    fn bytes(&mut self, field: &'static str, limit: u32) -> Result<Bytes, DecodeError> {
+        let len = self.u32(field)?;
+        if len > limit {
+            return Err(DecodeError::TooLong { field, declared: len.into(), limit: limit.into() });
+        }
+        self.need(len as usize, field)?;
+        Ok(self.buf.split_to(len as usize))
+    }
+    fn text(&mut self, field: &'static str, limit: u32) -> Result<String, DecodeError> {
+        let bytes = self.bytes(field, limit)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+}

@@ -1,0 +1,509 @@
+//! Control-stream state machines.
+//!
+//! [`ServerSession`] and [`ClientSession`] hold no I/O: the engine feeds them every decoded
+//! control message (and every chunk header, on the server) and they answer whether it is legal
+//! now. A peer that sends a message out of order, reuses an id, names an entry it never
+//! announced, or sends a chunk that does not fit the file it claims to belong to gets a
+//! [`ProtocolError`] and the connection is closed. That keeps the checks in one testable place
+//! instead of scattered through the async code.
+
+use std::collections::BTreeMap;
+
+use crate::{
+    ChunkLayout, Chunk, Entry, EntryKind, Hello, Limits, Message, PROTOCOL_VERSION,
+    RefuseReason, Refused, Welcome,
+};
+
+/// A peer broke the protocol.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// A message arrived that is not legal in the current state.
+    #[error("unexpected {message} while {state}")]
+    Unexpected {
+        /// The message name.
+        message: &'static str,
+        /// What the session was doing.
+        state: &'static str,
+    },
+    /// An entry id did not increase.
+    #[error("entry id {id} is not greater than the previous id {previous}")]
+    IdNotIncreasing {
+        /// The id received.
+        id: u64,
+        /// The last id seen.
+        previous: u64,
+    },
+    /// A message named an entry that is not outstanding.
+    #[error("{message} names unknown entry {id}")]
+    UnknownEntry {
+        /// The message name.
+        message: &'static str,
+        /// The id.
+        id: u64,
+    },
+    /// Too many entries announced and not resolved.
+    #[error("more than {limit} entries outstanding")]
+    TooManyOutstanding {
+        /// The limit.
+        limit: u32,
+    },
+    /// A chunk does not fit the file it names.
+    #[error("chunk {index} of entry {id} is invalid: {why}")]
+    BadChunk {
+        /// The entry id.
+        id: u64,
+        /// The chunk index.
+        index: u64,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ServerState {
+    AwaitHello,
+    AwaitDecision,
+    Active,
+    Draining,
+    Finished,
+    Refused,
+}
+
+impl ServerState {
+    fn describe(self) -> &'static str {
+        match self {
+            ServerState::AwaitHello => "awaiting hello",
+            ServerState::AwaitDecision => "deciding on hello",
+            ServerState::Active => "receiving entries",
+            ServerState::Draining => "finishing entries",
+            ServerState::Finished => "finished",
+            ServerState::Refused => "refused",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Outstanding {
+    kind: EntryKind,
+    layout: ChunkLayout,
+}
+
+/// The receiver's view of one session.
+#[derive(Debug)]
+pub struct ServerSession {
+    state: ServerState,
+    limits: Limits,
+    chunk_size: u32,
+    last_id: Option<u64>,
+    outstanding: BTreeMap<u64, Outstanding>,
+}
+
+/// What the server learned from a control message.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use]
+pub enum ServerEvent {
+    /// A well-formed hello: the engine checks the token and path, then calls
+    /// [`ServerSession::accept`] or [`ServerSession::refuse`].
+    Hello(Hello),
+    /// A new entry to create or receive.
+    Entry(Entry),
+    /// The client's whole-file hash.
+    FileDone {
+        /// The entry id.
+        id: u64,
+        /// The hash.
+        hash: crate::Hash,
+    },
+    /// The client gave up on a file.
+    SourceFailed {
+        /// The entry id.
+        id: u64,
+        /// Why.
+        message: String,
+    },
+    /// No more entries will come.
+    EndOfEntries,
+    /// The client aborted.
+    Abort(String),
+}
+
+impl ServerSession {
+    /// A session awaiting its hello.
+    pub fn new(limits: Limits) -> Self {
+        ServerSession {
+            state: ServerState::AwaitHello,
+            limits,
+            chunk_size: crate::DEFAULT_CHUNK_SIZE,
+            last_id: None,
+            outstanding: BTreeMap::new(),
+        }
+    }
+
+    /// The limits in force (the frame limit follows the negotiated chunk size).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The negotiated chunk size.
+    pub fn chunk_size(&self) -> u32 {
+        self.chunk_size
+    }
+
+    /// Feeds one control message from the client.
+    pub fn handle(&mut self, msg: Message) -> Result<ServerEvent, ProtocolError> {
+        let unexpected = |state: ServerState, msg: &Message| ProtocolError::Unexpected {
+            message: msg.name(),
+            state: state.describe(),
+        };
+        match (self.state, msg) {
+            (ServerState::AwaitHello, Message::Hello(hello)) => {
+                self.state = ServerState::AwaitDecision;
+                Ok(ServerEvent::Hello(hello))
+            }
+            (ServerState::Active, Message::Entry(entry)) => {
+                if let Some(previous) = self.last_id
+                    && entry.id <= previous
+                {
+                    return Err(ProtocolError::IdNotIncreasing { id: entry.id, previous });
+                }
+                if self.outstanding.len() >= self.limits.max_outstanding as usize {
+                    return Err(ProtocolError::TooManyOutstanding {
+                        limit: self.limits.max_outstanding,
+                    });
+                }
+                self.last_id = Some(entry.id);
+                let size = if entry.kind == EntryKind::File { entry.size } else { 0 };
+                self.outstanding.insert(
+                    entry.id,
+                    Outstanding { kind: entry.kind, layout: ChunkLayout::new(size, self.chunk_size) },
+                );
+                Ok(ServerEvent::Entry(entry))
+            }
+            (ServerState::Active | ServerState::Draining, Message::FileDone(done)) => {
+                self.expect_file(done.id, "FileDone")?;
+                Ok(ServerEvent::FileDone { id: done.id, hash: done.hash })
+            }
+            (ServerState::Active | ServerState::Draining, Message::SourceFailed(failed)) => {
+                self.expect_file(failed.id, "SourceFailed")?;
+                Ok(ServerEvent::SourceFailed { id: failed.id, message: failed.message })
+            }
+            (ServerState::Active, Message::EndOfEntries) => {
+                self.state = ServerState::Draining;
+                Ok(ServerEvent::EndOfEntries)
+            }
+            (_, Message::Abort(abort)) => {
+                self.state = ServerState::Finished;
+                Ok(ServerEvent::Abort(abort.message))
+            }
+            (state, msg) => Err(unexpected(state, &msg)),
+        }
+    }
+
+    fn expect_file(&self, id: u64, message: &'static str) -> Result<ChunkLayout, ProtocolError> {
+        match self.outstanding.get(&id) {
+            Some(o) if o.kind == EntryKind::File => Ok(o.layout),
+            _ => Err(ProtocolError::UnknownEntry { message, id }),
+        }
+    }
+
+    /// Checks the hello's version and chunk size; `Err` carries the refusal to send.
+    pub fn check_hello(&self, hello: &Hello) -> Result<(), Refused> {
+        if hello.version != PROTOCOL_VERSION {
+            return Err(Refused {
+                reason: RefuseReason::BadVersion,
+                message: format!(
+                    "client speaks protocol version {}, this receiver speaks {}; run the same haul \
+                     release on both hosts",
+                    hello.version, PROTOCOL_VERSION
+                ),
+            });
+        }
+        let cs = hello.chunk_size;
+        if !cs.is_power_of_two() || cs < self.limits.min_chunk || cs > self.limits.max_chunk {
+            return Err(Refused {
+                reason: RefuseReason::BadChunkSize,
+                message: format!(
+                    "chunk size {cs} is not a power of two between {} and {}",
+                    self.limits.min_chunk, self.limits.max_chunk
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Accepts the hello: returns the `Welcome` to send.
+    pub fn accept(&mut self, hello: &Hello, session: u64) -> Message {
+        self.chunk_size = hello.chunk_size;
+        self.limits.max_frame = hello.chunk_size.saturating_add(4096);
+        self.limits.max_chunk = hello.chunk_size;
+        self.state = ServerState::Active;
+        Message::Welcome(Welcome { version: PROTOCOL_VERSION, session })
+    }
+
+    /// Refuses the hello: returns the `Refused` to send. The session accepts nothing more.
+    pub fn refuse(&mut self, refused: Refused) -> Message {
+        self.state = ServerState::Refused;
+        Message::Refused(refused)
+    }
+
+    /// True once the hello was accepted and the session has not ended.
+    pub fn is_active(&self) -> bool {
+        matches!(self.state, ServerState::Active | ServerState::Draining)
+    }
+
+    /// Checks a chunk from a data stream against the entry it names; returns the file layout.
+    pub fn check_chunk(&self, chunk: &Chunk) -> Result<ChunkLayout, ProtocolError> {
+        if !self.is_active() {
+            return Err(ProtocolError::Unexpected {
+                message: "Chunk",
+                state: self.state.describe(),
+            });
+        }
+        let layout = self.expect_file(chunk.id, "Chunk")?;
+        let bad = |why| ProtocolError::BadChunk { id: chunk.id, index: chunk.index, why };
+        let Some(len) = layout.len(chunk.index) else {
+            return Err(bad("index past the end of the file"));
+        };
+        if !chunk.zero && chunk.data.len() != len as usize {
+            return Err(bad("length differs from the announced file size"));
+        }
+        Ok(layout)
+    }
+
+    /// The server resolved an entry (installed or failed). Returns true if that was the last
+    /// outstanding entry after `EndOfEntries`: the session is then finished.
+    pub fn resolve(&mut self, id: u64) -> bool {
+        self.outstanding.remove(&id);
+        if self.state == ServerState::Draining && self.outstanding.is_empty() {
+            self.state = ServerState::Finished;
+            return true;
+        }
+        false
+    }
+
+    /// Entries announced and not yet resolved.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientState {
+    AwaitWelcome,
+    Active,
+    Draining,
+    Finished,
+}
+
+/// The sender's view of one session.
+#[derive(Debug)]
+pub struct ClientSession {
+    state: ClientState,
+    outstanding: BTreeMap<u64, EntryKind>,
+    next_id: u64,
+}
+
+impl Default for ClientSession {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ClientSession {
+    /// A session that has sent its hello.
+    pub fn new() -> Self {
+        ClientSession { state: ClientState::AwaitWelcome, outstanding: BTreeMap::new(), next_id: 1 }
+    }
+
+    /// Feeds the server's answer to the hello. `Ok(Ok(welcome))` on acceptance,
+    /// `Ok(Err(refused))` on refusal.
+    pub fn handle_answer(&mut self, msg: Message) -> Result<Result<Welcome, Refused>, ProtocolError> {
+        match (self.state, msg) {
+            (ClientState::AwaitWelcome, Message::Welcome(w)) => {
+                self.state = ClientState::Active;
+                Ok(Ok(w))
+            }
+            (ClientState::AwaitWelcome, Message::Refused(r)) => {
+                self.state = ClientState::Finished;
+                Ok(Err(r))
+            }
+            (_, msg) => Err(ProtocolError::Unexpected {
+                message: msg.name(),
+                state: "awaiting welcome",
+            }),
+        }
+    }
+
+    /// Assigns the next entry id and records the entry as outstanding.
+    pub fn announce(&mut self, kind: EntryKind) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.outstanding.insert(id, kind);
+        id
+    }
+
+    /// Records that every entry has been announced.
+    pub fn end_of_entries(&mut self) {
+        self.state = ClientState::Draining;
+    }
+
+    /// Checks a control message from the server. `Need`, `Installed` and `Failed` must name an
+    /// outstanding entry; `Installed` and `Failed` resolve it. `Finished` is legal only once
+    /// every entry is resolved.
+    pub fn handle(&mut self, msg: &Message) -> Result<(), ProtocolError> {
+        let known = |outstanding: &BTreeMap<u64, EntryKind>, id, message| {
+            if outstanding.contains_key(&id) {
+                Ok(())
+            } else {
+                Err(ProtocolError::UnknownEntry { message, id })
+            }
+        };
+        match (self.state, msg) {
+            (ClientState::Active | ClientState::Draining, Message::Need(n)) => {
+                known(&self.outstanding, n.id, "Need")
+            }
+            (ClientState::Active | ClientState::Draining, Message::Installed(i)) => {
+                known(&self.outstanding, i.id, "Installed")?;
+                self.outstanding.remove(&i.id);
+                Ok(())
+            }
+            (ClientState::Active | ClientState::Draining, Message::Failed(f)) => {
+                known(&self.outstanding, f.id, "Failed")?;
+                self.outstanding.remove(&f.id);
+                Ok(())
+            }
+            (ClientState::Draining, Message::Finished(_)) if self.outstanding.is_empty() => {
+                self.state = ClientState::Finished;
+                Ok(())
+            }
+            (_, Message::Abort(_)) => {
+                self.state = ClientState::Finished;
+                Ok(())
+            }
+            (state, msg) => Err(ProtocolError::Unexpected {
+                message: msg.name(),
+                state: match state {
+                    ClientState::AwaitWelcome => "awaiting welcome",
+                    ClientState::Active => "sending entries",
+                    ClientState::Draining => "awaiting the last results",
+                    ClientState::Finished => "finished",
+                },
+            }),
+        }
+    }
+
+    /// Entries announced and not yet resolved.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// True once `Finished` (or `Abort`) arrived.
+    pub fn is_finished(&self) -> bool {
+        self.state == ClientState::Finished
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Abort, FileDone, Meta};
+    use bytes::Bytes;
+
+    fn hello() -> Hello {
+        Hello {
+            version: PROTOCOL_VERSION,
+            token: Bytes::from_static(b"t"),
+            dest: Bytes::new(),
+            chunk_size: 1 << 20,
+        }
+    }
+
+    fn entry(id: u64, size: u64) -> Message {
+        Message::Entry(Entry {
+            id,
+            kind: EntryKind::File,
+            path: Bytes::from(format!("f{id}")),
+            size,
+            meta: Meta::default(),
+            link_target: Bytes::new(),
+        })
+    }
+
+    fn active() -> ServerSession {
+        let mut s = ServerSession::new(Limits::default());
+        let ServerEvent::Hello(h) = s.handle(Message::Hello(hello())).unwrap() else { panic!() };
+        assert!(s.check_hello(&h).is_ok());
+        let _ = s.accept(&h, 1);
+        s
+    }
+
+    #[test]
+    fn entries_before_hello_are_refused() {
+        let mut s = ServerSession::new(Limits::default());
+        assert!(s.handle(entry(1, 0)).is_err());
+    }
+
+    #[test]
+    fn ids_must_increase_and_chunks_must_fit() {
+        let mut s = active();
+        let _ = s.handle(entry(5, (1 << 20) + 10)).unwrap();
+        assert_eq!(
+            s.handle(entry(5, 1)),
+            Err(ProtocolError::IdNotIncreasing { id: 5, previous: 5 })
+        );
+        let chunk = |index, len: usize| Chunk {
+            id: 5,
+            index,
+            hash: [0; 32],
+            zero: false,
+            data: Bytes::from(vec![0; len]),
+        };
+        assert!(s.check_chunk(&chunk(0, 1 << 20)).is_ok());
+        assert!(s.check_chunk(&chunk(1, 10)).is_ok());
+        assert!(s.check_chunk(&chunk(1, 11)).is_err(), "longer than announced");
+        assert!(s.check_chunk(&chunk(2, 0)).is_err(), "past the end");
+        let mut other = chunk(0, 1 << 20);
+        other.id = 6;
+        assert!(s.check_chunk(&other).is_err(), "unknown entry");
+    }
+
+    #[test]
+    fn finishes_when_last_entry_resolves_after_end() {
+        let mut s = active();
+        let _ = s.handle(entry(1, 3)).unwrap();
+        let _ = s.handle(Message::FileDone(FileDone { id: 1, hash: [1; 32] })).unwrap();
+        let _ = s.handle(Message::EndOfEntries).unwrap();
+        assert!(s.handle(entry(2, 3)).is_err(), "no entries after the end");
+        assert!(s.resolve(1));
+    }
+
+    #[test]
+    fn bad_chunk_size_and_version_are_refused() {
+        let s = ServerSession::new(Limits::default());
+        let mut h = hello();
+        h.chunk_size = 3 << 20;
+        assert_eq!(s.check_hello(&h).unwrap_err().reason, RefuseReason::BadChunkSize);
+        h.chunk_size = 1 << 20;
+        h.version = 99;
+        assert_eq!(s.check_hello(&h).unwrap_err().reason, RefuseReason::BadVersion);
+    }
+
+    #[test]
+    fn client_rejects_results_for_unknown_entries() {
+        let mut c = ClientSession::new();
+        let welcome = Message::Welcome(Welcome { version: PROTOCOL_VERSION, session: 1 });
+        assert!(c.handle_answer(welcome).unwrap().is_ok());
+        let id = c.announce(EntryKind::File);
+        let installed = |id| {
+            Message::Installed(crate::Installed { id, hash: [0; 32], bytes_written: 0 })
+        };
+        assert!(c.handle(&installed(id + 1)).is_err());
+        c.end_of_entries();
+        let finished = Message::Finished(crate::Finished { installed: 1, failed: 0 });
+        assert!(c.handle(&finished).is_err(), "finished before every entry resolved");
+        c.handle(&installed(id)).unwrap();
+        c.handle(&finished).unwrap();
+        assert!(c.is_finished());
+        let _ = Abort { message: String::new() };
+    }
+}

@@ -1,0 +1,66 @@
+//! Property tests: every message survives encode/decode, in any split of the byte stream, and
+//! decoding arbitrary bytes never panics.
+
+use bytes::Bytes;
+use haul_proto::{
+    Chunk, Entry, EntryKind, FrameDecoder, Hello, Limits, Message, Meta, Need, RefuseReason,
+    Refused,
+};
+use proptest::prelude::*;
+
+fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
+    proptest::collection::vec(any::<u8>(), 0..max).prop_map(Bytes::from)
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (any::<u16>(), bytes(64), bytes(256), any::<u32>()).prop_map(|(version, token, dest, cs)| {
+            Message::Hello(Hello { version, token, dest, chunk_size: cs })
+        }),
+        (any::<u64>(), 0u8..3, bytes(300), any::<u64>(), any::<u32>(), any::<i64>(), 0u32..1_000_000_000, bytes(100))
+            .prop_map(|(id, k, path, size, mode, mtime_sec, mtime_nsec, link_target)| {
+                let kind = [EntryKind::File, EntryKind::Dir, EntryKind::Symlink][k as usize];
+                Message::Entry(Entry { id, kind, path, size, meta: Meta { mode, mtime_sec, mtime_nsec }, link_target })
+            }),
+        (any::<u64>(), proptest::collection::vec((any::<u64>(), any::<u64>()), 0..20))
+            .prop_map(|(id, ranges)| Message::Need(Need { id, ranges })),
+        (any::<u64>(), any::<u64>(), any::<[u8; 32]>(), bytes(5000)).prop_map(|(id, index, hash, data)| {
+            Message::Chunk(Chunk { id, index, hash, zero: false, data })
+        }),
+        ".{0,80}".prop_map(|message| Message::Refused(Refused { reason: RefuseReason::BadToken, message })),
+        Just(Message::EndOfEntries),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn round_trip_in_any_split(msgs in proptest::collection::vec(message(), 1..8), split in 1usize..97) {
+        let mut wire = Vec::new();
+        for m in &msgs {
+            let (head, payload) = m.encode_parts();
+            wire.extend_from_slice(&head);
+            wire.extend_from_slice(&payload);
+        }
+        let limits = Limits::default();
+        let mut dec = FrameDecoder::new(limits.clone());
+        let mut got = Vec::new();
+        for piece in wire.chunks(split) {
+            dec.push(piece);
+            while let Some(frame) = dec.next_frame().unwrap() {
+                got.push(Message::decode(frame, &limits).unwrap());
+            }
+        }
+        dec.finish().unwrap();
+        prop_assert_eq!(got, msgs);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(wire in proptest::collection::vec(any::<u8>(), 0..2000)) {
+        let limits = Limits::default();
+        let mut dec = FrameDecoder::new(limits.clone());
+        dec.push(&wire);
+        while let Ok(Some(frame)) = dec.next_frame() {
+            let _ = Message::decode(frame, &limits);
+        }
+    }
+}
