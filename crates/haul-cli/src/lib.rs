@@ -1,1 +1,254 @@
-//! placeholder
+//! The `haul` command line: argument parsing, progress bars and output. Thin by design.
+//!
+//! Everything that moves data lives in `haul-engine`; this crate turns arguments into engine
+//! calls, renders [`haul_engine::Event`]s and [`haul_engine::Progress`] (indicatif bars on a
+//! terminal, JSON lines with `--json`), and maps errors to exit codes: 0 done, 1 error,
+//! 3 paused for lack of space.
+//!
+//! # Must not depend on
+//! Nothing depends on this crate except the `haul` binary. It must not contain transfer logic.
+
+mod args;
+mod output;
+
+use std::ffi::OsStr;
+use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow, bail};
+use clap::Parser;
+use haul_engine::jobs::{self, PushTarget, ServeOptions};
+use haul_engine::{EngineError, Progress, Summary, TransferOptions};
+use haul_net::{Fingerprint, Identity, Token, Trust};
+
+use args::{Cli, Command, TransferArgs};
+use output::Mode;
+
+/// Runs the `haul` command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HAUL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("haul: error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    ExitCode::from(runtime.block_on(run(cli)))
+}
+
+async fn run(cli: Cli) -> u8 {
+    match cli.command {
+        Command::Copy { src, dst, transfer } => {
+            let mode = Mode::pick(transfer.json);
+            transfer_command(mode, |progress, events| {
+                jobs::copy(src, dst, options(&transfer), progress, events)
+            })
+            .await
+        }
+        Command::Push { src, dest, fingerprint, known_hosts, token_file, transfer } => {
+            let mode = Mode::pick(transfer.json);
+            let target = match push_target(&src, &dest, fingerprint, known_hosts, token_file).await
+            {
+                Ok(target) => target,
+                Err(e) => {
+                    output::fatal(mode, &e, 1);
+                    return 1;
+                }
+            };
+            transfer_command(mode, |progress, events| {
+                jobs::push(src, target, options(&transfer), progress, events)
+            })
+            .await
+        }
+        Command::Serve { root, listen, token_file, config_dir, json } => {
+            let mode = if json { Mode::Json } else { Mode::Quiet };
+            match serve(mode, root, listen, token_file, config_dir).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    let code = exit_code(&e);
+                    output::fatal(mode, &e, code);
+                    code
+                }
+            }
+        }
+        Command::Hash { files } => hash(&files),
+    }
+}
+
+fn options(args: &TransferArgs) -> TransferOptions {
+    TransferOptions {
+        chunk_size: args.chunk_size,
+        streams: usize::from(args.streams),
+        ..TransferOptions::default()
+    }
+}
+
+async fn transfer_command<F, Fut>(mode: Mode, job: F) -> u8
+where
+    F: FnOnce(Arc<Progress>, haul_engine::EventSink) -> Fut,
+    Fut: Future<Output = Result<Summary, EngineError>>,
+{
+    let progress = Arc::new(Progress::default());
+    let ticker = output::Ticker::start(mode, progress.clone());
+    let events = output::event_sink(mode, ticker.bar.clone());
+    let result = job(progress, events).await;
+    ticker.stop();
+    match result {
+        Ok(summary) => {
+            output::summary(mode, &summary);
+            if summary.errors.is_empty() && summary.files_failed == 0 { 0 } else { 1 }
+        }
+        Err(e) => {
+            let code = e.exit_code();
+            output::fatal(mode, &anyhow::Error::new(e), code);
+            code
+        }
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    e.downcast_ref::<EngineError>().map_or(1, EngineError::exit_code)
+}
+
+/// Parses quic://HOST[:PORT]/PATH and works out how to trust and authenticate.
+async fn push_target(
+    src: &Path,
+    dest: &OsStr,
+    fingerprint: Option<String>,
+    known_hosts: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+) -> anyhow::Result<PushTarget> {
+    let raw = dest.as_bytes();
+    let rest = raw.strip_prefix(b"quic://").ok_or_else(|| {
+        anyhow!(
+            "destination {:?} is not a haul URL; write quic://HOST[:PORT]/PATH",
+            dest.to_string_lossy()
+        )
+    })?;
+    let (authority, path) = match rest.iter().position(|&b| b == b'/') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, &b""[..]),
+    };
+    let authority = std::str::from_utf8(authority).context("the host name is not valid UTF-8")?;
+    if authority.is_empty() {
+        bail!("the destination names no host; write quic://HOST[:PORT]/PATH");
+    }
+    let host_key = if authority.ends_with(']') || !authority.contains(':') {
+        format!("{authority}:7470")
+    } else {
+        authority.to_string()
+    };
+    let addr: SocketAddr = tokio::net::lookup_host(&host_key)
+        .await
+        .with_context(|| format!("cannot resolve {host_key}"))?
+        .next()
+        .ok_or_else(|| anyhow!("{host_key} resolves to no address"))?;
+    let mut dest_path = path.to_vec();
+    if dest_path.last() == Some(&b'/') {
+        // Trailing slash: into PATH, under the source's own name.
+        let name = src
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.as_bytes().to_vec()))
+            .ok_or_else(|| anyhow!("{} has no name to copy under", src.display()))?;
+        dest_path.extend_from_slice(&name);
+    }
+    let trust = match fingerprint {
+        Some(fp) => Trust::Pinned(fp.parse::<Fingerprint>()?),
+        None => Trust::KnownHosts(
+            known_hosts.unwrap_or_else(|| haul_net::default_config_dir().join("known_hosts")),
+        ),
+    };
+    let token = match (token_file, std::env::var_os("HAUL_TOKEN")) {
+        (Some(file), _) => Token::load(&file)?,
+        (None, Some(value)) if !value.is_empty() => Token::from_bytes(value.as_bytes()),
+        _ => bail!(
+            "no token: pass --token-file FILE (the token file `haul serve` printed) or set \
+             HAUL_TOKEN"
+        ),
+    };
+    Ok(PushTarget { addr, host_key, dest: dest_path, trust, token })
+}
+
+async fn serve(
+    mode: Mode,
+    root: PathBuf,
+    listen: SocketAddr,
+    token_file: Option<PathBuf>,
+    config_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let config_dir = config_dir.unwrap_or_else(haul_net::default_config_dir);
+    if !root.is_dir() {
+        bail!("the root {} is not a directory; create it first", root.display());
+    }
+    let (identity, created) = Identity::load_or_create(&config_dir)?;
+    let token = match (token_file, std::env::var_os("HAUL_TOKEN")) {
+        (Some(file), _) => Token::load(&file)?,
+        (None, Some(value)) if !value.is_empty() => Token::from_bytes(value.as_bytes()),
+        _ => {
+            let path = config_dir.join("token");
+            let (token, generated) = Token::load_or_generate(&path)?;
+            let verb = if generated { "generated a token and stored it in" } else { "using the token in" };
+            eprintln!(
+                "haul serve: {verb} {} (mode 0600); give it to clients with --token-file or \
+                 HAUL_TOKEN",
+                path.display()
+            );
+            token
+        }
+    };
+    if created {
+        eprintln!(
+            "haul serve: created a new certificate in {}",
+            config_dir.display()
+        );
+    }
+    let fingerprint = identity.fingerprint;
+    let events = output::event_sink(mode, None);
+    let options = ServeOptions { root: root.clone(), listen, tokens: vec![token], identity };
+    jobs::serve(
+        options,
+        |addr| {
+            if mode == Mode::Json {
+                output::json_line(&serde_json::json!({
+                    "event": "listening",
+                    "address": addr.to_string(),
+                    "fingerprint": fingerprint.to_string(),
+                    "root": root.display().to_string(),
+                }));
+            } else {
+                println!("haul serve: listening on {addr} fingerprint {fingerprint}");
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+            }
+        },
+        events,
+    )
+    .await?;
+    Ok(())
+}
+
+fn hash(files: &[PathBuf]) -> u8 {
+    let mut code = 0;
+    for file in files {
+        match haul_manifest::hash_file(file) {
+            Ok(hash) => println!("{}  {}", haul_manifest::to_hex(&hash), file.display()),
+            Err(e) => {
+                eprintln!("haul: cannot hash {}: {e}", file.display());
+                code = 1;
+            }
+        }
+    }
+    code
+}

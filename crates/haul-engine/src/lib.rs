@@ -1,1 +1,35 @@
-//! placeholder
+//! The transfer engine: sender and receiver sessions and the jobs built from them.
+//!
+//! `haul-engine` owns the pipelines that move a tree: on the sending side scan → announce →
+//! read → hash → send over several streams ([`send`]); on the receiving side authenticate →
+//! confine → verify → write → install ([`receive`]). Both run over any [`Link`], so the same
+//! code runs over QUIC ([`QuicLink`]) and over the simulated link of `haul-testing`. The
+//! [`jobs`] module assembles the user-facing operations: `serve`, `push` and `copy` (a push to
+//! an embedded receiver over loopback QUIC).
+//!
+//! The engine never prints: it updates [`Progress`] counters, emits [`Event`]s and returns a
+//! [`Summary`] or an [`EngineError`].
+//!
+//! # Layout
+//! - [`transport`]: the [`Link`] abstraction and its QUIC implementation.
+//! - `sender`: the sending pipeline. `receiver`: the receiving pipeline.
+//! - [`jobs`]: serve / push / copy.
+//! - [`progress`]: counters, events, summary. `error`: [`EngineError`].
+//!
+//! # Must not depend on
+//! Anything that renders output (clap, indicatif) or the workflow crates. It uses `haul-net`,
+//! `haul-store`, `haul-manifest` and `haul-proto`, never the other way round.
+
+mod error;
+pub mod jobs;
+pub mod progress;
+mod receiver;
+mod sender;
+pub mod transport;
+mod wire;
+
+pub use error::EngineError;
+pub use progress::{Event, EventSink, FileProblem, Progress, Summary, no_events};
+pub use receiver::{ReceiverConfig, SessionReport, receive};
+pub use sender::{SendRequest, TransferOptions, send};
+pub use transport::{Link, QuicLink};

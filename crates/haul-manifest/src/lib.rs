@@ -1,1 +1,43 @@
-//! placeholder
+//! The source side's view of a tree: what is there, and what its bytes hash to.
+//!
+//! This crate owns:
+//! - [`scan()`](fn@scan): streaming a directory tree into [`ScanEntry`] values (kind, relative path as raw
+//!   bytes, size, mode, nanosecond mtime, symlink target, device and inode), depth first in
+//!   name order, in memory bounded by depth times directory width. Problems with single paths
+//!   come out as [`ScanError`] items and do not stop the walk.
+//! - [`hash`]: BLAKE3 chunk hashes ([`chunk_hash`], [`zero_chunk_hash`]) and the file hash
+//!   assembled from them ([`file_hash`]), which equals what `b3sum` prints; [`hash_file`] hashes
+//!   a file on disk the same way.
+//! - [`sparse`]: the data extents of a sparse file ([`SparseMap`]), so holes are sent as zero
+//!   chunks without being read.
+//!
+//! Chunk geometry ([`haul_proto::ChunkLayout`]) and the entry types ([`haul_proto::Meta`],
+//! [`haul_proto::EntryKind`]) come from `haul-proto`.
+//!
+//! # Example
+//! ```
+//! use haul_manifest::{chunk_hash, file_hash};
+//! use haul_proto::ChunkLayout;
+//! let data = vec![7u8; 200 << 10];
+//! let layout = ChunkLayout::new(data.len() as u64, 64 << 10);
+//! let chunks: Vec<_> = (0..layout.count())
+//!     .map(|i| {
+//!         let start = layout.offset(i) as usize;
+//!         let len = layout.len(i).unwrap() as usize;
+//!         chunk_hash(&layout, i, &data[start..start + len])
+//!     })
+//!     .collect();
+//! assert_eq!(file_hash(&layout, &chunks), Some(*blake3::hash(&data).as_bytes()));
+//! ```
+//!
+//! # Must not depend on
+//! Networking, tokio or any async runtime, `haul-store`, `haul-engine`. It never prints: it
+//! returns values and typed errors.
+
+pub mod hash;
+pub mod scan;
+pub mod sparse;
+
+pub use hash::{chunk_hash, file_hash, hash_file, to_hex, zero_chunk_hash};
+pub use scan::{ScanEntry, ScanError, Scanner, scan};
+pub use sparse::SparseMap;

@@ -1,1 +1,57 @@
-//! placeholder
+//! The receiver's side on disk.
+//!
+//! This crate owns everything a haul receiver does to its file system: confining every path
+//! to the root, staging incoming files under `<root>/.haul/staging/`, sparse-aware positional
+//! writes, atomic install by rename, metadata (mode, nanosecond mtime), symlink creation,
+//! `syncfs` and free space. It is synchronous; the engine calls it from several blocking
+//! threads at once, so [`Root`] is `Send + Sync` and every method takes `&self`.
+//!
+//! # Main types
+//! - [`RelPath`]: a path from the wire, validated once (no `..`, no absolute path, no empty,
+//!   `.` or NUL component, never under the reserved `.haul`).
+//! - [`Root`]: an open root directory. Every operation walks from the root's fd one component
+//!   at a time with `openat(O_DIRECTORY | O_NOFOLLOW)` and acts with an `*at()` call on the
+//!   final name, so a symlink on the target can never lead a write outside the root. A small
+//!   LRU of directory fds keeps that walk cheap for large trees.
+//! - [`StagingFile`]: a file being received; written with [`StagingFile::write_at`], then
+//!   [`Root::install_file`] renames it into place. Dropped unfinished, it is removed.
+//! - [`StoreError`]: what went wrong, with the path and the operation; [`StoreError::is_no_space`]
+//!   tells a full disk (pause and resume later) from a failure.
+//!
+//! There is deliberately no way to create device nodes, FIFOs or sockets.
+//!
+//! # Example
+//! ```
+//! use haul_store::{RelPath, Root};
+//! let dir = tempfile::tempdir().unwrap();
+//! let root = Root::open(dir.path()).unwrap();
+//! let rel = RelPath::parse(b"docs/hello.txt").unwrap();
+//! root.create_dir_all(&rel.parent_and_name().unwrap().0).unwrap();
+//! let file = root.create_staging(5).unwrap();
+//! file.write_at(0, b"hello").unwrap();
+//! let meta = haul_proto::Meta { mode: 0o644, mtime_sec: 1_700_000_000, mtime_nsec: 5 };
+//! root.install_file(file, &rel, &meta).unwrap();
+//! assert_eq!(std::fs::read(dir.path().join("docs/hello.txt")).unwrap(), b"hello");
+//! ```
+//!
+//! # Must not depend on
+//! Networking, tokio or any async runtime, `haul-manifest` or `haul-engine`. Only
+//! `haul-proto` (for [`haul_proto::Meta`]) sits below it.
+//!
+//! # Layout
+//! - `path`: [`RelPath`] and [`PathError`].
+//! - `root`: [`Root`] and [`FileKind`]: confinement and every directory-level operation.
+//! - `staging`: [`StagingFile`] and the shared staging directory.
+//! - `dircache`: the bounded cache of open directory fds.
+//! - `error`: [`StoreError`] and the errno mapping.
+
+mod dircache;
+mod error;
+mod path;
+mod root;
+mod staging;
+
+pub use error::StoreError;
+pub use path::{MAX_NAME, MAX_PATH, PathError, RESERVED, RelPath};
+pub use root::{FileKind, Root};
+pub use staging::StagingFile;

@@ -1,0 +1,142 @@
+//! Command-line arguments.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// haul copies large directory trees fast, verified end to end, over QUIC.
+///
+/// Every chunk is hashed with BLAKE3 and verified by the receiver before it is written, and a
+/// file appears under its final name only once its whole hash matches (the same hash `b3sum`
+/// prints). Exit status: 0 done, 1 error (some files may have been copied; the errors name
+/// them), 3 the target ran out of space (expand it and run the same command again).
+#[derive(Debug, Parser)]
+#[command(name = "haul", version, propagate_version = true, max_term_width = 100)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Copy a file or tree to a local destination, through an embedded receiver over loopback
+    /// QUIC (the same code path as a remote push; no server to start).
+    ///
+    /// A directory SRC makes DST a copy of it (created if missing, merged into if present).
+    /// A file SRC is copied to DST, or into DST when DST is an existing directory.
+    Copy {
+        /// The file or directory to copy.
+        src: PathBuf,
+        /// Where the copy goes.
+        dst: PathBuf,
+        #[command(flatten)]
+        transfer: TransferArgs,
+    },
+    /// Send a file or tree to a running `haul serve`.
+    ///
+    /// DEST is quic://HOST[:PORT]/PATH; PATH is relative to the receiver's root. With a
+    /// trailing slash, SRC goes into PATH under its own name; without one, PATH becomes the
+    /// copy. The server's certificate must be pinned with --fingerprint, or is checked against
+    /// the known-hosts file (trusted and recorded on first use, refused if it changes).
+    Push {
+        /// The file or directory to send.
+        src: PathBuf,
+        /// quic://HOST[:PORT]/PATH
+        dest: OsString,
+        /// The server's certificate fingerprint, as `haul serve` prints it (sha256:...).
+        #[arg(long)]
+        fingerprint: Option<String>,
+        /// Known-hosts file used when no --fingerprint is given [default: CONFIG_DIR/known_hosts].
+        #[arg(long)]
+        known_hosts: Option<PathBuf>,
+        /// File holding the token the receiver expects (or set HAUL_TOKEN).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        #[command(flatten)]
+        transfer: TransferArgs,
+    },
+    /// Run a receiver: accept pushes into ROOT.
+    ///
+    /// Prints one line with the listening address and the certificate fingerprint clients pin.
+    /// The certificate is created once and kept in the config directory. Clients must present
+    /// a token: --token-file FILE, or HAUL_TOKEN, or else one is generated and stored (mode
+    /// 0600) in the config directory, and its path is printed.
+    Serve {
+        /// Directory everything received is written under (nothing is ever written outside it).
+        #[arg(long)]
+        root: PathBuf,
+        /// UDP address to listen on.
+        #[arg(long, default_value = "0.0.0.0:7470")]
+        listen: SocketAddr,
+        /// File holding the token clients must present.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Where the certificate and generated token live [default: $HAUL_CONFIG_DIR, or
+        /// $XDG_CONFIG_HOME/haul, or ~/.config/haul].
+        #[arg(long)]
+        config_dir: Option<PathBuf>,
+        /// Print events as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print BLAKE3 hashes of files, in the format of `b3sum` (haul's file hash is the same).
+    Hash {
+        /// Files to hash.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TransferArgs {
+    /// Print JSON lines (events, then a summary object) instead of progress bars.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Chunk size, a power of two from 64K to 64M (e.g. 1M, 4M, 8MiB).
+    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    pub(crate) chunk_size: u32,
+    /// Parallel QUIC data streams.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub(crate) streams: u16,
+}
+
+fn parse_size(s: &str) -> Result<u32, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let digits_end = lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len());
+    let (num, unit) = lower.split_at(digits_end);
+    let num: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 4M"))?;
+    let mult: u64 = match unit.trim_end_matches("ib").trim_end_matches('b') {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => return Err(format!("unknown unit in {s:?}; use K, M or G")),
+    };
+    let bytes = num.saturating_mul(mult);
+    if !bytes.is_power_of_two() || !(64 << 10..=64 << 20).contains(&bytes) {
+        return Err(format!("{s} is not a power of two between 64K and 64M"));
+    }
+    Ok(bytes as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4M"), Ok(4 << 20));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert!(parse_size("3M").is_err());
+        assert!(parse_size("1G").is_err());
+        assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

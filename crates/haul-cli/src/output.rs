@@ -1,0 +1,175 @@
+//! Rendering: progress bars on a terminal, JSON lines with `--json`, a short summary otherwise.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use haul_engine::{Event, EventSink, Progress, Summary};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// How a command reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// JSON lines on stdout.
+    Json,
+    /// Progress bars on stderr (a terminal).
+    Bars,
+    /// Only the summary and problems (not a terminal).
+    Quiet,
+}
+
+impl Mode {
+    pub(crate) fn pick(json: bool) -> Mode {
+        if json {
+            Mode::Json
+        } else if std::io::stderr().is_terminal() {
+            Mode::Bars
+        } else {
+            Mode::Quiet
+        }
+    }
+}
+
+/// Prints one JSON object as a line on stdout.
+pub(crate) fn json_line(value: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{value}");
+    let _ = out.flush();
+}
+
+/// An event sink that renders events for `mode`.
+pub(crate) fn event_sink(mode: Mode, bar: Option<ProgressBar>) -> EventSink {
+    Arc::new(move |event: Event| match mode {
+        Mode::Json => {
+            if let Ok(value) = serde_json::to_value(&event) {
+                json_line(&value);
+            }
+        }
+        Mode::Bars | Mode::Quiet => {
+            let text = human_event(&event);
+            match &bar {
+                Some(bar) => bar.println(text),
+                None => eprintln!("{text}"),
+            }
+        }
+    })
+}
+
+fn human_event(event: &Event) -> String {
+    match event {
+        Event::FileFailed { message, .. } => format!("haul: error: {message}"),
+        Event::TrustedOnFirstUse { host, fingerprint, known_hosts } => format!(
+            "haul: WARNING: first connection to {host}. Trusting its certificate {fingerprint} \
+             and recording it in {known_hosts}.\nhaul: WARNING: compare this fingerprint with the \
+             one `haul serve` printed on that host; if they differ, remove that line and do not \
+             trust this connection."
+        ),
+        Event::SessionStarted { peer, dest } => {
+            format!("haul serve: session from {peer} into {:?}", dest)
+        }
+        Event::SessionEnded { peer, installed, failed, error } => match error {
+            None => format!("haul serve: session from {peer} done: {installed} installed, {failed} failed"),
+            Some(e) => format!("haul serve: session from {peer} ended: {e}"),
+        },
+    }
+}
+
+/// Samples the progress counters onto a bar until stopped.
+pub(crate) struct Ticker {
+    pub(crate) bar: Option<ProgressBar>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Ticker {
+    pub(crate) fn start(mode: Mode, progress: Arc<Progress>) -> Ticker {
+        if mode != Mode::Bars {
+            return Ticker { bar: None, task: None };
+        }
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        let shown = bar.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let total = Progress::get(&progress.bytes_scanned);
+                let files = Progress::get(&progress.files_scanned);
+                let scanning = !progress.scan_done.load(Ordering::Relaxed);
+                shown.set_length(total);
+                shown.set_position(Progress::get(&progress.bytes_sent).min(total));
+                shown.set_message(format!(
+                    "{}/{}{} files",
+                    Progress::get(&progress.files_done),
+                    files,
+                    if scanning { "+" } else { "" }
+                ));
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        });
+        Ticker { bar: Some(bar), task: Some(task) }
+    }
+
+    pub(crate) fn stop(self) {
+        if let Some(task) = self.task {
+            task.abort();
+        }
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Prints the final summary for `mode`.
+pub(crate) fn summary(mode: Mode, summary: &Summary) {
+    match mode {
+        Mode::Json => {
+            if let Ok(serde_json::Value::Object(mut map)) = serde_json::to_value(summary) {
+                map.insert("event".into(), "summary".into());
+                json_line(&serde_json::Value::Object(map));
+            }
+        }
+        Mode::Bars | Mode::Quiet => {
+            let rate = if summary.elapsed_s > 0.0 {
+                summary.bytes_sent as f64 / summary.elapsed_s
+            } else {
+                0.0
+            };
+            eprintln!(
+                "haul: {} of {} files copied ({}), {} dirs, {} symlinks; {} sent in {} chunks; \
+                 {:.1} s, {}/s",
+                summary.files_transferred,
+                summary.files_total,
+                indicatif::HumanBytes(summary.bytes_total),
+                summary.dirs,
+                summary.symlinks,
+                indicatif::HumanBytes(summary.bytes_sent),
+                summary.chunks_sent,
+                summary.elapsed_s,
+                indicatif::HumanBytes(rate as u64),
+            );
+            if !summary.errors.is_empty() {
+                eprintln!(
+                    "haul: {} problem(s); the files named above were not copied, everything else was",
+                    summary.errors.len()
+                );
+            }
+        }
+    }
+}
+
+/// Reports the error that ended a command.
+pub(crate) fn fatal(mode: Mode, error: &anyhow::Error, code: u8) {
+    if mode == Mode::Json {
+        json_line(&serde_json::json!({
+            "event": "error",
+            "message": format!("{error:#}"),
+            "exit_code": code,
+        }));
+    }
+    eprintln!("haul: error: {error:#}");
+}

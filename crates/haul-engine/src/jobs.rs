@@ -1,0 +1,212 @@
+//! The user-facing operations: `serve`, `push` and `copy`.
+//!
+//! `copy` is a `push` to an embedded receiver on loopback QUIC with an ephemeral certificate
+//! and token: the same code path as a remote transfer, so what the quick start shows is what
+//! runs between hosts.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use haul_net::{Identity, Token, Trust};
+use haul_store::Root;
+
+use crate::error::EngineError;
+use crate::progress::{Event, EventSink, Progress, Summary};
+use crate::receiver::{ReceiverConfig, receive};
+use crate::sender::{SendRequest, TransferOptions, send};
+use crate::transport::{Link, QuicLink};
+
+/// A receiver to run.
+pub struct ServeOptions {
+    /// Everything received lands under this directory.
+    pub root: PathBuf,
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Tokens a client may present.
+    pub tokens: Vec<Token>,
+    /// The certificate the server presents.
+    pub identity: Identity,
+}
+
+/// Runs a receiver until the process is stopped. `ready` is called once with the bound
+/// address, so the caller can print it.
+pub async fn serve(
+    options: ServeOptions,
+    ready: impl FnOnce(SocketAddr),
+    events: EventSink,
+) -> Result<(), EngineError> {
+    let root = Root::open(&options.root)?;
+    let config = Arc::new(ReceiverConfig::new(root, options.tokens));
+    let endpoint = haul_net::server_endpoint(options.listen, &options.identity)?;
+    let local = endpoint
+        .local_addr()
+        .map_err(|e| EngineError::connection("cannot read the listening address", e))?;
+    ready(local);
+    while let Some(incoming) = endpoint.accept().await {
+        let config = config.clone();
+        let events = events.clone();
+        tokio::spawn(async move {
+            let peer = incoming.remote_address().to_string();
+            let conn = match incoming.await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    events(Event::SessionEnded {
+                        peer,
+                        installed: 0,
+                        failed: 0,
+                        error: Some(format!("handshake failed: {e}")),
+                    });
+                    return;
+                }
+            };
+            let link: Arc<dyn Link> = Arc::new(QuicLink::new(conn));
+            let _ = receive(link, config, peer, events).await;
+        });
+    }
+    Ok(())
+}
+
+/// Where a push goes.
+pub struct PushTarget {
+    /// The receiver's address.
+    pub addr: SocketAddr,
+    /// "HOST:PORT" as the user wrote it (the known-hosts key).
+    pub host_key: String,
+    /// Destination path under the receiver's root.
+    pub dest: Vec<u8>,
+    /// How the server's certificate is trusted.
+    pub trust: Trust,
+    /// The client's token.
+    pub token: Token,
+}
+
+/// Sends `source` to a running receiver.
+pub async fn push(
+    source: PathBuf,
+    target: PushTarget,
+    options: TransferOptions,
+    progress: Arc<Progress>,
+    events: EventSink,
+) -> Result<Summary, EngineError> {
+    let connected = haul_net::connect(target.addr, &target.host_key, &target.trust).await?;
+    if let (Some(fp), Trust::KnownHosts(file)) = (connected.first_use, &target.trust) {
+        events(Event::TrustedOnFirstUse {
+            host: target.host_key.clone(),
+            fingerprint: fp.to_string(),
+            known_hosts: file.display().to_string(),
+        });
+    }
+    let link = Arc::new(QuicLink::new(connected.connection.clone()));
+    let request = SendRequest {
+        source,
+        dest: target.dest,
+        token: target.token.as_bytes().to_vec(),
+        options,
+    };
+    let result = send(link.clone(), request, progress, events).await;
+    link.close(0, if result.is_ok() { "done" } else { "sender stopped" });
+    result
+}
+
+/// Copies `source` to the local path `dest` through an embedded receiver over loopback QUIC.
+///
+/// A directory source makes `dest` a copy of it (created if missing, merged if present). A
+/// file source is copied to `dest`, or into it when `dest` is an existing directory.
+pub async fn copy(
+    source: PathBuf,
+    dest: PathBuf,
+    options: TransferOptions,
+    progress: Arc<Progress>,
+    events: EventSink,
+) -> Result<Summary, EngineError> {
+    let meta = std::fs::symlink_metadata(&source).map_err(|e| EngineError::Source {
+        path: source.clone(),
+        message: e.to_string(),
+    })?;
+    let (root_dir, rel) = split_destination(&source, &dest, meta.is_dir())?;
+    let had_state_dir = root_dir.join(".haul").exists();
+    let root = Root::open(&root_dir)?;
+
+    let identity = Identity::ephemeral()?;
+    let fingerprint = identity.fingerprint;
+    let token = Token::from_bytes(random_token().as_bytes());
+    let config = Arc::new(ReceiverConfig::new(root, vec![token.clone()]));
+    let endpoint =
+        haul_net::server_endpoint(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &identity)?;
+    let addr = endpoint
+        .local_addr()
+        .map_err(|e| EngineError::connection("cannot read the embedded receiver's address", e))?;
+    // The embedded receiver's session events would only repeat the sender's; its failures come
+    // back as its result.
+    let server = tokio::spawn(async move {
+        let incoming = endpoint.accept().await.ok_or_else(|| {
+            EngineError::Protocol("the embedded receiver closed before the transfer".into())
+        })?;
+        let conn = incoming
+            .await
+            .map_err(|e| EngineError::connection("embedded receiver handshake failed", e.into()))?;
+        let link: Arc<dyn Link> = Arc::new(QuicLink::new(conn));
+        let report = receive(link, config, "embedded sender".into(), crate::progress::no_events()).await;
+        endpoint.wait_idle().await;
+        report
+    });
+    let target = PushTarget {
+        addr,
+        host_key: addr.to_string(),
+        dest: rel,
+        trust: Trust::Pinned(fingerprint),
+        token,
+    };
+    let sent = push(source, target, options, progress, events).await;
+    let received = server.await;
+    if !had_state_dir {
+        // The state directory of an embedded receiver is ours to tidy when it is empty.
+        let _ = std::fs::remove_dir(root_dir.join(".haul/staging"));
+        let _ = std::fs::remove_dir(root_dir.join(".haul"));
+    }
+    let summary = sent?;
+    if let Ok(Err(e @ EngineError::Store(_))) = received {
+        return Err(e);
+    }
+    Ok(summary)
+}
+
+/// Works out the embedded receiver's root and the destination path under it.
+fn split_destination(
+    source: &Path,
+    dest: &Path,
+    source_is_dir: bool,
+) -> Result<(PathBuf, Vec<u8>), EngineError> {
+    use std::os::unix::ffi::OsStrExt;
+    let store_err = |e: std::io::Error, op: &'static str| {
+        EngineError::Store(haul_store::StoreError::Io { path: dest.to_path_buf(), op, source: e })
+    };
+    if source_is_dir {
+        std::fs::create_dir_all(dest).map_err(|e| store_err(e, "create the destination"))?;
+        return Ok((dest.to_path_buf(), Vec::new()));
+    }
+    if dest.is_dir() {
+        let name = source.file_name().ok_or_else(|| EngineError::Source {
+            path: source.to_path_buf(),
+            message: "the source has no file name".into(),
+        })?;
+        return Ok((dest.to_path_buf(), name.as_bytes().to_vec()));
+    }
+    let name = dest.file_name().ok_or_else(|| EngineError::Source {
+        path: dest.to_path_buf(),
+        message: "the destination has no file name".into(),
+    })?;
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| store_err(e, "create the destination's parent"))?;
+    Ok((parent, name.as_bytes().to_vec()))
+}
+
+fn random_token() -> String {
+    use rand::Rng;
+    let bytes: [u8; 32] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,124 @@
+//! Progress counters, events and the job summary.
+//!
+//! The engine never prints. Long work updates [`Progress`] (atomics the CLI samples for its bars)
+//! and reports discrete happenings as [`Event`]s through an [`EventSink`]; a finished transfer
+//! returns a [`Summary`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// Live counters of a transfer, sampled by whoever shows progress.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Regular files found by the scan so far.
+    pub files_scanned: AtomicU64,
+    /// Bytes in those files.
+    pub bytes_scanned: AtomicU64,
+    /// True once the scan has finished (totals are final).
+    pub scan_done: AtomicBool,
+    /// Files the receiver has installed.
+    pub files_done: AtomicU64,
+    /// File bytes the receiver has installed (whole files).
+    pub bytes_done: AtomicU64,
+    /// Payload bytes handed to the network.
+    pub bytes_sent: AtomicU64,
+    /// Chunks handed to the network.
+    pub chunks_sent: AtomicU64,
+}
+
+impl Progress {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Something worth telling the operator about while a job runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// One file or directory could not be copied; the rest goes on.
+    FileFailed {
+        /// The path (source side for read problems, target side otherwise).
+        path: String,
+        /// What went wrong and what to do.
+        message: String,
+    },
+    /// A new server was trusted on first use and recorded.
+    TrustedOnFirstUse {
+        /// HOST:PORT.
+        host: String,
+        /// The certificate fingerprint now recorded.
+        fingerprint: String,
+        /// Where it was recorded.
+        known_hosts: String,
+    },
+    /// The receiver accepted a session.
+    SessionStarted {
+        /// The peer's address.
+        peer: String,
+        /// The destination under the root.
+        dest: String,
+    },
+    /// A receiver session ended.
+    SessionEnded {
+        /// The peer's address.
+        peer: String,
+        /// Entries installed.
+        installed: u64,
+        /// Entries that failed.
+        failed: u64,
+        /// Why it ended early, if it did.
+        error: Option<String>,
+    },
+}
+
+/// Where events go.
+pub type EventSink = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// An event sink that drops everything.
+pub fn no_events() -> EventSink {
+    Arc::new(|_| {})
+}
+
+/// One file that could not be copied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FileProblem {
+    /// The path.
+    pub path: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// What a finished transfer did. Serialized as the last JSON line of `--json` output.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Summary {
+    /// Regular files in the source.
+    pub files_total: u64,
+    /// Regular files installed on the target.
+    pub files_transferred: u64,
+    /// Regular files that could not be copied.
+    pub files_failed: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Symbolic links.
+    pub symlinks: u64,
+    /// Bytes in the source's regular files.
+    pub bytes_total: u64,
+    /// Payload bytes that crossed the network.
+    pub bytes_sent: u64,
+    /// Chunks that crossed the network.
+    pub chunks_sent: u64,
+    /// Chunks the receiver already had and did not need.
+    pub chunks_reused: u64,
+    /// Wall time of the transfer in seconds.
+    pub elapsed_s: f64,
+    /// Every file that could not be copied, with the reason.
+    pub errors: Vec<FileProblem>,
+}

@@ -1,0 +1,416 @@
+//! The receiving side of a transfer: authenticate, confine, verify, write, install.
+//!
+//! One session is three kinds of task: the control reader (hello, entries, file hashes), the
+//! control writer (answers, coalesced), and one reader per data stream. Chunk verification,
+//! writes and installs run on blocking threads; the async threads only move bytes.
+
+mod files;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use haul_net::Token;
+use haul_proto::{
+    ChunkLayout, EntryKind, Hash, Installed, Limits, Message, Need, RefuseReason, Refused,
+    ServerSession, session::ServerEvent,
+};
+use haul_store::{RelPath, Root};
+use tokio::sync::mpsc;
+
+use crate::error::EngineError;
+use crate::progress::{Event, EventSink};
+use crate::transport::{BoxRecv, Link};
+use crate::wire::{FramedRecv, FramedSend};
+use files::{Files, Outcome};
+
+/// What a receiver serves: one root and the tokens allowed to write under it.
+pub struct ReceiverConfig {
+    root: Arc<Root>,
+    tokens: Vec<Token>,
+    next_session: AtomicU64,
+}
+
+impl ReceiverConfig {
+    /// A receiver writing under `root`, accepting any of `tokens`.
+    pub fn new(root: Root, tokens: Vec<Token>) -> Self {
+        ReceiverConfig { root: Arc::new(root), tokens, next_session: AtomicU64::new(1) }
+    }
+
+    /// The root.
+    pub fn root(&self) -> &Root {
+        &self.root
+    }
+
+    fn token_ok(&self, presented: &[u8]) -> bool {
+        // Check every token so the time taken does not say which one nearly matched.
+        self.tokens.iter().fold(false, |ok, t| t.ct_eq(presented) | ok)
+    }
+}
+
+/// What one receiver session did.
+#[derive(Debug, Default)]
+pub struct SessionReport {
+    /// Entries installed.
+    pub installed: u64,
+    /// Entries that failed.
+    pub failed: u64,
+}
+
+const PROTOCOL_ERROR: u32 = 2;
+
+/// Serves one connection: runs until the client's session finishes or fails. Whatever happens,
+/// nothing partial is left under a final name.
+pub async fn receive(
+    link: Arc<dyn Link>,
+    config: Arc<ReceiverConfig>,
+    peer: String,
+    events: EventSink,
+) -> Result<SessionReport, EngineError> {
+    let (ctl_send, ctl_recv) = link
+        .accept_control()
+        .await
+        .map_err(|e| EngineError::connection("the client opened no control stream", e))?;
+    let mut ctl_tx = FramedSend::new(ctl_send);
+    let mut ctl_rx = FramedRecv::new(ctl_recv, Limits::default());
+    let mut session = ServerSession::new(Limits::default());
+
+    // Handshake: nothing is created under the root before the token is checked.
+    let first = ctl_rx.next().await?.ok_or_else(|| {
+        EngineError::Protocol("the client closed the connection before saying hello".into())
+    })?;
+    let hello = match session.handle(first)? {
+        ServerEvent::Hello(hello) => hello,
+        _ => return Err(EngineError::Protocol("expected a hello".into())),
+    };
+    let decision = session.check_hello(&hello).and_then(|()| {
+        if !config.token_ok(&hello.token) {
+            return Err(Refused {
+                reason: RefuseReason::BadToken,
+                message: "the token is not accepted by this receiver; pass the token printed by \
+                          `haul serve` with --token-file FILE or the HAUL_TOKEN variable"
+                    .into(),
+            });
+        }
+        RelPath::parse(&hello.dest).map_err(|e| Refused {
+            reason: RefuseReason::BadPath,
+            message: format!("destination path refused: {e}"),
+        })
+    });
+    let dest = match decision {
+        Ok(dest) => dest,
+        Err(refused) => {
+            let message = refused.message.clone();
+            let reason = refused.reason;
+            ctl_tx
+                .send(&session.refuse(refused))
+                .await
+                .map_err(|e| EngineError::connection("cannot send the refusal", e))?;
+            let _ = ctl_tx.finish();
+            // Let the client read the refusal and close first.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), ctl_rx.next()).await;
+            return Err(EngineError::Refused { reason, message });
+        }
+    };
+    let session_id = config.next_session.fetch_add(1, Ordering::Relaxed);
+    ctl_tx
+        .send(&session.accept(&hello, session_id))
+        .await
+        .map_err(|e| EngineError::connection("cannot send the welcome", e))?;
+    ctl_rx.set_limits(session.limits().clone());
+    events(Event::SessionStarted { peer: peer.clone(), dest: dest.display() });
+
+    let limits = session.limits().clone();
+    let chunk_size = session.chunk_size();
+    let session = Arc::new(Mutex::new(session));
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let files = Arc::new(Files::new(config.root.clone(), out_tx));
+    let dirs: Arc<Mutex<Vec<(RelPath, haul_proto::Meta)>>> = Arc::default();
+
+    let writer = tokio::spawn(control_writer(
+        ctl_tx,
+        out_rx,
+        session.clone(),
+        files.clone(),
+        dirs.clone(),
+    ));
+    let data = tokio::spawn(accept_data(link.clone(), session.clone(), files.clone(), limits));
+
+    let reader = async {
+        while let Some(msg) = ctl_rx.next().await? {
+            // Take every message already buffered and handle them in one blocking task: a
+            // million small files must not cost a thread hand-off each.
+            let mut batch = vec![lock(&session).handle(msg)?];
+            while batch.len() < 512 {
+                match ctl_rx.try_next()? {
+                    Some(msg) => batch.push(lock(&session).handle(msg)?),
+                    None => break,
+                }
+            }
+            for event in &batch {
+                match event {
+                    ServerEvent::Abort(message) => {
+                        return Err(EngineError::PeerAborted(message.clone()));
+                    }
+                    ServerEvent::Hello(_) => {
+                        return Err(EngineError::Protocol("a second hello".into()));
+                    }
+                    _ => {}
+                }
+            }
+            let files = files.clone();
+            let dirs = dirs.clone();
+            let dest = dest.clone();
+            tokio::task::spawn_blocking(move || {
+                for event in batch {
+                    match event {
+                        ServerEvent::Entry(entry) => {
+                            create_entry(&files, &dirs, &dest, entry, chunk_size)
+                        }
+                        ServerEvent::FileDone { id, hash } => files.file_done(id, hash),
+                        ServerEvent::SourceFailed { id, message } => {
+                            files.source_failed(id, message)
+                        }
+                        ServerEvent::EndOfEntries => files.send(Outcome::EndOfEntries),
+                        ServerEvent::Abort(_) | ServerEvent::Hello(_) => {}
+                    }
+                }
+            })
+            .await
+            .map_err(|e| EngineError::Protocol(format!("entry task failed: {e}")))?;
+        }
+        Ok::<_, EngineError>(())
+    };
+    tokio::pin!(reader);
+    let mut writer = writer;
+    let result = tokio::select! {
+        // The writer sends `Finished` once every entry is resolved: the session is complete
+        // whatever the client does with the connection afterwards.
+        joined = &mut writer => joined
+            .map_err(|e| EngineError::Protocol(format!("control writer failed: {e}")))
+            .and_then(|r| r),
+        read = &mut reader => match read {
+            // A client ends its control stream only after reading `Finished`, so the writer is
+            // about to be done; one that ends it early has broken the protocol.
+            Ok(()) => match tokio::time::timeout(std::time::Duration::from_secs(30), &mut writer).await {
+                Ok(joined) => joined
+                    .map_err(|e| EngineError::Protocol(format!("control writer failed: {e}")))
+                    .and_then(|r| r),
+                Err(_) => Err(EngineError::Protocol(
+                    "the client ended the control stream before the session finished".into(),
+                )),
+            },
+            Err(e) => {
+                if matches!(e, EngineError::Protocol(_)) {
+                    link.close(PROTOCOL_ERROR, &e.to_string());
+                }
+                writer.abort();
+                Err(e)
+            }
+        },
+    };
+    data.abort();
+    files.abandon_all();
+    let (installed, failed) = result.as_ref().map_or((0, 0), |r| *r);
+    events(Event::SessionEnded {
+        peer,
+        installed,
+        failed,
+        error: result.as_ref().err().map(|e| e.to_string()),
+    });
+    result.map(|(installed, failed)| SessionReport { installed, failed })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Creates a directory or symlink at once, or registers a file to receive.
+fn create_entry(
+    files: &Files,
+    dirs: &Mutex<Vec<(RelPath, haul_proto::Meta)>>,
+    dest: &RelPath,
+    entry: haul_proto::Entry,
+    chunk_size: u32,
+) {
+    let id = entry.id;
+    let rel = match RelPath::parse(&entry.path) {
+        Ok(rel) => dest.join(&rel),
+        Err(e) => {
+            let message = format!(
+                "refused path {:?}: {e}",
+                String::from_utf8_lossy(&entry.path)
+            );
+            return files.send(failed(id, message, false));
+        }
+    };
+    let root = files.root();
+    let done = |hash: Hash| {
+        Outcome::Resolved(id, Message::Installed(Installed { id, hash, bytes_written: 0 }))
+    };
+    // The destination itself may need its parents (a single file pushed to a/b/c).
+    if entry.path.is_empty()
+        && let Some((parent, _)) = rel.parent_and_name()
+        && let Err(e) = root.create_dir_all(&parent)
+    {
+        return files.send(failed(id, e.to_string(), e.is_no_space()));
+    }
+    let result = match entry.kind {
+        EntryKind::Dir => root.create_dir_all(&rel).map(|()| {
+            lock(dirs).push((rel.clone(), entry.meta));
+            files.send(done([0; 32]));
+        }),
+        EntryKind::Symlink => root
+            .install_symlink(&rel, &entry.link_target, &entry.meta)
+            .map(|()| files.send(done([0; 32]))),
+        EntryKind::File if entry.size == 0 => root
+            .create_staging(0)
+            .and_then(|staging| root.install_file(staging, &rel, &entry.meta))
+            .map(|()| files.send(done(*blake3::hash(b"").as_bytes()))),
+        EntryKind::File => {
+            let layout = ChunkLayout::new(entry.size, chunk_size);
+            files.open(id, rel.clone(), layout, entry.meta);
+            files.send(Outcome::Plain(Message::Need(Need { id, ranges: vec![(0, layout.count())] })));
+            Ok(())
+        }
+    };
+    if let Err(e) = result {
+        files.send(failed(id, e.to_string(), e.is_no_space()));
+    }
+}
+
+fn failed(id: u64, message: String, no_space: bool) -> Outcome {
+    Outcome::Resolved(id, Message::Failed(haul_proto::Failed { id, message, no_space }))
+}
+
+/// Writes answers to the client, coalesced; finishes the session once every entry is resolved
+/// after the end of entries. Returns (installed, failed).
+async fn control_writer(
+    mut ctl_tx: FramedSend,
+    mut out_rx: mpsc::UnboundedReceiver<Outcome>,
+    session: Arc<Mutex<ServerSession>>,
+    files: Arc<Files>,
+    dirs: Arc<Mutex<Vec<(RelPath, haul_proto::Meta)>>>,
+) -> Result<(u64, u64), EngineError> {
+    let (mut installed, mut failed) = (0u64, 0u64);
+    let mut end_seen = false;
+    let io = |e| EngineError::connection("cannot answer the client", e);
+    while let Some(outcome) = out_rx.recv().await {
+        let mut finished = false;
+        let mut batch = vec![outcome];
+        while batch.len() < 1024 {
+            match out_rx.try_recv() {
+                Ok(o) => batch.push(o),
+                Err(_) => break,
+            }
+        }
+        for outcome in batch {
+            match outcome {
+                Outcome::Plain(msg) => ctl_tx.queue(&msg),
+                Outcome::Resolved(id, msg) => {
+                    match &msg {
+                        Message::Installed(_) => installed += 1,
+                        _ => failed += 1,
+                    }
+                    ctl_tx.queue(&msg);
+                    finished |= lock(&session).resolve(id);
+                }
+                Outcome::EndOfEntries => {
+                    end_seen = true;
+                    finished |= lock(&session).outstanding() == 0;
+                }
+            }
+        }
+        ctl_tx.flush().await.map_err(io)?;
+        if finished && end_seen {
+            // Directories get their mode and mtime last, deepest first, because installing
+            // their contents changed their mtime.
+            let root_files = files.clone();
+            let dirs = std::mem::take(&mut *lock(&dirs));
+            let sync = tokio::task::spawn_blocking(move || {
+                for (rel, meta) in dirs.iter().rev() {
+                    root_files.root().set_dir_meta(rel, meta)?;
+                }
+                root_files.root().sync()
+            })
+            .await
+            .map_err(|e| EngineError::Protocol(format!("finishing task failed: {e}")))?;
+            if let Err(e) = sync {
+                ctl_tx.queue(&Message::Abort(haul_proto::Abort { message: e.to_string() }));
+                ctl_tx.flush().await.map_err(io)?;
+                return Err(e.into());
+            }
+            ctl_tx
+                .send(&Message::Finished(haul_proto::Finished { installed, failed }))
+                .await
+                .map_err(io)?;
+            let _ = ctl_tx.finish();
+            return Ok((installed, failed));
+        }
+    }
+    Err(EngineError::Protocol("the session ended before every entry was resolved".into()))
+}
+
+/// Accepts data streams and runs a reader for each.
+async fn accept_data(
+    link: Arc<dyn Link>,
+    session: Arc<Mutex<ServerSession>>,
+    files: Arc<Files>,
+    limits: Limits,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Ok(Some(recv)) = link.accept_data().await {
+        let (link, session, files, limits) =
+            (link.clone(), session.clone(), files.clone(), limits.clone());
+        tasks.spawn(async move {
+            if let Err(e) = data_stream(recv, &session, &files, limits).await {
+                link.close(PROTOCOL_ERROR, &e.to_string());
+            }
+        });
+    }
+    tasks.shutdown().await;
+}
+
+/// Reads chunks from one data stream, checks each against the session, and verifies and writes
+/// them on blocking threads, at most two batches in flight per stream.
+async fn data_stream(
+    recv: BoxRecv,
+    session: &Mutex<ServerSession>,
+    files: &Arc<Files>,
+    limits: Limits,
+) -> Result<(), EngineError> {
+    let mut framed = FramedRecv::new(recv, limits);
+    let mut inflight = VecDeque::new();
+    while let Some(first) = framed.next().await? {
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            let Message::Chunk(chunk) = msg else {
+                return Err(EngineError::Protocol(format!(
+                    "{} on a data stream (only chunks belong there)",
+                    msg.name()
+                )));
+            };
+            lock(session).check_chunk(&chunk)?;
+            bytes += chunk.data.len();
+            batch.push(chunk);
+            next = if bytes < (8 << 20) && batch.len() < 256 { framed.try_next()? } else { None };
+        }
+        let files = files.clone();
+        inflight.push_back(tokio::task::spawn_blocking(move || {
+            for chunk in batch {
+                files.receive(chunk);
+            }
+        }));
+        if inflight.len() >= 2
+            && let Some(oldest) = inflight.pop_front()
+        {
+            let _ = oldest.await;
+        }
+    }
+    for task in inflight {
+        let _ = task.await;
+    }
+    Ok(())
+}

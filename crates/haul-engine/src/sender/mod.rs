@@ -1,0 +1,372 @@
+//! The sending side of a transfer: scan, announce, read, hash, send.
+//!
+//! Pipeline (every arrow a bounded channel, except where noted):
+//!
+//! ```text
+//! scan thread --entries--> control loop --Entry frames--> control stream
+//!                               ^   |
+//!      Need/Installed/Failed ---+   +--read jobs--> read/hash threads --frames--> N data streams
+//! ```
+//!
+//! The control loop never waits for one file before announcing the next: up to `window`
+//! entries are in flight, so small files cost no round trip each. The jobs channel and the
+//! control-message channels are unbounded in type but bounded in practice by the window, which
+//! keeps the two directions of the control stream from waiting on each other.
+
+mod read;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use haul_manifest::{ScanEntry, ScanError};
+use haul_proto::{
+    ChunkLayout, ClientSession, Entry, EntryKind, Hello, Limits, Message, PROTOCOL_VERSION,
+};
+use tokio::sync::mpsc;
+
+use crate::error::EngineError;
+use crate::progress::{Event, EventSink, FileProblem, Progress, Summary};
+use crate::transport::Link;
+use crate::wire::{FramedRecv, FramedSend};
+use read::{CHUNKS_PER_JOB, FileJob, ReadJob, Worker, WorkerNote};
+
+/// How a transfer is shaped. Defaults win without tuning.
+#[derive(Clone, Debug)]
+pub struct TransferOptions {
+    /// Chunk size in bytes, a power of two (default 4 MiB).
+    pub chunk_size: u32,
+    /// Parallel data streams (default 4).
+    pub streams: usize,
+    /// Read/hash threads (default: the number of cores, at least 2).
+    pub readers: usize,
+    /// Entries announced and not yet resolved, at most.
+    pub window: usize,
+}
+
+impl Default for TransferOptions {
+    fn default() -> Self {
+        TransferOptions {
+            chunk_size: haul_proto::DEFAULT_CHUNK_SIZE,
+            streams: 4,
+            readers: std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
+            window: 8192,
+        }
+    }
+}
+
+/// What to send and where.
+#[derive(Clone, Debug)]
+pub struct SendRequest {
+    /// The file or tree to send.
+    pub source: PathBuf,
+    /// The destination path under the receiver's root (`/`-separated bytes).
+    pub dest: Vec<u8>,
+    /// The token proving we may write there.
+    pub token: Vec<u8>,
+    /// Shape of the transfer.
+    pub options: TransferOptions,
+}
+
+enum ScanItem {
+    Entry(ScanEntry),
+    Problem(ScanError),
+}
+
+struct Pending {
+    source: PathBuf,
+    kind: EntryKind,
+    size: u64,
+}
+
+/// Runs the sending side of one session over `link` and returns its summary. Per-file problems
+/// (unreadable source files, files the receiver could not install) are listed in the summary;
+/// the run goes on. Errors that end the run (refused, connection lost, out of space) are
+/// returned as [`EngineError`].
+pub async fn send(
+    link: Arc<dyn Link>,
+    request: SendRequest,
+    progress: Arc<Progress>,
+    events: EventSink,
+) -> Result<Summary, EngineError> {
+    let started = Instant::now();
+    let opts = request.options.clone();
+    let (ctl_send, ctl_recv) = link
+        .open_control()
+        .await
+        .map_err(|e| EngineError::connection("cannot open the control stream", e))?;
+    let mut ctl_tx = FramedSend::new(ctl_send);
+    let mut ctl_rx = FramedRecv::new(ctl_recv, Limits::default());
+    ctl_tx
+        .send(&Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            token: Bytes::from(request.token.clone()),
+            dest: Bytes::from(request.dest.clone()),
+            chunk_size: opts.chunk_size,
+        }))
+        .await
+        .map_err(|e| EngineError::connection("cannot send the hello", e))?;
+    let mut session = ClientSession::new();
+    let answer = ctl_rx.next().await?.ok_or_else(|| {
+        EngineError::Protocol("the receiver closed the connection without answering".into())
+    })?;
+    if let Err(refused) = session.handle_answer(answer)? {
+        return Err(EngineError::Refused { reason: refused.reason, message: refused.message });
+    }
+
+    // Scanner thread.
+    let (scan_tx, mut scan_rx) = mpsc::channel::<ScanItem>(1024);
+    let source = request.source.clone();
+    let scan_progress = progress.clone();
+    let scanner = std::thread::Builder::new()
+        .name("haul-scan".into())
+        .spawn(move || {
+            for item in haul_manifest::scan(&source) {
+                let item = match item {
+                    Ok(entry) => {
+                        if entry.kind == EntryKind::File {
+                            Progress::add(&scan_progress.files_scanned, 1);
+                            Progress::add(&scan_progress.bytes_scanned, entry.size);
+                        }
+                        ScanItem::Entry(entry)
+                    }
+                    Err(e) => ScanItem::Problem(e),
+                };
+                if scan_tx.blocking_send(item).is_err() {
+                    break;
+                }
+            }
+            scan_progress.scan_done.store(true, std::sync::atomic::Ordering::Relaxed);
+        })
+        .map_err(|e| EngineError::connection("cannot start the scanner thread", e))?;
+
+    // Control writer: coalesces small messages into few writes.
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
+    let ctl_writer = tokio::spawn(async move {
+        while let Some(msg) = out_rx.recv().await {
+            ctl_tx.queue(&msg);
+            while ctl_tx.queued() < (256 << 10) {
+                match out_rx.try_recv() {
+                    Ok(msg) => ctl_tx.queue(&msg),
+                    Err(_) => break,
+                }
+            }
+            ctl_tx.flush().await?;
+        }
+        let _ = ctl_tx.finish();
+        Ok::<_, std::io::Error>(())
+    });
+
+    // Control reader: its own task so that reading never waits on writing.
+    let (in_tx, mut in_rx) = mpsc::unbounded_channel();
+    let ctl_reader = tokio::spawn(async move {
+        loop {
+            let next = ctl_rx.next().await;
+            let end = !matches!(next, Ok(Some(_)));
+            if in_tx.send(next).is_err() || end {
+                break;
+            }
+        }
+    });
+
+    // Read/hash workers and data stream writers.
+    let (job_tx, job_rx) = async_channel::unbounded::<ReadJob>();
+    let (frame_tx, frame_rx) = async_channel::bounded::<(Bytes, Bytes)>(opts.streams * 2);
+    let (note_tx, mut note_rx) = mpsc::unbounded_channel::<WorkerNote>();
+    let mut workers = Vec::new();
+    for n in 0..opts.readers {
+        let worker = Worker {
+            jobs: job_rx.clone(),
+            frames: frame_tx.clone(),
+            notes: note_tx.clone(),
+            progress: progress.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("haul-read-{n}"))
+            .spawn(move || worker.run())
+            .map_err(|e| EngineError::connection("cannot start a reader thread", e))?;
+        workers.push(handle);
+    }
+    drop((job_rx, frame_tx, note_tx));
+    let mut writers = Vec::new();
+    for _ in 0..opts.streams {
+        let link = link.clone();
+        let frames = frame_rx.clone();
+        writers.push(tokio::spawn(async move {
+            let Ok(first) = frames.recv().await else { return Ok(()) };
+            let mut stream = FramedSend::new(link.open_data().await?);
+            stream.send_parts(first.0, first.1).await?;
+            while let Ok((head, payload)) = frames.recv().await {
+                stream.send_parts(head, payload).await?;
+            }
+            stream.finish()
+        }));
+    }
+    drop(frame_rx);
+
+    let mut summary = Summary::default();
+    let mut pending: HashMap<u64, Pending> = HashMap::new();
+    let mut source_failed: HashSet<u64> = HashSet::new();
+    let mut scan_done = false;
+    let window = opts.window.max(1);
+    let result: Result<(), EngineError> = async {
+        loop {
+            tokio::select! {
+                item = scan_rx.recv(), if !scan_done && session.outstanding() < window => {
+                    match item {
+                        Some(ScanItem::Entry(entry)) => {
+                            let id = session.announce(entry.kind);
+                            match entry.kind {
+                                EntryKind::File => {
+                                    summary.files_total += 1;
+                                    summary.bytes_total += entry.size;
+                                }
+                                EntryKind::Dir => summary.dirs += 1,
+                                EntryKind::Symlink => summary.symlinks += 1,
+                            }
+                            pending.insert(id, Pending {
+                                source: entry.source,
+                                kind: entry.kind,
+                                size: entry.size,
+                            });
+                            let _ = out_tx.send(Message::Entry(Entry {
+                                id,
+                                kind: entry.kind,
+                                path: Bytes::from(entry.rel),
+                                size: entry.size,
+                                meta: entry.meta,
+                                link_target: Bytes::from(entry.link_target),
+                            }));
+                        }
+                        Some(ScanItem::Problem(e)) => {
+                            if matches!(e, ScanError::Io { .. }) {
+                                summary.files_failed += 1;
+                            }
+                            problem(&mut summary, &events, e.path().display().to_string(), e.to_string());
+                        }
+                        None => {
+                            scan_done = true;
+                            if summary.files_total + summary.dirs + summary.symlinks == 0 {
+                                return Err(EngineError::Source {
+                                    path: request.source.clone(),
+                                    message: summary.errors.first().map_or_else(
+                                        || "nothing to copy".to_string(),
+                                        |p| p.message.clone(),
+                                    ),
+                                });
+                            }
+                            session.end_of_entries();
+                            let _ = out_tx.send(Message::EndOfEntries);
+                        }
+                    }
+                }
+                note = note_rx.recv() => match note {
+                    Some(WorkerNote::Control(msg)) => { let _ = out_tx.send(msg); }
+                    Some(WorkerNote::SourceFailed { id, path, message }) => {
+                        source_failed.insert(id);
+                        let _ = out_tx.send(Message::SourceFailed(haul_proto::SourceFailed {
+                            id,
+                            message: message.clone(),
+                        }));
+                        problem(&mut summary, &events, path, message);
+                    }
+                    None => {}
+                },
+                msg = in_rx.recv() => {
+                    let msg = match msg {
+                        Some(Ok(Some(msg))) => msg,
+                        Some(Err(e)) => return Err(e.into()),
+                        Some(Ok(None)) | None => return Err(EngineError::Protocol(
+                            "the receiver ended the session before every file was resolved".into(),
+                        )),
+                    };
+                    session.handle(&msg)?;
+                    match msg {
+                        Message::Need(need) => {
+                            let Some(p) = pending.get(&need.id) else { continue };
+                            let file = Arc::new(FileJob::new(
+                                need.id,
+                                p.source.clone(),
+                                ChunkLayout::new(p.size, opts.chunk_size),
+                            ));
+                            for (start, count) in need.ranges {
+                                let end = start.saturating_add(count).min(file.layout.count());
+                                let mut at = start;
+                                while at < end {
+                                    let stop = (at + CHUNKS_PER_JOB).min(end);
+                                    let _ = job_tx.try_send(ReadJob { file: file.clone(), start: at, end: stop });
+                                    at = stop;
+                                }
+                            }
+                        }
+                        Message::Installed(done) => {
+                            if let Some(p) = pending.remove(&done.id)
+                                && p.kind == EntryKind::File
+                            {
+                                summary.files_transferred += 1;
+                                Progress::add(&progress.files_done, 1);
+                                Progress::add(&progress.bytes_done, p.size);
+                            }
+                        }
+                        Message::Failed(failed) => {
+                            let p = pending.remove(&failed.id);
+                            if failed.no_space {
+                                let path = failed.message.clone();
+                                let done = Progress::get(&progress.bytes_done);
+                                return Err(EngineError::NoSpace {
+                                    path,
+                                    bytes_remaining: summary.bytes_total.saturating_sub(done),
+                                });
+                            }
+                            summary.files_failed += 1;
+                            // A file whose source could not be read was reported already.
+                            if !source_failed.remove(&failed.id) {
+                                let path = p.map(|p| p.source.display().to_string()).unwrap_or_default();
+                                problem(&mut summary, &events, path, failed.message);
+                            }
+                        }
+                        Message::Finished(_) => return Ok(()),
+                        Message::Abort(abort) => return Err(EngineError::PeerAborted(abort.message)),
+                        other => return Err(EngineError::Protocol(format!(
+                            "unexpected {} on the control stream", other.name()
+                        ))),
+                    }
+                }
+            }
+        }
+    }
+    .await;
+
+    // Shut the pipeline down in order: no more jobs, workers drain, writers finish.
+    job_tx.close();
+    drop(scan_rx);
+    if let Err(e) = &result {
+        let _ = out_tx.send(Message::Abort(haul_proto::Abort { message: e.to_string() }));
+    }
+    drop(out_tx);
+    for writer in writers {
+        if let Ok(Err(e)) = writer.await
+            && result.is_ok()
+        {
+            return Err(EngineError::connection("a data stream failed", e));
+        }
+    }
+    let _ = ctl_writer.await;
+    ctl_reader.abort();
+    for worker in workers {
+        let _ = worker.join();
+    }
+    let _ = scanner.join();
+    result?;
+    summary.bytes_sent = Progress::get(&progress.bytes_sent);
+    summary.chunks_sent = Progress::get(&progress.chunks_sent);
+    summary.elapsed_s = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn problem(summary: &mut Summary, events: &EventSink, path: String, message: String) {
+    events(Event::FileFailed { path: path.clone(), message: message.clone() });
+    summary.errors.push(FileProblem { path, message });
+}

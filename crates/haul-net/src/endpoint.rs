@@ -1,0 +1,206 @@
+//! QUIC endpoints: the tuned transport, the server endpoint and the client `connect`.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{ConnectionError, Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
+
+use crate::tls::{Seen, client_crypto, server_crypto};
+use crate::{Fingerprint, Identity, NetError, known_hosts};
+
+const MIB: u32 = 1024 * 1024;
+/// How long a client waits for the handshake before calling the server unreachable.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requested kernel UDP buffer size. Bulk QUIC at multi-gigabit rates drops packets with the
+/// default ~200 KiB buffers; the kernel caps the request at net.core.{r,w}mem_max.
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+/// The name sent in SNI; the verifier ignores names, but rustls needs a syntactically valid one.
+const SERVER_NAME: &str = "haul";
+
+/// The transport tuned for bulk transfer on fast, long paths: stream receive window 16 MiB,
+/// connection receive window 64 MiB, send window 64 MiB, 256 concurrent uni streams (one per
+/// chunk in flight), 16 bidi streams, keep-alive every 5 s, idle timeout 60 s.
+pub fn transport_config() -> TransportConfig {
+    let mut config = TransportConfig::default();
+    config
+        .stream_receive_window(VarInt::from_u32(16 * MIB))
+        .receive_window(VarInt::from_u32(64 * MIB))
+        .send_window(64 * u64::from(MIB))
+        .max_concurrent_uni_streams(VarInt::from_u32(256))
+        .max_concurrent_bidi_streams(VarInt::from_u32(16))
+        .keep_alive_interval(Some(Duration::from_secs(5)))
+        .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(60_000))));
+    config
+}
+
+/// A server endpoint bound to `listen`: TLS 1.3 only, ALPN `haul/1`, the tuned transport,
+/// presenting `identity`'s certificate. Must be called inside a tokio runtime.
+pub fn server_endpoint(listen: SocketAddr, identity: &Identity) -> Result<Endpoint, NetError> {
+    let crypto = server_crypto(identity)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config()));
+    let socket = bind_udp(listen)?;
+    let runtime = Arc::new(quinn::TokioRuntime);
+    Endpoint::new(EndpointConfig::default(), Some(config), socket, runtime).map_err(|source| {
+        NetError::Bind {
+            addr: listen,
+            source,
+        }
+    })
+}
+
+/// How the client trusts the server.
+#[derive(Clone, Debug)]
+pub enum Trust {
+    /// Only this exact certificate.
+    Pinned(Fingerprint),
+    /// A known-hosts file of `HOST:PORT sha256:HEX` lines. An unknown host is trusted on first
+    /// use and recorded; a known host presenting a different certificate is refused.
+    KnownHosts(PathBuf),
+}
+
+/// An established, verified connection.
+#[derive(Debug)]
+pub struct Connected {
+    /// The QUIC connection.
+    pub connection: quinn::Connection,
+    /// `Some(fp)` when this connection trusted a new host on first use and recorded it.
+    pub first_use: Option<Fingerprint>,
+    /// The server's fingerprint as seen.
+    pub fingerprint: Fingerprint,
+    /// The client endpoint the connection runs on. Keep it to call
+    /// [`Endpoint::wait_idle`] after closing, so the close reaches the server before exit.
+    pub endpoint: Endpoint,
+}
+
+/// Connects to `server` from an ephemeral client endpoint bound to the wildcard address of the
+/// same family, verifying the server by certificate fingerprint only (names are ignored; the
+/// handshake signature is still checked). `host_key` is the `HOST:PORT` string used as the
+/// known-hosts key. Gives up after about 10 s with [`NetError::Unreachable`].
+pub async fn connect(
+    server: SocketAddr,
+    host_key: &str,
+    trust: &Trust,
+) -> Result<Connected, NetError> {
+    let expected = match trust {
+        Trust::Pinned(fp) => Some(*fp),
+        Trust::KnownHosts(path) => {
+            known_hosts::check_host_key(host_key)?;
+            known_hosts::lookup(path, host_key)?
+        }
+    };
+    let known_hosts_file = match trust {
+        Trust::Pinned(_) => None,
+        Trust::KnownHosts(path) => Some(path.clone()),
+    };
+    let mismatch = |expected: Fingerprint, got: Fingerprint| NetError::FingerprintMismatch {
+        host: host_key.to_owned(),
+        expected,
+        got,
+        known_hosts: known_hosts_file.clone(),
+    };
+
+    let seen = Arc::new(Seen::default());
+    let mut config = quinn::ClientConfig::new(Arc::new(client_crypto(expected, seen.clone())?));
+    config.transport_config(Arc::new(transport_config()));
+    let local: SocketAddr = match server {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let endpoint = Endpoint::new(
+        EndpointConfig::default(),
+        None,
+        bind_udp(local)?,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| NetError::Bind {
+        addr: local,
+        source,
+    })?;
+    let connecting = endpoint
+        .connect_with(config, server, SERVER_NAME)
+        .map_err(|e| NetError::Unreachable {
+            addr: server,
+            details: e.to_string(),
+        })?;
+
+    let connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(error)) => {
+            // The verifier's refusal surfaces as a generic TLS alert; what it saw tells us why.
+            if let (Some(expected), Some(got)) = (expected, seen.get())
+                && expected != got
+            {
+                return Err(mismatch(expected, got));
+            }
+            return Err(match error {
+                ConnectionError::TimedOut => NetError::Unreachable {
+                    addr: server,
+                    details: "the handshake timed out".to_owned(),
+                },
+                source => NetError::Handshake {
+                    addr: server,
+                    source,
+                },
+            });
+        }
+        Err(_elapsed) => {
+            return Err(NetError::Unreachable {
+                addr: server,
+                details: format!("no answer within {} s", HANDSHAKE_TIMEOUT.as_secs()),
+            });
+        }
+    };
+
+    let Some(fingerprint) = seen.get() else {
+        // Cannot happen: a completed handshake ran the verifier. Refuse rather than trust.
+        connection.close(VarInt::from_u32(0), b"certificate not verified");
+        return Err(NetError::Tls(
+            "handshake completed without certificate verification".to_owned(),
+        ));
+    };
+    let mut first_use = None;
+    if let (Trust::KnownHosts(path), None) = (trust, expected) {
+        // Re-read: another client may have recorded this host while we were handshaking.
+        match known_hosts::lookup(path, host_key)? {
+            Some(recorded) if recorded != fingerprint => {
+                connection.close(VarInt::from_u32(0), b"certificate mismatch");
+                return Err(mismatch(recorded, fingerprint));
+            }
+            Some(_) => {}
+            None => {
+                known_hosts::append(path, host_key, &fingerprint)?;
+                tracing::info!(host = host_key, %fingerprint, file = %path.display(), "trusted new host on first use");
+                first_use = Some(fingerprint);
+            }
+        }
+    }
+    Ok(Connected {
+        connection,
+        first_use,
+        fingerprint,
+        endpoint,
+    })
+}
+
+/// Binds a UDP socket and asks for large kernel buffers (best effort).
+fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, NetError> {
+    let socket = UdpSocket::bind(addr).map_err(|source| NetError::Bind { addr, source })?;
+    for (what, result) in [
+        (
+            "receive",
+            rustix::net::sockopt::set_socket_recv_buffer_size(&socket, SOCKET_BUFFER),
+        ),
+        (
+            "send",
+            rustix::net::sockopt::set_socket_send_buffer_size(&socket, SOCKET_BUFFER),
+        ),
+    ] {
+        if let Err(e) = result {
+            tracing::debug!(%addr, error = %e, "could not enlarge UDP {what} buffer");
+        }
+    }
+    Ok(socket)
+}

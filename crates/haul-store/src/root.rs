@@ -1,0 +1,410 @@
+//! [`Root`]: every operation on the receiver's tree, confined to the root.
+//!
+//! Confinement: a parent directory is reached from the root's fd one component at a time with
+//! `openat(O_DIRECTORY | O_NOFOLLOW)`, and the final name is acted on with an `*at()` call
+//! that does not follow it either. No string path is ever built and opened, so neither a
+//! symlink planted on the target nor a racing rename can send a write outside the root.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+
+use crate::dircache::DirCache;
+use crate::error::StoreError;
+use crate::path::{RESERVED, RelPath};
+use crate::staging::{StagingDir, StagingFile};
+
+/// How every directory on the way is opened: never following a symlink.
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// Mode of directories the store creates until [`Root::set_dir_meta`] sets the real one:
+/// private, so a half-received tree is not readable by others.
+const NEW_DIR_MODE: u32 = 0o700;
+
+/// What is at a path, as seen without following symlinks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link (not followed).
+    Symlink,
+    /// A device node, FIFO or socket: never created by haul, only reported.
+    Other,
+}
+
+/// An open receiver root. See the crate docs for the confinement rules.
+///
+/// `Send + Sync`; every method takes `&self`, so the engine's blocking threads share one.
+pub struct Root {
+    /// The root's path, for messages only (never opened again after [`Root::open`]).
+    path: PathBuf,
+    dir: Arc<OwnedFd>,
+    /// The *top* root's staging directory, also for sub-roots, so install stays a rename
+    /// within one file system.
+    staging: Arc<StagingDir>,
+    cache: Mutex<DirCache>,
+}
+
+impl std::fmt::Debug for Root {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Root").field("path", &self.path).finish()
+    }
+}
+
+/// Whether a step of a walk creates missing directories.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Missing {
+    Create,
+    /// Report a missing component as `None`.
+    Absent,
+}
+
+fn mode_bits(mode: u32) -> Mode {
+    // Permission bits and sticky only: setuid/setgid from a peer are never honoured.
+    Mode::from_raw_mode(mode & 0o1777)
+}
+
+fn mtime(meta: &haul_proto::Meta) -> Timestamps {
+    Timestamps {
+        // Access time is left as it is: only the modification time is replicated.
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: meta.mtime_sec,
+            tv_nsec: meta.mtime_nsec.into(),
+        },
+    }
+}
+
+fn not_found(path: PathBuf, op: &'static str) -> StoreError {
+    StoreError::Io {
+        path,
+        op,
+        source: io::Error::from(io::ErrorKind::NotFound),
+    }
+}
+
+/// Opens (and with `Missing::Create`, makes) the directory `name` in `parent` without
+/// following a symlink. `shown` is its full path, for messages.
+fn open_child_dir(
+    parent: &OwnedFd,
+    name: &[u8],
+    missing: Missing,
+    shown: &dyn Fn() -> PathBuf,
+    space_path: &Path,
+) -> Result<Option<OwnedFd>, StoreError> {
+    // Two rounds: a directory made by mkdirat (or by a racing thread, EEXIST) is opened on
+    // the second. A third would mean someone is deleting it as fast as it is made.
+    for _ in 0..3 {
+        match rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty()) {
+            Ok(fd) => return Ok(Some(fd)),
+            Err(Errno::NOENT) if missing == Missing::Create => {
+                match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(NEW_DIR_MODE)) {
+                    Ok(()) | Err(Errno::EXIST) => continue,
+                    Err(e) => {
+                        return Err(StoreError::from_errno(
+                            e,
+                            shown(),
+                            space_path,
+                            "create directory",
+                        ));
+                    }
+                }
+            }
+            Err(Errno::NOENT) => return Ok(None),
+            // O_NOFOLLOW|O_DIRECTORY on a symlink gives ELOOP or ENOTDIR depending on the
+            // kernel path taken, so ask what is there instead of trusting the errno.
+            Err(errno @ (Errno::NOTDIR | Errno::LOOP)) => {
+                return Err(
+                    match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+                        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
+                            StoreError::SymlinkInPath { path: shown() }
+                        }
+                        Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::Directory => {
+                            StoreError::NotADirectory { path: shown() }
+                        }
+                        _ => StoreError::from_errno(errno, shown(), space_path, "open directory"),
+                    },
+                );
+            }
+            Err(e) => {
+                return Err(StoreError::from_errno(
+                    e,
+                    shown(),
+                    space_path,
+                    "open directory",
+                ));
+            }
+        }
+    }
+    Err(not_found(
+        shown(),
+        "create directory (it keeps disappearing)",
+    ))
+}
+
+impl Root {
+    /// Opens the receiver root at `path`, which must exist and be a directory, and creates
+    /// `<root>/.haul/staging` (mode 0700) if missing.
+    pub fn open(path: &Path) -> Result<Root, StoreError> {
+        // The root itself is the administrator's choice, so it may be reached via a symlink.
+        let dir = rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::NOTDIR => StoreError::NotADirectory {
+                path: path.to_path_buf(),
+            },
+            e => StoreError::from_errno(e, path.to_path_buf(), path, "open the root directory"),
+        })?;
+        let haul_path = path.join(OsStr::from_bytes(RESERVED));
+        let haul = open_child_dir(&dir, RESERVED, Missing::Create, &|| haul_path.clone(), path)?
+            .ok_or_else(|| not_found(haul_path.clone(), "create directory"))?;
+        let staging_path = haul_path.join("staging");
+        let staging = open_child_dir(
+            &haul,
+            b"staging",
+            Missing::Create,
+            &|| staging_path.clone(),
+            path,
+        )?
+        .ok_or_else(|| not_found(staging_path.clone(), "create directory"))?;
+        Ok(Root {
+            path: path.to_path_buf(),
+            dir: Arc::new(dir),
+            staging: Arc::new(StagingDir::new(staging, staging_path, path.to_path_buf())),
+            cache: Mutex::new(DirCache::new()),
+        })
+    }
+
+    /// The root's path as given to [`Root::open`] (or joined by [`Root::subdir`]).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `root/rel`, for messages.
+    pub fn display_path(&self, rel: &RelPath) -> PathBuf {
+        if rel.is_root() {
+            return self.path.clone();
+        }
+        self.path.join(OsStr::from_bytes(rel.as_bytes()))
+    }
+
+    /// A root for the sub-directory `rel`, created with mkdir -p semantics and confined like
+    /// everything else. Its staging stays in the top root's `.haul` (same file system).
+    pub fn subdir(&self, rel: &RelPath) -> Result<Root, StoreError> {
+        let dir = self.resolve_dir(rel, Missing::Create)?;
+        let dir = dir.ok_or_else(|| not_found(self.display_path(rel), "create directory"))?;
+        Ok(Root {
+            path: self.display_path(rel),
+            dir,
+            staging: Arc::clone(&self.staging),
+            cache: Mutex::new(DirCache::new()),
+        })
+    }
+
+    /// What is at `rel`, without following symlinks; `None` if nothing is there (or a
+    /// component on the way is missing or not a directory). A symlink on the way is an error.
+    pub fn kind_of(&self, rel: &RelPath) -> Result<Option<FileKind>, StoreError> {
+        let Some((parent, name)) = rel.parent_and_name() else {
+            return Ok(Some(FileKind::Dir));
+        };
+        let parent = match self.resolve_dir(&parent, Missing::Absent) {
+            Ok(Some(fd)) => fd,
+            Ok(None) | Err(StoreError::NotADirectory { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match rustix::fs::statat(&*parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(match FileType::from_raw_mode(st.st_mode) {
+                FileType::RegularFile => FileKind::File,
+                FileType::Directory => FileKind::Dir,
+                FileType::Symlink => FileKind::Symlink,
+                _ => FileKind::Other,
+            })),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(self.err(e, rel, "inspect")),
+        }
+    }
+
+    /// mkdir -p, one component at a time. An existing component that is a symlink or not a
+    /// directory is an error naming it (never followed). New directories get mode 0o700 until
+    /// [`Root::set_dir_meta`] is called.
+    pub fn create_dir_all(&self, rel: &RelPath) -> Result<(), StoreError> {
+        self.resolve_dir(rel, Missing::Create).map(|_| ())
+    }
+
+    /// A new staging file (O_CREAT|O_EXCL, 0600, unique name) of `size` bytes, all holes.
+    pub fn create_staging(&self, size: u64) -> Result<StagingFile, StoreError> {
+        StagingFile::create(Arc::clone(&self.staging), size)
+    }
+
+    /// Sets the mode (permission bits and sticky; setuid/setgid dropped) and the mtime (ns) of
+    /// `file`, then renames it over `rel`, replacing a file or symlink there; a directory
+    /// there is [`StoreError::IsADirectory`]. The parent must already exist.
+    pub fn install_file(
+        &self,
+        mut file: StagingFile,
+        rel: &RelPath,
+        meta: &haul_proto::Meta,
+    ) -> Result<(), StoreError> {
+        let (parent, name) = self.parent_of(rel)?;
+        let staged = |e, op| file.staging.err(e, &file.name, op);
+        rustix::fs::fchmod(&file.fd, mode_bits(meta.mode))
+            .map_err(|e| staged(e, "set the mode of"))?;
+        rustix::fs::futimens(&file.fd, &mtime(meta))
+            .map_err(|e| staged(e, "set the modification time of"))?;
+        rustix::fs::renameat(&file.staging.dir, file.name.as_str(), &*parent, name)
+            .map_err(|e| self.err(e, rel, "install (rename into place)"))?;
+        // Installed: the name in staging no longer exists, so Drop must not remove anything.
+        file.finished = true;
+        Ok(())
+    }
+
+    /// Creates a symlink to `target` (raw bytes, never followed or checked) in staging, sets
+    /// its mtime without following it, and renames it over `rel`.
+    pub fn install_symlink(
+        &self,
+        rel: &RelPath,
+        target: &[u8],
+        meta: &haul_proto::Meta,
+    ) -> Result<(), StoreError> {
+        if target.is_empty() || target.contains(&0) {
+            return Err(StoreError::Io {
+                path: self.display_path(rel),
+                op: "create symbolic link",
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the link target sent by the peer is empty or contains a NUL byte",
+                ),
+            });
+        }
+        let (parent, name) = self.parent_of(rel)?;
+        let staging = &self.staging;
+        let (staged, ()) = staging.create_unique("create staging symlink", |name| {
+            rustix::fs::symlinkat(target, &staging.dir, name)
+        })?;
+        let result = rustix::fs::utimensat(
+            &staging.dir,
+            staged.as_str(),
+            &mtime(meta),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| staging.err(e, &staged, "set the modification time of"))
+        .and_then(|()| {
+            rustix::fs::renameat(&staging.dir, staged.as_str(), &*parent, name)
+                .map_err(|e| self.err(e, rel, "install (rename into place)"))
+        });
+        if result.is_err() {
+            // Best effort, as for a dropped StagingFile: nothing is left behind.
+            let _ = staging.remove(&staged);
+        }
+        result
+    }
+
+    /// Sets a directory's mode and mtime; called after its contents are installed (adding an
+    /// entry would change the mtime again).
+    pub fn set_dir_meta(&self, rel: &RelPath, meta: &haul_proto::Meta) -> Result<(), StoreError> {
+        let dir = self
+            .resolve_dir(rel, Missing::Absent)?
+            .ok_or_else(|| not_found(self.display_path(rel), "set the metadata of"))?;
+        rustix::fs::fchmod(&*dir, mode_bits(meta.mode))
+            .map_err(|e| self.err(e, rel, "set the mode of"))?;
+        rustix::fs::futimens(&*dir, &mtime(meta))
+            .map_err(|e| self.err(e, rel, "set the modification time of"))
+    }
+
+    /// Flushes the file system holding the root (`syncfs`): after it returns, everything
+    /// installed so far survives a power loss.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        rustix::fs::syncfs(&*self.dir)
+            .map_err(|e| self.err(e, &RelPath::root(), "flush (syncfs) the file system of"))
+    }
+
+    /// Bytes available to an unprivileged user on the root's file system
+    /// (`f_bavail * f_frsize`).
+    pub fn available_bytes(&self) -> Result<u64, StoreError> {
+        let st = rustix::fs::fstatvfs(&*self.dir)
+            .map_err(|e| self.err(e, &RelPath::root(), "query the free space of"))?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
+    fn err(&self, errno: Errno, rel: &RelPath, op: &'static str) -> StoreError {
+        StoreError::from_errno(errno, self.display_path(rel), &self.staging.root_path, op)
+    }
+
+    /// The parent directory's fd and the final name; the parent must exist.
+    fn parent_of<'r>(&self, rel: &'r RelPath) -> Result<(Arc<OwnedFd>, &'r [u8]), StoreError> {
+        let Some((parent, name)) = rel.parent_and_name() else {
+            return Err(StoreError::IsADirectory {
+                path: self.path.clone(),
+            });
+        };
+        let fd = self
+            .resolve_dir(&parent, Missing::Absent)?
+            .ok_or_else(|| not_found(self.display_path(&parent), "open parent directory"))?;
+        Ok((fd, name))
+    }
+
+    /// The fd of directory `dir`, walking from the longest cached ancestor (or the root).
+    /// `Ok(None)` if a component is missing and `missing` is `Absent`.
+    fn resolve_dir(
+        &self,
+        dir: &RelPath,
+        missing: Missing,
+    ) -> Result<Option<Arc<OwnedFd>>, StoreError> {
+        if dir.is_root() {
+            return Ok(Some(Arc::clone(&self.dir)));
+        }
+        let bytes = dir.as_bytes();
+        let (mut fd, mut start) = (Arc::clone(&self.dir), 0);
+        {
+            let mut cache = self
+                .cache
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(hit) = cache.get(bytes) {
+                return Ok(Some(hit));
+            }
+            let slashes = bytes.iter().enumerate().rev().filter(|(_, b)| **b == b'/');
+            for (i, _) in slashes {
+                if let Some(hit) = cache.get(&bytes[..i]) {
+                    (fd, start) = (hit, i + 1);
+                    break;
+                }
+            }
+        }
+        // The lock is not held while walking, so threads resolving different directories do
+        // not wait on each other's syscalls.
+        let mut end = start;
+        for name in bytes[start..].split(|&b| b == b'/') {
+            end += name.len();
+            let shown = || self.path.join(OsStr::from_bytes(&bytes[..end]));
+            match open_child_dir(&fd, name, missing, &shown, &self.staging.root_path)? {
+                Some(child) => fd = Arc::new(child),
+                None => return Ok(None),
+            }
+            end += 1; // the '/' after this name
+        }
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        cache.insert(bytes, Arc::clone(&fd));
+        Ok(Some(fd))
+    }
+}

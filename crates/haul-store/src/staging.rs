@@ -1,0 +1,215 @@
+//! Staging files: where a file's bytes land before it is installed under its final name.
+//!
+//! Staging lives in the top root's `.haul/staging/` so that install is a `rename` on the same
+//! file system (atomic: readers see the old file or the whole new one, never a mix), and so
+//! that partial data never sits beside the user's files.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::error::StoreError;
+
+/// Sparse granularity: the common file-system block size. A 4 KiB-aligned block of zeros is
+/// not written, so it stays a hole in the freshly truncated file.
+const BLOCK: u64 = 4096;
+
+/// The top root's staging directory, shared by the root and every sub-root made from it.
+pub(crate) struct StagingDir {
+    pub(crate) dir: OwnedFd,
+    /// `<top root>/.haul/staging`, for messages.
+    pub(crate) path: PathBuf,
+    /// The top root, named by NoSpace messages (it is what the administrator expands).
+    pub(crate) root_path: PathBuf,
+    next: AtomicU64,
+}
+
+impl StagingDir {
+    pub(crate) fn new(dir: OwnedFd, path: PathBuf, root_path: PathBuf) -> StagingDir {
+        StagingDir {
+            dir,
+            path,
+            root_path,
+            next: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn err(&self, errno: Errno, name: &str, op: &'static str) -> StoreError {
+        StoreError::from_errno(errno, self.path.join(name), &self.root_path, op)
+    }
+
+    /// Runs `create` with fresh names until one does not already exist. Names are
+    /// `<pid>-<counter>` so concurrent receivers sharing a root never pick the same one;
+    /// leftovers of a crashed run with a recycled pid are skipped by the EEXIST retry.
+    pub(crate) fn create_unique<T>(
+        &self,
+        op: &'static str,
+        mut create: impl FnMut(&str) -> rustix::io::Result<T>,
+    ) -> Result<(String, T), StoreError> {
+        let pid = rustix::process::getpid().as_raw_nonzero();
+        loop {
+            let n = self.next.fetch_add(1, Ordering::Relaxed);
+            let name = format!("{pid}-{n}");
+            match create(&name) {
+                Ok(made) => return Ok((name, made)),
+                Err(Errno::EXIST) if n < u64::MAX / 2 => continue,
+                Err(errno) => return Err(self.err(errno, &name, op)),
+            }
+        }
+    }
+
+    pub(crate) fn remove(&self, name: &str) -> Result<(), StoreError> {
+        rustix::fs::unlinkat(&self.dir, name, AtFlags::empty())
+            .map_err(|e| self.err(e, name, "remove staging file"))
+    }
+}
+
+/// A file being received, in `<root>/.haul/staging/`. Dropping it without
+/// [`crate::Root::install_file`] or [`StagingFile::discard`] removes it (best effort), so a
+/// failed file leaves nothing partial behind.
+pub struct StagingFile {
+    pub(crate) fd: OwnedFd,
+    pub(crate) name: String,
+    size: u64,
+    pub(crate) staging: Arc<StagingDir>,
+    /// Set once installed or discarded: Drop then has nothing to remove.
+    pub(crate) finished: bool,
+}
+
+impl StagingFile {
+    /// Creates `name`-unique staging file of `size` bytes, all holes.
+    pub(crate) fn create(staging: Arc<StagingDir>, size: u64) -> Result<StagingFile, StoreError> {
+        let flags =
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let (name, fd) = staging.create_unique("create staging file", |name| {
+            rustix::fs::openat(&staging.dir, name, flags, Mode::from_raw_mode(0o600))
+        })?;
+        let file = StagingFile {
+            fd,
+            name,
+            size,
+            staging,
+            finished: false,
+        };
+        // Truncating up (not writing zeros) makes every region a hole until data arrives.
+        rustix::fs::ftruncate(&file.fd, size).map_err(|e| {
+            file.staging
+                .err(e, &file.name, "set the size of staging file")
+        })?;
+        Ok(file)
+    }
+
+    /// Positional write of `data` at `offset`. Sparse-aware: 4 KiB-aligned blocks of `data`
+    /// that are all zeros are skipped (they are already holes). Returns the bytes actually
+    /// written to disk. A full disk or quota is [`StoreError::NoSpace`].
+    ///
+    /// Skipping zeros relies on the region never having been written before; the staging
+    /// file is fresh, and each region is written once with verified data.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<u64, StoreError> {
+        let end = offset.checked_add(data.len() as u64);
+        if end.is_none_or(|end| end > self.size) {
+            // Growing the file here would break the "untouched regions are holes of the right
+            // size" invariant; it is a caller bug, not a disk condition.
+            return Err(StoreError::Io {
+                path: self.path(),
+                op: "write past the declared size of staging file",
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} bytes at offset {offset} exceed the file size {}",
+                        data.len(),
+                        self.size
+                    ),
+                ),
+            });
+        }
+        let mut written = 0u64;
+        // Start of the current run of non-zero blocks (index into `data`), if any.
+        let mut run_start: Option<usize> = None;
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let file_pos = offset + pos as u64;
+            // Up to the next 4 KiB boundary of the *file*, so skipped blocks align with
+            // the file system's blocks.
+            let to_boundary = (BLOCK - file_pos % BLOCK) as usize;
+            let block_end = data.len().min(pos + to_boundary);
+            // A fold with no early exit vectorizes; 4 KiB at a time stays in L1.
+            let zero = data[pos..block_end].iter().fold(0u8, |acc, &b| acc | b) == 0;
+            match (zero, run_start) {
+                (true, Some(start)) => {
+                    written += self.pwrite_all(offset + start as u64, &data[start..pos])?;
+                    run_start = None;
+                }
+                (false, None) => run_start = Some(pos),
+                _ => {}
+            }
+            pos = block_end;
+        }
+        if let Some(start) = run_start {
+            written += self.pwrite_all(offset + start as u64, &data[start..])?;
+        }
+        Ok(written)
+    }
+
+    fn pwrite_all(&self, mut offset: u64, mut buf: &[u8]) -> Result<u64, StoreError> {
+        let total = buf.len() as u64;
+        while !buf.is_empty() {
+            match rustix::io::pwrite(&self.fd, buf, offset) {
+                Ok(0) => {
+                    return Err(StoreError::Io {
+                        path: self.path(),
+                        op: "write to staging file",
+                        source: io::Error::from(io::ErrorKind::WriteZero),
+                    });
+                }
+                Ok(n) => {
+                    buf = &buf[n..];
+                    offset += n as u64;
+                }
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(self.staging.err(e, &self.name, "write to staging file")),
+            }
+        }
+        Ok(total)
+    }
+
+    /// The size given at creation.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Deletes the staging file.
+    pub fn discard(mut self) -> Result<(), StoreError> {
+        self.finished = true;
+        self.staging.remove(&self.name)
+    }
+
+    /// The full path, for messages.
+    pub(crate) fn path(&self) -> PathBuf {
+        self.staging.path.join(&self.name)
+    }
+}
+
+impl Drop for StagingFile {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Best effort: a failure here leaves an orphan in .haul/staging, never a partial
+            // file under a user-visible name.
+            let _ = self.staging.remove(&self.name);
+        }
+    }
+}
+
+impl std::fmt::Debug for StagingFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StagingFile")
+            .field("path", &self.path())
+            .field("size", &self.size)
+            .finish()
+    }
+}
