@@ -94,6 +94,10 @@ pub(crate) struct TransferArgs {
     /// Print JSON lines (events, then a summary object) instead of progress bars.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Report every file as it is installed, with the BLAKE3 hash the receiver verified (the
+    /// hash `b3sum` prints for the copy).
+    #[arg(long)]
+    pub(crate) list: bool,
     /// Chunk size, a power of two from 64K to 64M (e.g. 1M, 4M, 8MiB).
     #[arg(long, default_value = "4M", value_parser = parse_size)]
     pub(crate) chunk_size: u32,

@@ -90,6 +90,7 @@ fn options(args: &TransferArgs) -> TransferOptions {
     TransferOptions {
         chunk_size: args.chunk_size,
         streams: usize::from(args.streams),
+        list_files: args.list,
         ..TransferOptions::default()
     }
 }

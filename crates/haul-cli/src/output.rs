@@ -46,6 +46,14 @@ pub(crate) fn event_sink(mode: Mode, bar: Option<ProgressBar>) -> EventSink {
                 json_line(&value);
             }
         }
+        Mode::Bars | Mode::Quiet if matches!(event, Event::FileInstalled { .. }) => {
+            // The file list is output, not commentary: stdout, so it can be saved or piped.
+            let text = human_event(&event);
+            match &bar {
+                Some(bar) => bar.suspend(|| println!("{text}")),
+                None => println!("{text}"),
+            }
+        }
         Mode::Bars | Mode::Quiet => {
             let text = human_event(&event);
             match &bar {
@@ -59,6 +67,7 @@ pub(crate) fn event_sink(mode: Mode, bar: Option<ProgressBar>) -> EventSink {
 fn human_event(event: &Event) -> String {
     match event {
         Event::FileFailed { message, .. } => format!("haul: error: {message}"),
+        Event::FileInstalled { path, blake3, .. } => format!("{blake3}  {path}"),
         Event::TrustedOnFirstUse { host, fingerprint, known_hosts } => format!(
             "haul: WARNING: first connection to {host}. Trusting its certificate {fingerprint} \
              and recording it in {known_hosts}.\nhaul: WARNING: compare this fingerprint with the \

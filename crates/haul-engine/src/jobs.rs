@@ -60,11 +60,20 @@ pub async fn serve(
                     return;
                 }
             };
-            let link: Arc<dyn Link> = Arc::new(QuicLink::new(conn));
-            let _ = receive(link, config, peer, events).await;
+            let link: Arc<dyn Link> = Arc::new(QuicLink::new(conn.clone()));
+            if receive(link, config, peer, events).await.is_ok() {
+                linger(&conn).await;
+            }
         });
     }
     Ok(())
+}
+
+/// After `Finished`, waits for the client to close the connection. Dropping it at once would
+/// close it from our side and could discard the `Finished` still in flight, making a
+/// complete transfer look failed to the client.
+async fn linger(conn: &quinn::Connection) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), conn.closed()).await;
 }
 
 /// Where a push goes.
@@ -146,8 +155,11 @@ pub async fn copy(
         let conn = incoming
             .await
             .map_err(|e| EngineError::connection("embedded receiver handshake failed", e.into()))?;
-        let link: Arc<dyn Link> = Arc::new(QuicLink::new(conn));
+        let link: Arc<dyn Link> = Arc::new(QuicLink::new(conn.clone()));
         let report = receive(link, config, "embedded sender".into(), crate::progress::no_events()).await;
+        if report.is_ok() {
+            linger(&conn).await;
+        }
         endpoint.wait_idle().await;
         report
     });
@@ -161,15 +173,33 @@ pub async fn copy(
     let sent = push(source, target, options, progress, events).await;
     let received = server.await;
     if !had_state_dir {
-        // The state directory of an embedded receiver is ours to tidy when it is empty.
-        let _ = std::fs::remove_dir(root_dir.join(".haul/staging"));
-        let _ = std::fs::remove_dir(root_dir.join(".haul"));
+        remove_state_dir(&root_dir);
     }
     let summary = sent?;
     if let Ok(Err(e @ EngineError::Store(_))) = received {
         return Err(e);
     }
     Ok(summary)
+}
+
+/// Removes the embedded receiver's state directory when it is empty, keeping the root's mtime
+/// as the transfer set it (removing an entry would otherwise bump it).
+fn remove_state_dir(root_dir: &Path) {
+    let Ok(before) = rustix::fs::stat(root_dir) else { return };
+    let _ = std::fs::remove_dir(root_dir.join(".haul/staging"));
+    if std::fs::remove_dir(root_dir.join(".haul")).is_ok() {
+        let times = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: before.st_atime,
+                tv_nsec: before.st_atime_nsec as _,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: before.st_mtime,
+                tv_nsec: before.st_mtime_nsec as _,
+            },
+        };
+        let _ = rustix::fs::utimensat(rustix::fs::CWD, root_dir, &times, rustix::fs::AtFlags::empty());
+    }
 }
 
 /// Works out the embedded receiver's root and the destination path under it.

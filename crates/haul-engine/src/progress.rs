@@ -50,6 +50,15 @@ pub enum Event {
         /// What went wrong and what to do.
         message: String,
     },
+    /// A file was installed on the target (only with `TransferOptions::list_files`).
+    FileInstalled {
+        /// Path relative to the destination (lossy UTF-8).
+        path: String,
+        /// Size in bytes.
+        bytes: u64,
+        /// The BLAKE3 hash the receiver verified, as `b3sum` prints it.
+        blake3: String,
+    },
     /// A new server was trusted on first use and recorded.
     TrustedOnFirstUse {
         /// HOST:PORT.

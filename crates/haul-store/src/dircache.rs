@@ -4,8 +4,8 @@
 //! files in a few thousand directories would otherwise re-walk the same components for each
 //! file. Why it is safe: a cached fd was itself reached without following any symlink, and an
 //! fd keeps naming the same directory even if someone later renames or replaces the path, so
-//! a cache hit can never lead outside the root. Nothing is invalidated; the bound is the only
-//! eviction (least recently used).
+//! a cache hit can never lead outside the root. A hit on a directory that has since been
+//! deleted is dropped; otherwise the bound is the only eviction (least recently used).
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -36,6 +36,20 @@ impl DirCache {
             *used = clock;
             Arc::clone(fd)
         })
+    }
+
+    /// Like [`get`](Self::get), but drops and misses an entry whose directory has been deleted
+    /// since it was cached (a deleted directory has no links left): an administrator who
+    /// removes a destination between pushes gets it recreated, not written into the void.
+    pub(crate) fn get_live(&mut self, key: &[u8]) -> Option<Arc<OwnedFd>> {
+        let fd = self.get(key)?;
+        match rustix::fs::fstat(&*fd) {
+            Ok(st) if st.st_nlink > 0 => Some(fd),
+            _ => {
+                self.entries.remove(key);
+                None
+            }
+        }
     }
 
     pub(crate) fn insert(&mut self, key: &[u8], fd: Arc<OwnedFd>) {

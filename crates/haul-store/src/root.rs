@@ -360,6 +360,12 @@ impl Root {
         Ok((fd, name))
     }
 
+    /// Forgets every cached directory fd. A receiver calls this when a session starts, so a
+    /// directory renamed or replaced between sessions is looked up afresh.
+    pub fn forget_cached_dirs(&self) {
+        *self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = DirCache::new();
+    }
+
     /// The fd of directory `dir`, walking from the longest cached ancestor (or the root).
     /// `Ok(None)` if a component is missing and `missing` is `Absent`.
     fn resolve_dir(
@@ -377,12 +383,12 @@ impl Root {
                 .cache
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Some(hit) = cache.get(bytes) {
+            if let Some(hit) = cache.get_live(bytes) {
                 return Ok(Some(hit));
             }
             let slashes = bytes.iter().enumerate().rev().filter(|(_, b)| **b == b'/');
             for (i, _) in slashes {
-                if let Some(hit) = cache.get(&bytes[..i]) {
+                if let Some(hit) = cache.get_live(&bytes[..i]) {
                     (fd, start) = (hit, i + 1);
                     break;
                 }

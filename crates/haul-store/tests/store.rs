@@ -495,3 +495,23 @@ fn sync_and_free_space() {
     let free = root.available_bytes().unwrap();
     assert!(free > 0);
 }
+
+#[test]
+fn a_destination_deleted_between_pushes_is_recreated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = Root::open(tmp.path()).unwrap();
+    root.create_dir_all(&rel("y/sub")).unwrap();
+    install(&root, "y/sub/a", b"one", meta(0o644, 1, 0));
+    // The administrator removes the copy while the receiver keeps running.
+    fs::remove_dir_all(tmp.path().join("y")).unwrap();
+    root.create_dir_all(&rel("y/sub")).unwrap();
+    install(&root, "y/sub/a", b"two", meta(0o644, 1, 0));
+    assert_eq!(fs::read(tmp.path().join("y/sub/a")).unwrap(), b"two");
+    // A rename between sessions: forgetting the cache makes the next lookup see the new path.
+    fs::rename(tmp.path().join("y"), tmp.path().join("y.1")).unwrap();
+    root.forget_cached_dirs();
+    root.create_dir_all(&rel("y/sub")).unwrap();
+    install(&root, "y/sub/a", b"three", meta(0o644, 1, 0));
+    assert_eq!(fs::read(tmp.path().join("y/sub/a")).unwrap(), b"three");
+    assert_eq!(fs::read(tmp.path().join("y.1/sub/a")).unwrap(), b"two");
+}

@@ -1,1 +1,18 @@
-//! placeholder
+//! Shared test helpers for haul.
+//!
+//! - [`cmd`]: run the real `haul` binary ([`Haul`]), start a real `haul serve` ([`Server`]) and
+//!   read its `--json` summary.
+//! - [`tree`]: build source trees with odd names, modes, mtimes, symlinks and sparse files
+//!   ([`TreeBuilder`]), and compare two trees entry by entry ([`assert_same_tree`]).
+//! - [`sim`]: an in-memory [`Link`](haul_engine::Link) pair whose splits, delays, kill point
+//!   and corruption are chosen by a seed, so protocol and failure cases replay exactly.
+//!
+//! # Must not depend on
+//! Nothing in the product depends on this crate; it is a dev-dependency only.
+
+pub mod cmd;
+pub mod sim;
+pub mod tree;
+
+pub use cmd::{Haul, Server, summary_of};
+pub use tree::{TreeBuilder, assert_same_tree, sparse_blocks};

@@ -113,6 +113,8 @@ pub async fn receive(
         }
     };
     let session_id = config.next_session.fetch_add(1, Ordering::Relaxed);
+    // Directories may have been renamed or removed since the last session.
+    config.root.forget_cached_dirs();
     ctl_tx
         .send(&session.accept(&hello, session_id))
         .await
@@ -184,6 +186,7 @@ pub async fn receive(
     tokio::pin!(reader);
     let mut writer = writer;
     let result = tokio::select! {
+        biased;
         // The writer sends `Finished` once every entry is resolved: the session is complete
         // whatever the client does with the connection afterwards.
         joined = &mut writer => joined

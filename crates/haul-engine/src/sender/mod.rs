@@ -44,6 +44,8 @@ pub struct TransferOptions {
     pub readers: usize,
     /// Entries announced and not yet resolved, at most.
     pub window: usize,
+    /// Emit an [`Event::FileInstalled`] for every file, with its verified hash.
+    pub list_files: bool,
 }
 
 impl Default for TransferOptions {
@@ -53,6 +55,7 @@ impl Default for TransferOptions {
             streams: 4,
             readers: std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
             window: 8192,
+            list_files: false,
         }
     }
 }
@@ -77,6 +80,7 @@ enum ScanItem {
 
 struct Pending {
     source: PathBuf,
+    rel: Vec<u8>,
     kind: EntryKind,
     size: u64,
 }
@@ -189,22 +193,31 @@ pub async fn send(
             .map_err(|e| EngineError::connection("cannot start a reader thread", e))?;
         workers.push(handle);
     }
-    drop((job_rx, frame_tx, note_tx));
+    drop((job_rx, frame_tx));
     let mut writers = Vec::new();
     for _ in 0..opts.streams {
         let link = link.clone();
         let frames = frame_rx.clone();
+        let notes = note_tx.clone();
         writers.push(tokio::spawn(async move {
-            let Ok(first) = frames.recv().await else { return Ok(()) };
-            let mut stream = FramedSend::new(link.open_data().await?);
-            stream.send_parts(first.0, first.1).await?;
-            while let Ok((head, payload)) = frames.recv().await {
-                stream.send_parts(head, payload).await?;
+            let result = async {
+                let Ok(first) = frames.recv().await else { return Ok(()) };
+                let mut stream = FramedSend::new(link.open_data().await?);
+                stream.send_parts(first.0, first.1).await?;
+                while let Ok((head, payload)) = frames.recv().await {
+                    stream.send_parts(head, payload).await?;
+                }
+                stream.finish()
             }
-            stream.finish()
+            .await;
+            if let Err(e) = result {
+                // Stop feeding this stream's share of frames to nobody.
+                frames.close();
+                let _ = notes.send(WorkerNote::StreamFailed(e));
+            }
         }));
     }
-    drop(frame_rx);
+    drop((frame_rx, note_tx));
 
     let mut summary = Summary::default();
     let mut pending: HashMap<u64, Pending> = HashMap::new();
@@ -228,6 +241,7 @@ pub async fn send(
                             }
                             pending.insert(id, Pending {
                                 source: entry.source,
+                                rel: if opts.list_files { entry.rel.clone() } else { Vec::new() },
                                 kind: entry.kind,
                                 size: entry.size,
                             });
@@ -264,6 +278,9 @@ pub async fn send(
                 }
                 note = note_rx.recv() => match note {
                     Some(WorkerNote::Control(msg)) => { let _ = out_tx.send(msg); }
+                    Some(WorkerNote::StreamFailed(e)) => {
+                        return Err(EngineError::connection("a data stream failed", e));
+                    }
                     Some(WorkerNote::SourceFailed { id, path, message }) => {
                         source_failed.insert(id);
                         let _ = out_tx.send(Message::SourceFailed(haul_proto::SourceFailed {
@@ -308,6 +325,13 @@ pub async fn send(
                                 summary.files_transferred += 1;
                                 Progress::add(&progress.files_done, 1);
                                 Progress::add(&progress.bytes_done, p.size);
+                                if opts.list_files {
+                                    events(Event::FileInstalled {
+                                        path: String::from_utf8_lossy(&p.rel).into_owned(),
+                                        bytes: p.size,
+                                        blake3: haul_manifest::to_hex(&done.hash),
+                                    });
+                                }
                             }
                         }
                         Message::Failed(failed) => {
@@ -346,12 +370,10 @@ pub async fn send(
         let _ = out_tx.send(Message::Abort(haul_proto::Abort { message: e.to_string() }));
     }
     drop(out_tx);
+    // Once `Finished` has arrived every file is installed: a stream that fails while closing
+    // afterwards changes nothing.
     for writer in writers {
-        if let Ok(Err(e)) = writer.await
-            && result.is_ok()
-        {
-            return Err(EngineError::connection("a data stream failed", e));
-        }
+        let _ = writer.await;
     }
     let _ = ctl_writer.await;
     ctl_reader.abort();

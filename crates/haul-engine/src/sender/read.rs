@@ -55,6 +55,8 @@ pub(crate) enum WorkerNote {
     Control(Message),
     /// A file could not be read; the control loop reports it and tells the receiver.
     SourceFailed { id: u64, path: String, message: String },
+    /// A data stream failed: the session cannot complete.
+    StreamFailed(io::Error),
 }
 
 pub(crate) struct Worker {

@@ -1,0 +1,119 @@
+//! Running the real `haul` binary.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+/// The `haul` binary under test.
+#[derive(Clone, Debug)]
+pub struct Haul {
+    bin: PathBuf,
+}
+
+impl Haul {
+    /// Uses the binary at `bin` (pass `env!("CARGO_BIN_EXE_haul")`).
+    pub fn new(bin: impl Into<PathBuf>) -> Self {
+        Haul { bin: bin.into() }
+    }
+
+    /// A command for the binary with a private config directory, so tests never touch the
+    /// user's certificate, token or known-hosts.
+    pub fn command(&self, config_dir: &Path) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.env("HAUL_CONFIG_DIR", config_dir).env_remove("HAUL_TOKEN");
+        cmd
+    }
+
+    /// Runs with `args` and returns the output.
+    pub fn run(&self, config_dir: &Path, args: &[&std::ffi::OsStr]) -> Output {
+        let out = self.command(config_dir).args(args).output();
+        out.unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bin.display()))
+    }
+
+    /// Starts `haul serve` on a free loopback port with its own root and config directory.
+    pub fn serve(&self, root: &Path, config_dir: &Path, token_file: Option<&Path>) -> Server {
+        let mut cmd = self.command(config_dir);
+        cmd.arg("serve")
+            .arg("--root")
+            .arg(root)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(token) = token_file {
+            cmd.arg("--token-file").arg(token);
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start haul serve: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+        // "haul serve: listening on ADDR fingerprint sha256:HEX"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let addr = words.iter().position(|w| *w == "on").and_then(|i| words.get(i + 1));
+        let fp = words.iter().position(|w| *w == "fingerprint").and_then(|i| words.get(i + 1));
+        let (Some(addr), Some(fp)) = (addr, fp) else {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("serve output");
+            panic!(
+                "unexpected first line from haul serve: {line:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        Server { child, addr: addr.to_string(), fingerprint: fp.to_string() }
+    }
+}
+
+/// A running `haul serve`, killed on drop.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    /// "127.0.0.1:PORT".
+    pub addr: String,
+    /// "sha256:HEX".
+    pub fingerprint: String,
+}
+
+impl Server {
+    /// quic://ADDR/PATH for this server.
+    pub fn url(&self, path: &str) -> String {
+        format!("quic://{}/{path}", self.addr)
+    }
+
+    /// Stops the server and returns what it wrote to stderr.
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let mut err = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
+        }
+        let _ = self.child.wait();
+        err
+    }
+
+    /// True while the server process is alive.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `"event":"summary"` object from `--json` output.
+pub fn summary_of(output: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "summary")
+        .unwrap_or_else(|| {
+            panic!(
+                "no summary in the output.\nstdout:\n{stdout}\nstderr:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+}

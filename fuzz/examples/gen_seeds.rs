@@ -1,0 +1,320 @@
+//! Writes the seed corpora under `fuzz/corpus/<target>/` and replays each seed through its
+//! harness (so a seed that crashes, or that `arbitrary` would read differently, fails here).
+//!
+//! Run from `fuzz/`: `cargo run --example gen_seeds` (a normal build, no sanitizers).
+
+use std::fs;
+use std::path::Path;
+
+use bytes::Bytes;
+use haul_fuzz::seed::session_input;
+use haul_fuzz::session::{
+    Blob, ChunkSizeSel, ClientMsg, IdRef, IdSel, IndexSel, KindSel, LenSel, Op, Reached, SizeSel,
+    StrayMsg, VersionSel,
+};
+use haul_fuzz::{frames, relpath, session};
+use haul_proto::{
+    Abort, Chunk, Entry, EntryKind, Failed, FileDone, Finished, Hello, Installed, Message, Meta,
+    Need, PROTOCOL_VERSION, RefuseReason, Refused, SourceFailed, Welcome,
+};
+
+fn main() -> std::io::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    for (name, data) in frame_seeds() {
+        frames::run(&data);
+        write(&root.join("frame_decode"), name, &data)?;
+    }
+    for (name, max, ops, want) in session_seeds() {
+        let data = session_input(max, &ops);
+        let (setup, parsed) = session::parse(&data);
+        assert_eq!(
+            setup.max_outstanding, max,
+            "{name}: setup read back differently"
+        );
+        assert_eq!(
+            parsed, ops,
+            "{name}: arbitrary reads the seed back differently"
+        );
+        let reached = session::run(&data);
+        assert_eq!(
+            reached, want,
+            "{name}: the seed does not reach what it was written for"
+        );
+        write(&root.join("session"), name, &data)?;
+    }
+    for (name, data) in relpath_seeds() {
+        relpath::run(&data);
+        write(&root.join("relpath"), name, &data)?;
+    }
+    Ok(())
+}
+
+fn write(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
+    fs::create_dir_all(dir)?;
+    fs::write(dir.join(name), data)?;
+    println!("{} ({} bytes)", dir.join(name).display(), data.len());
+    Ok(())
+}
+
+/// A frame input: split-count byte, piece sizes, then the messages' encodings back to back.
+fn stream(splits: &[u8], msgs: &[Message]) -> Vec<u8> {
+    let mut out = vec![u8::try_from(splits.len()).unwrap()];
+    out.extend_from_slice(splits);
+    for m in msgs {
+        out.extend_from_slice(&m.encode());
+    }
+    out
+}
+
+fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let hello = Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        token: Bytes::from_static(b"secret"),
+        dest: Bytes::from_static(b"backups/po1"),
+        chunk_size: 1 << 20,
+    });
+    let entry = |id, kind, path: &'static [u8], link: &'static [u8]| {
+        Message::Entry(Entry {
+            id,
+            kind,
+            path: Bytes::from_static(path),
+            size: 5,
+            meta: Meta {
+                mode: 0o644,
+                mtime_sec: 1_700_000_000,
+                mtime_nsec: 123,
+            },
+            link_target: Bytes::from_static(link),
+        })
+    };
+    let control = vec![
+        hello,
+        entry(1, EntryKind::Dir, b"", b""),
+        entry(2, EntryKind::File, b"po1/wphost.db", b""),
+        entry(3, EntryKind::Symlink, b"po1/link", b"../elsewhere"),
+        Message::FileDone(FileDone {
+            id: 2,
+            hash: [7; 32],
+        }),
+        Message::SourceFailed(SourceFailed {
+            id: 2,
+            message: "vanished".into(),
+        }),
+        Message::EndOfEntries,
+        Message::Abort(Abort {
+            message: "operator interrupted".into(),
+        }),
+    ];
+    let server = vec![
+        Message::Welcome(Welcome {
+            version: PROTOCOL_VERSION,
+            session: 42,
+        }),
+        Message::Refused(Refused {
+            reason: RefuseReason::BadToken,
+            message: "bad".into(),
+        }),
+        Message::Need(Need {
+            id: 2,
+            ranges: vec![(0, 1), (3, 2)],
+        }),
+        Message::Installed(Installed {
+            id: 2,
+            hash: [9; 32],
+            bytes_written: 5,
+        }),
+        Message::Failed(Failed {
+            id: 3,
+            message: "disk full".into(),
+            no_space: true,
+        }),
+        Message::Finished(Finished {
+            installed: 2,
+            failed: 1,
+        }),
+    ];
+    let chunks = vec![
+        Message::Chunk(Chunk {
+            id: 2,
+            index: 0,
+            hash: [1; 32],
+            zero: false,
+            data: Bytes::from((0..=255u8).collect::<Vec<_>>()),
+        }),
+        Message::Chunk(Chunk {
+            id: 2,
+            index: 1,
+            hash: [2; 32],
+            zero: true,
+            data: Bytes::new(),
+        }),
+    ];
+    let mut bad = stream(&[], &control[..1]);
+    bad.extend_from_slice(&[0, 0, 0, 3, 99, 1, 2]); // unknown type 99
+    bad.extend_from_slice(&[0, 0, 0, 0]); // empty frame: the decoder stops here
+    vec![
+        ("control-whole", stream(&[], &control)),
+        ("control-split", stream(&[0, 6, 2], &control)),
+        ("server-messages", stream(&[], &server)),
+        ("chunks-split", stream(&[99, 3], &chunks)),
+        ("bad-frames", bad),
+        ("truncated", stream(&[], &control[..2])[..30].to_vec()),
+    ]
+}
+
+fn hello(version: VersionSel, chunk_size: ChunkSizeSel) -> Op {
+    Op::Send(ClientMsg::Hello {
+        version,
+        token: Blob(b"t".to_vec()),
+        dest: Blob::default(),
+        chunk_size,
+    })
+}
+
+fn entry(id: IdSel, kind: KindSel, path: &[u8], size: SizeSel) -> Op {
+    Op::Send(ClientMsg::Entry {
+        id,
+        kind,
+        path: Blob(path.to_vec()),
+        size,
+        mode: 0o644,
+        mtime_sec: 1_700_000_000,
+        mtime_nsec: 0,
+        link_target: Blob::default(),
+    })
+}
+
+fn chunk(n: u8, index: IndexSel, len: LenSel) -> Op {
+    Op::Chunk {
+        id: IdRef::Announced(n),
+        index,
+        len,
+    }
+}
+
+/// Name, `max_outstanding`, ops, and what the session must accept along the way.
+type SessionSeed = (&'static str, Option<u8>, Vec<Op>, Reached);
+
+fn session_seeds() -> Vec<SessionSeed> {
+    let good_hello = || hello(VersionSel::Current, ChunkSizeSel::Shift(16)); // 64 KiB chunks
+    let accept = Op::Decide { session: 7 };
+    let two_chunks = SizeSel::Chunks {
+        chunks: 1,
+        extra: 10,
+    };
+    vec![
+        (
+            "happy-path",
+            None,
+            vec![
+                good_hello(),
+                accept.clone(),
+                entry(IdSel::Next, KindSel::Dir, b"d", SizeSel::Bytes(0)),
+                entry(IdSel::Next, KindSel::File, b"d/f", two_chunks),
+                chunk(1, IndexSel::Nth(0), LenSel::Exact),
+                chunk(1, IndexSel::Last, LenSel::Exact),
+                Op::Send(ClientMsg::FileDone {
+                    id: IdRef::Announced(1),
+                    hash: 3,
+                }),
+                Op::Send(ClientMsg::EndOfEntries),
+                Op::Resolve(IdRef::Announced(0)),
+                Op::Resolve(IdRef::Announced(1)),
+            ],
+            Reached {
+                handled: 5,
+                chunks: 2,
+                finished: true,
+            },
+        ),
+        (
+            "refused-hello",
+            None,
+            vec![
+                hello(VersionSel::Raw(9), ChunkSizeSel::Raw(3 << 20)),
+                accept.clone(),
+                entry(IdSel::Next, KindSel::File, b"f", SizeSel::Bytes(1)),
+                hello(VersionSel::Current, ChunkSizeSel::Shift(20)),
+                Op::Refuse,
+            ],
+            Reached {
+                handled: 1,
+                chunks: 0,
+                finished: false,
+            },
+        ),
+        (
+            "outstanding-limit",
+            Some(2),
+            vec![
+                good_hello(),
+                accept.clone(),
+                entry(IdSel::Next, KindSel::File, b"a", SizeSel::Bytes(1)),
+                entry(IdSel::Skip(5), KindSel::Symlink, b"b", SizeSel::Bytes(0)),
+                entry(IdSel::Next, KindSel::File, b"c", SizeSel::Bytes(1)),
+                Op::Resolve(IdRef::Announced(0)),
+                entry(IdSel::Next, KindSel::File, b"c", SizeSel::Raw(u64::MAX)),
+                entry(IdSel::Skip(0), KindSel::File, b"again", SizeSel::Bytes(1)),
+                chunk(2, IndexSel::Last, LenSel::Zero),
+            ],
+            Reached {
+                handled: 4,
+                chunks: 1,
+                finished: false,
+            },
+        ),
+        (
+            "bad-chunks",
+            None,
+            vec![
+                good_hello(),
+                accept.clone(),
+                entry(IdSel::Raw(100), KindSel::File, b"f", two_chunks),
+                chunk(0, IndexSel::Past, LenSel::Exact),
+                chunk(0, IndexSel::Nth(0), LenSel::Off(-1)),
+                chunk(0, IndexSel::Last, LenSel::Off(1)),
+                chunk(0, IndexSel::Raw(u64::MAX), LenSel::Raw(10)),
+                Op::Chunk {
+                    id: IdRef::Raw(5),
+                    index: IndexSel::Nth(0),
+                    len: LenSel::Exact,
+                },
+                Op::Send(ClientMsg::Stray(StrayMsg::Need(IdRef::Announced(0)))),
+                Op::Send(ClientMsg::Stray(StrayMsg::Chunk(IdRef::Announced(0)))),
+                Op::Send(ClientMsg::SourceFailed {
+                    id: IdRef::Raw(1),
+                    message: Blob(b"gone".to_vec()),
+                }),
+                Op::Send(ClientMsg::Abort {
+                    message: Blob(b"bye".to_vec()),
+                }),
+                chunk(0, IndexSel::Nth(0), LenSel::Exact),
+            ],
+            Reached {
+                handled: 3,
+                chunks: 0,
+                finished: false,
+            },
+        ),
+    ]
+}
+
+fn relpath_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let mut long_name = b"dir/".to_vec();
+    long_name.extend(std::iter::repeat_n(b'x', 256));
+    vec![
+        ("root", Vec::new()),
+        ("nested", b"po1/wphost.db".to_vec()),
+        ("deep", b"a/b/c/d/e".to_vec()),
+        ("reserved-first", b".haul/staging".to_vec()),
+        ("reserved-later", b"a/.haul".to_vec()),
+        ("dotdot", b"a/../b".to_vec()),
+        ("dot", b"./a".to_vec()),
+        ("empty-component", b"a//b".to_vec()),
+        ("trailing-slash", b"a/".to_vec()),
+        ("absolute", b"/etc/passwd".to_vec()),
+        ("nul", b"a\0b".to_vec()),
+        ("not-utf8", b"\xff\xfe/caf\xe9".to_vec()),
+        ("long-name", long_name),
+    ]
+}

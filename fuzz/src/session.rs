@@ -1,0 +1,430 @@
+//! The `session` harness: sequences of client messages and engine calls fed to `ServerSession`.
+//!
+//! `haul-proto`'s types do not implement `Arbitrary` (and must not depend on it), so the input
+//! is a list of [`Op`]s, wrapper types that derive it. Ids, chunk sizes, file sizes and chunk
+//! lengths are mostly chosen *relative to what happened so far* (the next id, an announced
+//! entry, the exact length of a chunk) so random bytes reach the deep states quickly.
+//!
+//! The harness calls the session the way the engine does: `accept` or `refuse` only right
+//! after a `Hello` event, and `accept` only if `check_hello` passed. Alongside the session it
+//! runs [`Model`], a reference written from the protocol rules, and after every op checks:
+//! no panic, `outstanding() <= limits().max_outstanding`, `outstanding()`, `is_active()` and
+//! `chunk_size()` equal the model's, and every `handle`, `check_hello` and `check_chunk`
+//! answer is accepted exactly when the model accepts it.
+
+use std::collections::BTreeMap;
+
+use arbitrary::{Arbitrary, Unstructured};
+
+pub use crate::ops::{
+    Blob, ChunkSizeSel, ClientMsg, IdRef, IdSel, IndexSel, KindSel, LenSel, Op, Setup, SizeSel,
+    StrayMsg, VersionSel,
+};
+use bytes::Bytes;
+use haul_proto::session::ServerEvent;
+use haul_proto::{
+    Abort, Chunk, ChunkLayout, Entry, EntryKind, Failed, FileDone, Finished, Hello, Installed,
+    Limits, Message, Meta, Need, PROTOCOL_VERSION, RefuseReason, Refused, ServerSession,
+    SourceFailed, Welcome,
+};
+
+/// Reads a whole input: the setup, then ops until the bytes run out.
+pub fn parse(data: &[u8]) -> (Setup, Vec<Op>) {
+    let mut u = Unstructured::new(data);
+    let setup = Setup::arbitrary(&mut u).unwrap_or(Setup {
+        max_outstanding: None,
+    });
+    let mut ops = Vec::new();
+    while !u.is_empty() {
+        match Op::arbitrary(&mut u) {
+            Ok(op) => ops.push(op),
+            Err(_) => break,
+        }
+    }
+    (setup, ops)
+}
+
+/// What one input reached: lets the seed generator check a seed does what it was written for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reached {
+    /// Messages `handle` accepted.
+    pub handled: usize,
+    /// Chunks `check_chunk` accepted.
+    pub chunks: usize,
+    /// Whether a `resolve` reported the session finished.
+    pub finished: bool,
+}
+
+/// Runs one input. Panics when a property fails.
+pub fn run(data: &[u8]) -> Reached {
+    let (setup, ops) = parse(data);
+    let mut h = Harness::new(&setup);
+    for op in ops {
+        h.step(op);
+        h.check_invariants();
+    }
+    h.reached
+}
+
+/// Where the reference model thinks the session is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    AwaitHello,
+    AwaitDecision,
+    Active,
+    Draining,
+    Finished,
+    Refused,
+}
+
+/// The protocol rules, written independently of `ServerSession`.
+#[derive(Debug)]
+struct Model {
+    state: State,
+    limits: Limits,
+    chunk_size: u32,
+    last_id: Option<u64>,
+    /// Outstanding entries: kind and (for files) size.
+    outstanding: BTreeMap<u64, (EntryKind, u64)>,
+}
+
+/// The session under test, the model, and what the engine would remember.
+struct Harness {
+    session: ServerSession,
+    model: Model,
+    /// The hello awaiting a decision, as the engine holds it.
+    pending: Option<Hello>,
+    /// Every id the session accepted, for [`IdRef::Announced`].
+    announced: Vec<u64>,
+    reached: Reached,
+}
+
+impl Harness {
+    fn new(setup: &Setup) -> Harness {
+        let mut limits = Limits::default();
+        if let Some(n) = setup.max_outstanding {
+            limits.max_outstanding = u32::from(n);
+        }
+        Harness {
+            session: ServerSession::new(limits.clone()),
+            model: Model {
+                state: State::AwaitHello,
+                chunk_size: haul_proto::DEFAULT_CHUNK_SIZE,
+                limits,
+                last_id: None,
+                outstanding: BTreeMap::new(),
+            },
+            pending: None,
+            announced: Vec::new(),
+            reached: Reached::default(),
+        }
+    }
+
+    fn id(&self, r: IdRef) -> u64 {
+        match r {
+            IdRef::Announced(n) if !self.announced.is_empty() => {
+                self.announced[usize::from(n) % self.announced.len()]
+            }
+            IdRef::Announced(_) => 0,
+            IdRef::Raw(id) => id,
+        }
+    }
+
+    /// The model's layout for `id` if it is an outstanding file.
+    fn file_layout(&self, id: u64) -> Option<ChunkLayout> {
+        match self.model.outstanding.get(&id) {
+            Some(&(EntryKind::File, size)) => Some(ChunkLayout::new(size, self.model.chunk_size)),
+            _ => None,
+        }
+    }
+
+    fn step(&mut self, op: Op) {
+        match op {
+            Op::Send(msg) => {
+                let msg = self.message(msg);
+                self.send(msg);
+            }
+            Op::Decide { session } => {
+                let Some(hello) = self.pending.take() else {
+                    return;
+                };
+                let verdict = self.session.check_hello(&hello);
+                let cs = hello.chunk_size;
+                let legal = hello.version == PROTOCOL_VERSION
+                    && cs.is_power_of_two()
+                    && (self.model.limits.min_chunk..=self.model.limits.max_chunk).contains(&cs);
+                assert_eq!(
+                    verdict.is_ok(),
+                    legal,
+                    "check_hello disagrees for {hello:?}"
+                );
+                match verdict {
+                    Ok(()) => {
+                        let welcome = self.session.accept(&hello, session);
+                        assert!(matches!(welcome, Message::Welcome(w) if w.session == session));
+                        self.model.state = State::Active;
+                        self.model.chunk_size = cs;
+                    }
+                    Err(refused) => {
+                        let _ = self.session.refuse(refused);
+                        self.model.state = State::Refused;
+                    }
+                }
+            }
+            Op::Refuse => {
+                if self.pending.take().is_some() {
+                    let refused = Refused {
+                        reason: RefuseReason::BadToken,
+                        message: "no".into(),
+                    };
+                    let _ = self.session.refuse(refused);
+                    self.model.state = State::Refused;
+                }
+            }
+            Op::Chunk { id, index, len } => self.chunk(id, index, len),
+            Op::Resolve(id) => {
+                let id = self.id(id);
+                let done = self.session.resolve(id);
+                self.model.outstanding.remove(&id);
+                let expect =
+                    self.model.state == State::Draining && self.model.outstanding.is_empty();
+                if expect {
+                    self.model.state = State::Finished;
+                }
+                assert_eq!(
+                    done, expect,
+                    "resolve({id}) result disagrees with the model"
+                );
+                self.reached.finished |= done;
+            }
+        }
+    }
+
+    /// Feeds one control message and compares the verdict with the model's.
+    fn send(&mut self, msg: Message) {
+        // Any message after a hello ends the engine's wait for a decision.
+        self.pending = None;
+        let name = msg.name();
+        let state = self.model.state;
+        let expect = self.model_handle(&msg);
+        let got = self.session.handle(msg);
+        self.reached.handled += usize::from(got.is_ok());
+        match (&got, expect) {
+            (Ok(ServerEvent::Hello(hello)), true) => self.pending = Some(hello.clone()),
+            (Ok(ServerEvent::Entry(entry)), true) => self.announced.push(entry.id),
+            (Ok(_), true) | (Err(_), false) => {}
+            _ => panic!(
+                "{name} in state {state:?}: session said {got:?}, model expected ok={expect}"
+            ),
+        }
+    }
+
+    /// Applies `msg` to the model; true if it is legal.
+    fn model_handle(&mut self, msg: &Message) -> bool {
+        let m = &mut self.model;
+        match (m.state, msg) {
+            (State::AwaitHello, Message::Hello(_)) => {
+                m.state = State::AwaitDecision;
+                true
+            }
+            (State::Active, Message::Entry(e)) => {
+                let increasing = m.last_id.is_none_or(|last| e.id > last);
+                let room = m.outstanding.len() < m.limits.max_outstanding as usize;
+                if increasing && room {
+                    m.last_id = Some(e.id);
+                    let size = if e.kind == EntryKind::File { e.size } else { 0 };
+                    m.outstanding.insert(e.id, (e.kind, size));
+                }
+                increasing && room
+            }
+            (State::Active | State::Draining, Message::FileDone(FileDone { id, .. }))
+            | (State::Active | State::Draining, Message::SourceFailed(SourceFailed { id, .. })) => {
+                matches!(m.outstanding.get(id), Some((EntryKind::File, _)))
+            }
+            (State::Active, Message::EndOfEntries) => {
+                m.state = State::Draining;
+                true
+            }
+            (_, Message::Abort(_)) => {
+                m.state = State::Finished;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn chunk(&mut self, id: IdRef, index: IndexSel, len: LenSel) {
+        let id = self.id(id);
+        let layout = self.file_layout(id);
+        let count = layout.map_or(0, |l| l.count());
+        let index = match index {
+            IndexSel::Nth(n) if count > 0 => u64::from(n) % count,
+            IndexSel::Nth(_) => 0,
+            IndexSel::Last => count.saturating_sub(1),
+            IndexSel::Past => count,
+            IndexSel::Raw(i) => i,
+        };
+        let exact = layout.and_then(|l| l.len(index)).unwrap_or(0) as usize;
+        let (zero, data_len) = match len {
+            LenSel::Exact => (false, exact),
+            LenSel::Zero => (true, 0),
+            LenSel::Off(delta) => (false, exact.saturating_add_signed(isize::from(delta))),
+            LenSel::Raw(n) => (false, usize::from(n)),
+        };
+        // Zeroed allocations are lazily mapped, so even a 64 MiB chunk costs little.
+        let chunk = Chunk {
+            id,
+            index,
+            hash: [0; 32],
+            zero,
+            data: Bytes::from(vec![0; data_len]),
+        };
+        let active = matches!(self.model.state, State::Active | State::Draining);
+        let fits = index < count && (zero || data_len == exact);
+        let got = self.session.check_chunk(&chunk);
+        self.reached.chunks += usize::from(got.is_ok());
+        match (&got, active && layout.is_some() && fits) {
+            (Ok(got), true) => {
+                assert_eq!(Some(*got), layout, "check_chunk returned another layout")
+            }
+            (Err(_), false) => {}
+            (got, expect) => panic!(
+                "check_chunk(id {id}, index {index}, zero {zero}, len {data_len}) in {:?}: \
+                 session said {got:?}, model expected ok={expect} (layout {layout:?})",
+                self.model.state
+            ),
+        }
+    }
+
+    fn check_invariants(&self) {
+        let s = &self.session;
+        assert!(
+            s.outstanding() <= s.limits().max_outstanding as usize,
+            "{} entries outstanding, over the limit of {}",
+            s.outstanding(),
+            s.limits().max_outstanding
+        );
+        assert_eq!(
+            s.outstanding(),
+            self.model.outstanding.len(),
+            "outstanding count differs"
+        );
+        let active = matches!(self.model.state, State::Active | State::Draining);
+        assert_eq!(
+            s.is_active(),
+            active,
+            "is_active differs in {:?}",
+            self.model.state
+        );
+        assert_eq!(s.chunk_size(), self.model.chunk_size, "chunk size differs");
+    }
+
+    /// Builds the real message for a wrapper.
+    fn message(&self, msg: ClientMsg) -> Message {
+        let text = |b: Blob| String::from_utf8_lossy(&b.0).into_owned();
+        match msg {
+            ClientMsg::Hello {
+                version,
+                token,
+                dest,
+                chunk_size,
+            } => Message::Hello(Hello {
+                version: match version {
+                    VersionSel::Current => PROTOCOL_VERSION,
+                    VersionSel::Raw(v) => v,
+                },
+                token: token.0.into(),
+                dest: dest.0.into(),
+                chunk_size: match chunk_size {
+                    ChunkSizeSel::Shift(n) => 1 << (n % 32),
+                    ChunkSizeSel::Raw(v) => v,
+                },
+            }),
+            ClientMsg::Entry {
+                id,
+                kind,
+                path,
+                size,
+                mode,
+                mtime_sec,
+                mtime_nsec,
+                link_target,
+            } => {
+                let last = self.model.last_id;
+                Message::Entry(Entry {
+                    id: match id {
+                        IdSel::Next => last.map_or(1, |l| l.wrapping_add(1)),
+                        IdSel::Skip(n) => last.unwrap_or(0).wrapping_add(u64::from(n)),
+                        IdSel::Raw(id) => id,
+                    },
+                    kind: match kind {
+                        KindSel::File => EntryKind::File,
+                        KindSel::Dir => EntryKind::Dir,
+                        KindSel::Symlink => EntryKind::Symlink,
+                    },
+                    path: path.0.into(),
+                    size: match size {
+                        SizeSel::Bytes(n) => u64::from(n),
+                        SizeSel::Chunks { chunks, extra } => {
+                            u64::from(chunks) * u64::from(self.model.chunk_size) + u64::from(extra)
+                        }
+                        SizeSel::Raw(n) => n,
+                    },
+                    meta: Meta {
+                        mode: u32::from(mode),
+                        mtime_sec,
+                        mtime_nsec,
+                    },
+                    link_target: link_target.0.into(),
+                })
+            }
+            ClientMsg::EndOfEntries => Message::EndOfEntries,
+            ClientMsg::FileDone { id, hash } => Message::FileDone(FileDone {
+                id: self.id(id),
+                hash: [hash; 32],
+            }),
+            ClientMsg::SourceFailed { id, message } => Message::SourceFailed(SourceFailed {
+                id: self.id(id),
+                message: text(message),
+            }),
+            ClientMsg::Abort { message } => Message::Abort(Abort {
+                message: text(message),
+            }),
+            ClientMsg::Stray(stray) => match stray {
+                StrayMsg::Welcome => Message::Welcome(Welcome {
+                    version: PROTOCOL_VERSION,
+                    session: 1,
+                }),
+                StrayMsg::Refused => Message::Refused(Refused {
+                    reason: RefuseReason::Other,
+                    message: String::new(),
+                }),
+                StrayMsg::Need(id) => Message::Need(Need {
+                    id: self.id(id),
+                    ranges: vec![(0, 1)],
+                }),
+                StrayMsg::Installed(id) => Message::Installed(Installed {
+                    id: self.id(id),
+                    hash: [0; 32],
+                    bytes_written: 0,
+                }),
+                StrayMsg::Failed(id) => Message::Failed(Failed {
+                    id: self.id(id),
+                    message: String::new(),
+                    no_space: false,
+                }),
+                StrayMsg::Finished => Message::Finished(Finished {
+                    installed: 0,
+                    failed: 0,
+                }),
+                StrayMsg::Chunk(id) => Message::Chunk(Chunk {
+                    id: self.id(id),
+                    index: 0,
+                    hash: [0; 32],
+                    zero: false,
+                    data: Bytes::from_static(&[0; 16]),
+                }),
+            },
+        }
+    }
+}
