@@ -108,9 +108,13 @@ pub(crate) struct TransferArgs {
 
 fn parse_size(s: &str) -> Result<u32, String> {
     let lower = s.trim().to_ascii_lowercase();
-    let digits_end = lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len());
+    let digits_end = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
     let (num, unit) = lower.split_at(digits_end);
-    let num: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 4M"))?;
+    let num: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 4M"))?;
     let mult: u64 = match unit.trim_end_matches("ib").trim_end_matches('b') {
         "" => 1,
         "k" => 1 << 10,

@@ -32,12 +32,16 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HAUL_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("haul: error: cannot start the async runtime: {e}");
@@ -56,7 +60,14 @@ async fn run(cli: Cli) -> u8 {
             })
             .await
         }
-        Command::Push { src, dest, fingerprint, known_hosts, token_file, transfer } => {
+        Command::Push {
+            src,
+            dest,
+            fingerprint,
+            known_hosts,
+            token_file,
+            transfer,
+        } => {
             let mode = Mode::pick(transfer.json);
             let target = match push_target(&src, &dest, fingerprint, known_hosts, token_file).await
             {
@@ -71,7 +82,13 @@ async fn run(cli: Cli) -> u8 {
             })
             .await
         }
-        Command::Serve { root, listen, token_file, config_dir, json } => {
+        Command::Serve {
+            root,
+            listen,
+            token_file,
+            config_dir,
+            json,
+        } => {
             let mode = if json { Mode::Json } else { Mode::Quiet };
             match serve(mode, root, listen, token_file, config_dir).await {
                 Ok(()) => 0,
@@ -108,7 +125,11 @@ where
     match result {
         Ok(summary) => {
             output::summary(mode, &summary);
-            if summary.errors.is_empty() && summary.files_failed == 0 { 0 } else { 1 }
+            if summary.errors.is_empty() && summary.files_failed == 0 {
+                0
+            } else {
+                1
+            }
         }
         Err(e) => {
             let code = e.exit_code();
@@ -119,7 +140,8 @@ where
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
-    e.downcast_ref::<EngineError>().map_or(1, EngineError::exit_code)
+    e.downcast_ref::<EngineError>()
+        .map_or(1, EngineError::exit_code)
 }
 
 /// Parses quic://HOST[:PORT]/PATH and works out how to trust and authenticate.
@@ -179,7 +201,13 @@ async fn push_target(
              HAUL_TOKEN"
         ),
     };
-    Ok(PushTarget { addr, host_key, dest: dest_path, trust, token })
+    Ok(PushTarget {
+        addr,
+        host_key,
+        dest: dest_path,
+        trust,
+        token,
+    })
 }
 
 async fn serve(
@@ -191,7 +219,10 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let config_dir = config_dir.unwrap_or_else(haul_net::default_config_dir);
     if !root.is_dir() {
-        bail!("the root {} is not a directory; create it first", root.display());
+        bail!(
+            "the root {} is not a directory; create it first",
+            root.display()
+        );
     }
     let (identity, created) = Identity::load_or_create(&config_dir)?;
     let token = match (token_file, std::env::var_os("HAUL_TOKEN")) {
@@ -200,7 +231,11 @@ async fn serve(
         _ => {
             let path = config_dir.join("token");
             let (token, generated) = Token::load_or_generate(&path)?;
-            let verb = if generated { "generated a token and stored it in" } else { "using the token in" };
+            let verb = if generated {
+                "generated a token and stored it in"
+            } else {
+                "using the token in"
+            };
             eprintln!(
                 "haul serve: {verb} {} (mode 0600); give it to clients with --token-file or \
                  HAUL_TOKEN",
@@ -217,7 +252,12 @@ async fn serve(
     }
     let fingerprint = identity.fingerprint;
     let events = output::event_sink(mode, None);
-    let options = ServeOptions { root: root.clone(), listen, tokens: vec![token], identity };
+    let options = ServeOptions {
+        root: root.clone(),
+        listen,
+        tokens: vec![token],
+        identity,
+    };
     jobs::serve(
         options,
         |addr| {

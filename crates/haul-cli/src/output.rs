@@ -68,7 +68,11 @@ fn human_event(event: &Event) -> String {
     match event {
         Event::FileFailed { message, .. } => format!("haul: error: {message}"),
         Event::FileInstalled { path, blake3, .. } => format!("{blake3}  {path}"),
-        Event::TrustedOnFirstUse { host, fingerprint, known_hosts } => format!(
+        Event::TrustedOnFirstUse {
+            host,
+            fingerprint,
+            known_hosts,
+        } => format!(
             "haul: WARNING: first connection to {host}. Trusting its certificate {fingerprint} \
              and recording it in {known_hosts}.\nhaul: WARNING: compare this fingerprint with the \
              one `haul serve` printed on that host; if they differ, remove that line and do not \
@@ -77,8 +81,15 @@ fn human_event(event: &Event) -> String {
         Event::SessionStarted { peer, dest } => {
             format!("haul serve: session from {peer} into {:?}", dest)
         }
-        Event::SessionEnded { peer, installed, failed, error } => match error {
-            None => format!("haul serve: session from {peer} done: {installed} installed, {failed} failed"),
+        Event::SessionEnded {
+            peer,
+            installed,
+            failed,
+            error,
+        } => match error {
+            None => format!(
+                "haul serve: session from {peer} done: {installed} installed, {failed} failed"
+            ),
             Some(e) => format!("haul serve: session from {peer} ended: {e}"),
         },
     }
@@ -93,7 +104,10 @@ pub(crate) struct Ticker {
 impl Ticker {
     pub(crate) fn start(mode: Mode, progress: Arc<Progress>) -> Ticker {
         if mode != Mode::Bars {
-            return Ticker { bar: None, task: None };
+            return Ticker {
+                bar: None,
+                task: None,
+            };
         }
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
         bar.set_style(
@@ -120,7 +134,10 @@ impl Ticker {
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
         });
-        Ticker { bar: Some(bar), task: Some(task) }
+        Ticker {
+            bar: Some(bar),
+            task: Some(task),
+        }
     }
 
     pub(crate) fn stop(self) {
@@ -176,9 +193,23 @@ pub(crate) fn fatal(mode: Mode, error: &anyhow::Error, code: u8) {
     if mode == Mode::Json {
         json_line(&serde_json::json!({
             "event": "error",
-            "message": format!("{error:#}"),
+            "message": chain(error),
             "exit_code": code,
         }));
     }
-    eprintln!("haul: error: {error:#}");
+    eprintln!("haul: error: {}", chain(error));
+}
+
+/// The error and its causes, each cause only if the text so far does not already say it (many
+/// errors quote their cause in their own message).
+pub(crate) fn chain(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }

@@ -76,7 +76,10 @@ impl EngineError {
     }
 
     pub(crate) fn connection(context: impl Into<String>, source: io::Error) -> Self {
-        EngineError::Connection { context: context.into(), source }
+        EngineError::Connection {
+            context: context.into(),
+            source,
+        }
     }
 }
 

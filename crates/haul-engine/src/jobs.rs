@@ -114,7 +114,14 @@ pub async fn push(
         options,
     };
     let result = send(link.clone(), request, progress, events).await;
-    link.close(0, if result.is_ok() { "done" } else { "sender stopped" });
+    link.close(
+        0,
+        if result.is_ok() {
+            "done"
+        } else {
+            "sender stopped"
+        },
+    );
     result
 }
 
@@ -156,7 +163,13 @@ pub async fn copy(
             .await
             .map_err(|e| EngineError::connection("embedded receiver handshake failed", e.into()))?;
         let link: Arc<dyn Link> = Arc::new(QuicLink::new(conn.clone()));
-        let report = receive(link, config, "embedded sender".into(), crate::progress::no_events()).await;
+        let report = receive(
+            link,
+            config,
+            "embedded sender".into(),
+            crate::progress::no_events(),
+        )
+        .await;
         if report.is_ok() {
             linger(&conn).await;
         }
@@ -185,7 +198,9 @@ pub async fn copy(
 /// Removes the embedded receiver's state directory when it is empty, keeping the root's mtime
 /// as the transfer set it (removing an entry would otherwise bump it).
 fn remove_state_dir(root_dir: &Path) {
-    let Ok(before) = rustix::fs::stat(root_dir) else { return };
+    let Ok(before) = rustix::fs::stat(root_dir) else {
+        return;
+    };
     let _ = std::fs::remove_dir(root_dir.join(".haul/staging"));
     if std::fs::remove_dir(root_dir.join(".haul")).is_ok() {
         let times = rustix::fs::Timestamps {
@@ -198,7 +213,12 @@ fn remove_state_dir(root_dir: &Path) {
                 tv_nsec: before.st_mtime_nsec as _,
             },
         };
-        let _ = rustix::fs::utimensat(rustix::fs::CWD, root_dir, &times, rustix::fs::AtFlags::empty());
+        let _ = rustix::fs::utimensat(
+            rustix::fs::CWD,
+            root_dir,
+            &times,
+            rustix::fs::AtFlags::empty(),
+        );
     }
 }
 
@@ -210,7 +230,11 @@ fn split_destination(
 ) -> Result<(PathBuf, Vec<u8>), EngineError> {
     use std::os::unix::ffi::OsStrExt;
     let store_err = |e: std::io::Error, op: &'static str| {
-        EngineError::Store(haul_store::StoreError::Io { path: dest.to_path_buf(), op, source: e })
+        EngineError::Store(haul_store::StoreError::Io {
+            path: dest.to_path_buf(),
+            op,
+            source: e,
+        })
     };
     if source_is_dir {
         std::fs::create_dir_all(dest).map_err(|e| store_err(e, "create the destination"))?;
@@ -231,7 +255,8 @@ fn split_destination(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&parent).map_err(|e| store_err(e, "create the destination's parent"))?;
+    std::fs::create_dir_all(&parent)
+        .map_err(|e| store_err(e, "create the destination's parent"))?;
     Ok((parent, name.as_bytes().to_vec()))
 }
 

@@ -99,10 +99,17 @@ struct QuicRecv(quinn::RecvStream);
 
 impl SendHalf for QuicSend {
     fn write_parts<'a>(&'a mut self, parts: &'a mut [Bytes]) -> BoxFuture<'a, io::Result<()>> {
-        Box::pin(async move { self.0.write_all_chunks(parts).await.map_err(io::Error::from) })
+        Box::pin(async move {
+            self.0
+                .write_all_chunks(parts)
+                .await
+                .map_err(io::Error::from)
+        })
     }
     fn finish(&mut self) -> io::Result<()> {
-        self.0.finish().map_err(|e| io::Error::new(io::ErrorKind::NotConnected, e))
+        self.0
+            .finish()
+            .map_err(|e| io::Error::new(io::ErrorKind::NotConnected, e))
     }
 }
 
@@ -121,13 +128,19 @@ impl Link for QuicLink {
     fn open_control(&self) -> BoxFuture<'_, io::Result<(BoxSend, BoxRecv)>> {
         Box::pin(async move {
             let (send, recv) = self.conn.open_bi().await.map_err(conn_err)?;
-            Ok((Box::new(QuicSend(send)) as BoxSend, Box::new(QuicRecv(recv)) as BoxRecv))
+            Ok((
+                Box::new(QuicSend(send)) as BoxSend,
+                Box::new(QuicRecv(recv)) as BoxRecv,
+            ))
         })
     }
     fn accept_control(&self) -> BoxFuture<'_, io::Result<(BoxSend, BoxRecv)>> {
         Box::pin(async move {
             let (send, recv) = self.conn.accept_bi().await.map_err(conn_err)?;
-            Ok((Box::new(QuicSend(send)) as BoxSend, Box::new(QuicRecv(recv)) as BoxRecv))
+            Ok((
+                Box::new(QuicSend(send)) as BoxSend,
+                Box::new(QuicRecv(recv)) as BoxRecv,
+            ))
         })
     }
     fn open_data(&self) -> BoxFuture<'_, io::Result<BoxSend>> {
@@ -149,6 +162,7 @@ impl Link for QuicLink {
         })
     }
     fn close(&self, code: u32, reason: &str) {
-        self.conn.close(quinn::VarInt::from_u32(code), reason.as_bytes());
+        self.conn
+            .close(quinn::VarInt::from_u32(code), reason.as_bytes());
     }
 }

@@ -27,7 +27,11 @@ pub(crate) struct FramedRecv {
 
 impl FramedRecv {
     pub(crate) fn new(recv: BoxRecv, limits: Limits) -> Self {
-        FramedRecv { recv, decoder: FrameDecoder::new(limits.clone()), limits }
+        FramedRecv {
+            recv,
+            decoder: FrameDecoder::new(limits.clone()),
+            limits,
+        }
     }
 
     pub(crate) fn set_limits(&mut self, limits: Limits) {
@@ -71,7 +75,10 @@ pub(crate) struct FramedSend {
 
 impl FramedSend {
     pub(crate) fn new(send: BoxSend) -> Self {
-        FramedSend { send, pending: BytesMut::new() }
+        FramedSend {
+            send,
+            pending: BytesMut::new(),
+        }
     }
 
     /// Appends a message to the outgoing buffer (call [`flush`](Self::flush) to send).

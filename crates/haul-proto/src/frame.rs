@@ -52,7 +52,10 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     /// A decoder enforcing `limits.max_frame`.
     pub fn new(limits: Limits) -> Self {
-        FrameDecoder { buf: BytesMut::new(), limits }
+        FrameDecoder {
+            buf: BytesMut::new(),
+            limits,
+        }
     }
 
     /// Replaces the limits, e.g. once the chunk size is negotiated.
@@ -96,7 +99,10 @@ impl FrameDecoder {
             return Err(FrameError::Empty);
         }
         if declared > self.limits.max_frame {
-            return Err(FrameError::TooLarge { declared, limit: self.limits.max_frame });
+            return Err(FrameError::TooLarge {
+                declared,
+                limit: self.limits.max_frame,
+            });
         }
         let total = 4 + declared as usize;
         if self.buf.len() < total {
@@ -105,7 +111,10 @@ impl FrameDecoder {
         let mut frame = self.buf.split_to(total);
         frame.advance(4);
         let kind = frame.get_u8();
-        Ok(Some(Frame { kind, body: frame.freeze() }))
+        Ok(Some(Frame {
+            kind,
+            body: frame.freeze(),
+        }))
     }
 
     /// Called when the stream ends: an error if a partial frame is left over.
@@ -113,7 +122,9 @@ impl FrameDecoder {
         if self.buf.is_empty() {
             Ok(())
         } else {
-            Err(FrameError::Truncated { buffered: self.buf.len() })
+            Err(FrameError::Truncated {
+                buffered: self.buf.len(),
+            })
         }
     }
 }
@@ -139,7 +150,13 @@ mod tests {
             if i + 1 < wire.len() {
                 assert!(got.is_none());
             } else {
-                assert_eq!(got, Some(Frame { kind: 9, body: Bytes::from_static(b"abc") }));
+                assert_eq!(
+                    got,
+                    Some(Frame {
+                        kind: 9,
+                        body: Bytes::from_static(b"abc")
+                    })
+                );
             }
         }
         dec.finish().unwrap();

@@ -43,6 +43,9 @@ impl Default for Limits {
 impl Limits {
     /// Limits for a session that negotiated `chunk_size`: frames only need to hold one chunk.
     pub fn for_chunk_size(chunk_size: u32) -> Self {
-        Limits { max_frame: chunk_size.saturating_add(4096), ..Limits::default() }
+        Limits {
+            max_frame: chunk_size.saturating_add(4096),
+            ..Limits::default()
+        }
     }
 }

@@ -404,7 +404,10 @@ impl Message {
                     1 => EntryKind::Dir,
                     2 => EntryKind::Symlink,
                     other => {
-                        return Err(DecodeError::Invalid { field: "kind", value: other.into() });
+                        return Err(DecodeError::Invalid {
+                            field: "kind",
+                            value: other.into(),
+                        });
                     }
                 },
                 path: r.bytes("path", limits.max_path)?,
@@ -446,7 +449,10 @@ impl Message {
                 }
                 Message::Need(Need { id, ranges })
             }
-            kind::FILE_DONE => Message::FileDone(FileDone { id: r.u64("id")?, hash: r.hash()? }),
+            kind::FILE_DONE => Message::FileDone(FileDone {
+                id: r.u64("id")?,
+                hash: r.hash()?,
+            }),
             kind::SOURCE_FAILED => Message::SourceFailed(SourceFailed {
                 id: r.u64("id")?,
                 message: r.text("message", limits.max_text)?,
@@ -473,7 +479,10 @@ impl Message {
                     0 => false,
                     1 => true,
                     other => {
-                        return Err(DecodeError::Invalid { field: "zero", value: other.into() });
+                        return Err(DecodeError::Invalid {
+                            field: "zero",
+                            value: other.into(),
+                        });
                     }
                 };
                 let data = r.bytes("data", limits.max_chunk)?;
@@ -483,9 +492,17 @@ impl Message {
                         value: data.len() as u64,
                     });
                 }
-                Message::Chunk(Chunk { id, index, hash, zero, data })
+                Message::Chunk(Chunk {
+                    id,
+                    index,
+                    hash,
+                    zero,
+                    data,
+                })
             }
-            kind::ABORT => Message::Abort(Abort { message: r.text("message", limits.max_text)? }),
+            kind::ABORT => Message::Abort(Abort {
+                message: r.text("message", limits.max_text)?,
+            }),
             other => return Err(DecodeError::UnknownType(other)),
         };
         if r.buf.has_remaining() {
@@ -535,7 +552,11 @@ struct Reader {
 
 impl Reader {
     fn need(&self, n: usize, field: &'static str) -> Result<(), DecodeError> {
-        if self.buf.remaining() < n { Err(DecodeError::Truncated { field }) } else { Ok(()) }
+        if self.buf.remaining() < n {
+            Err(DecodeError::Truncated { field })
+        } else {
+            Ok(())
+        }
     }
     fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
         self.need(1, field)?;
@@ -566,13 +587,27 @@ impl Reader {
     fn bytes(&mut self, field: &'static str, limit: u32) -> Result<Bytes, DecodeError> {
         let len = self.u32(field)?;
         if len > limit {
-            return Err(DecodeError::TooLong { field, declared: len.into(), limit: limit.into() });
+            return Err(DecodeError::TooLong {
+                field,
+                declared: len.into(),
+                limit: limit.into(),
+            });
         }
         self.need(len as usize, field)?;
         Ok(self.buf.split_to(len as usize))
     }
     fn text(&mut self, field: &'static str, limit: u32) -> Result<String, DecodeError> {
         let bytes = self.bytes(field, limit)?;
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
+        let mut text = String::from_utf8_lossy(&bytes).into_owned();
+        // Each invalid byte becomes a 3-byte U+FFFD: cut back to the limit so that what we
+        // accepted also re-encodes within it.
+        if text.len() > limit as usize {
+            let mut end = limit as usize;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+        Ok(text)
     }
 }

@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    ChunkLayout, Chunk, Entry, EntryKind, Hello, Limits, Message, PROTOCOL_VERSION,
-    RefuseReason, Refused, Welcome,
+    Chunk, ChunkLayout, Entry, EntryKind, Hello, Limits, Message, PROTOCOL_VERSION, RefuseReason,
+    Refused, Welcome,
 };
 
 /// A peer broke the protocol.
@@ -164,7 +164,10 @@ impl ServerSession {
                 if let Some(previous) = self.last_id
                     && entry.id <= previous
                 {
-                    return Err(ProtocolError::IdNotIncreasing { id: entry.id, previous });
+                    return Err(ProtocolError::IdNotIncreasing {
+                        id: entry.id,
+                        previous,
+                    });
                 }
                 if self.outstanding.len() >= self.limits.max_outstanding as usize {
                     return Err(ProtocolError::TooManyOutstanding {
@@ -172,23 +175,40 @@ impl ServerSession {
                     });
                 }
                 self.last_id = Some(entry.id);
-                let size = if entry.kind == EntryKind::File { entry.size } else { 0 };
+                let size = if entry.kind == EntryKind::File {
+                    entry.size
+                } else {
+                    0
+                };
                 self.outstanding.insert(
                     entry.id,
-                    Outstanding { kind: entry.kind, layout: ChunkLayout::new(size, self.chunk_size) },
+                    Outstanding {
+                        kind: entry.kind,
+                        layout: ChunkLayout::new(size, self.chunk_size),
+                    },
                 );
                 Ok(ServerEvent::Entry(entry))
             }
             (ServerState::Active | ServerState::Draining, Message::FileDone(done)) => {
                 self.expect_file(done.id, "FileDone")?;
-                Ok(ServerEvent::FileDone { id: done.id, hash: done.hash })
+                Ok(ServerEvent::FileDone {
+                    id: done.id,
+                    hash: done.hash,
+                })
             }
             (ServerState::Active | ServerState::Draining, Message::SourceFailed(failed)) => {
                 self.expect_file(failed.id, "SourceFailed")?;
-                Ok(ServerEvent::SourceFailed { id: failed.id, message: failed.message })
+                Ok(ServerEvent::SourceFailed {
+                    id: failed.id,
+                    message: failed.message,
+                })
             }
             (ServerState::Active, Message::EndOfEntries) => {
-                self.state = ServerState::Draining;
+                self.state = if self.outstanding.is_empty() {
+                    ServerState::Finished
+                } else {
+                    ServerState::Draining
+                };
                 Ok(ServerEvent::EndOfEntries)
             }
             (_, Message::Abort(abort)) => {
@@ -231,13 +251,25 @@ impl ServerSession {
         Ok(())
     }
 
-    /// Accepts the hello: returns the `Welcome` to send.
-    pub fn accept(&mut self, hello: &Hello, session: u64) -> Message {
+    /// Accepts the hello: returns the `Welcome` to send. A hello that fails
+    /// [`check_hello`](Self::check_hello), or an accept outside the handshake, is refused
+    /// instead, so a caller cannot put the session in a state with an unusable chunk size.
+    pub fn accept(&mut self, hello: &Hello, session: u64) -> Result<Message, Refused> {
+        if self.state != ServerState::AwaitDecision {
+            return Err(Refused {
+                reason: RefuseReason::Other,
+                message: format!("cannot accept a hello while {}", self.state.describe()),
+            });
+        }
+        self.check_hello(hello)?;
         self.chunk_size = hello.chunk_size;
         self.limits.max_frame = hello.chunk_size.saturating_add(4096);
         self.limits.max_chunk = hello.chunk_size;
         self.state = ServerState::Active;
-        Message::Welcome(Welcome { version: PROTOCOL_VERSION, session })
+        Ok(Message::Welcome(Welcome {
+            version: PROTOCOL_VERSION,
+            session,
+        }))
     }
 
     /// Refuses the hello: returns the `Refused` to send. The session accepts nothing more.
@@ -260,7 +292,11 @@ impl ServerSession {
             });
         }
         let layout = self.expect_file(chunk.id, "Chunk")?;
-        let bad = |why| ProtocolError::BadChunk { id: chunk.id, index: chunk.index, why };
+        let bad = |why| ProtocolError::BadChunk {
+            id: chunk.id,
+            index: chunk.index,
+            why,
+        };
         let Some(len) = layout.len(chunk.index) else {
             return Err(bad("index past the end of the file"));
         };
@@ -284,6 +320,11 @@ impl ServerSession {
     /// Entries announced and not yet resolved.
     pub fn outstanding(&self) -> usize {
         self.outstanding.len()
+    }
+
+    /// True once every entry announced before `EndOfEntries` is resolved (or after an abort).
+    pub fn is_finished(&self) -> bool {
+        self.state == ServerState::Finished
     }
 }
 
@@ -312,12 +353,19 @@ impl Default for ClientSession {
 impl ClientSession {
     /// A session that has sent its hello.
     pub fn new() -> Self {
-        ClientSession { state: ClientState::AwaitWelcome, outstanding: BTreeMap::new(), next_id: 1 }
+        ClientSession {
+            state: ClientState::AwaitWelcome,
+            outstanding: BTreeMap::new(),
+            next_id: 1,
+        }
     }
 
     /// Feeds the server's answer to the hello. `Ok(Ok(welcome))` on acceptance,
     /// `Ok(Err(refused))` on refusal.
-    pub fn handle_answer(&mut self, msg: Message) -> Result<Result<Welcome, Refused>, ProtocolError> {
+    pub fn handle_answer(
+        &mut self,
+        msg: Message,
+    ) -> Result<Result<Welcome, Refused>, ProtocolError> {
         match (self.state, msg) {
             (ClientState::AwaitWelcome, Message::Welcome(w)) => {
                 self.state = ClientState::Active;
@@ -431,9 +479,11 @@ mod tests {
 
     fn active() -> ServerSession {
         let mut s = ServerSession::new(Limits::default());
-        let ServerEvent::Hello(h) = s.handle(Message::Hello(hello())).unwrap() else { panic!() };
+        let ServerEvent::Hello(h) = s.handle(Message::Hello(hello())).unwrap() else {
+            panic!()
+        };
         assert!(s.check_hello(&h).is_ok());
-        let _ = s.accept(&h, 1);
+        assert!(s.accept(&h, 1).is_ok());
         s
     }
 
@@ -460,7 +510,10 @@ mod tests {
         };
         assert!(s.check_chunk(&chunk(0, 1 << 20)).is_ok());
         assert!(s.check_chunk(&chunk(1, 10)).is_ok());
-        assert!(s.check_chunk(&chunk(1, 11)).is_err(), "longer than announced");
+        assert!(
+            s.check_chunk(&chunk(1, 11)).is_err(),
+            "longer than announced"
+        );
         assert!(s.check_chunk(&chunk(2, 0)).is_err(), "past the end");
         let mut other = chunk(0, 1 << 20);
         other.id = 6;
@@ -471,10 +524,38 @@ mod tests {
     fn finishes_when_last_entry_resolves_after_end() {
         let mut s = active();
         let _ = s.handle(entry(1, 3)).unwrap();
-        let _ = s.handle(Message::FileDone(FileDone { id: 1, hash: [1; 32] })).unwrap();
+        let _ = s
+            .handle(Message::FileDone(FileDone {
+                id: 1,
+                hash: [1; 32],
+            }))
+            .unwrap();
         let _ = s.handle(Message::EndOfEntries).unwrap();
         assert!(s.handle(entry(2, 3)).is_err(), "no entries after the end");
         assert!(s.resolve(1));
+    }
+
+    #[test]
+    fn accept_refuses_what_check_hello_refuses() {
+        let mut s = ServerSession::new(Limits::default());
+        let mut h = hello();
+        h.chunk_size = 0;
+        let _ = s.handle(Message::Hello(h.clone())).unwrap();
+        assert_eq!(
+            s.accept(&h, 1).unwrap_err().reason,
+            RefuseReason::BadChunkSize
+        );
+        assert!(
+            s.handle(entry(1, 5)).is_err(),
+            "nothing is accepted after a refused hello"
+        );
+    }
+
+    #[test]
+    fn end_with_nothing_outstanding_finishes_at_once() {
+        let mut s = active();
+        let _ = s.handle(Message::EndOfEntries).unwrap();
+        assert!(s.is_finished());
     }
 
     #[test]
@@ -482,28 +563,49 @@ mod tests {
         let s = ServerSession::new(Limits::default());
         let mut h = hello();
         h.chunk_size = 3 << 20;
-        assert_eq!(s.check_hello(&h).unwrap_err().reason, RefuseReason::BadChunkSize);
+        assert_eq!(
+            s.check_hello(&h).unwrap_err().reason,
+            RefuseReason::BadChunkSize
+        );
         h.chunk_size = 1 << 20;
         h.version = 99;
-        assert_eq!(s.check_hello(&h).unwrap_err().reason, RefuseReason::BadVersion);
+        assert_eq!(
+            s.check_hello(&h).unwrap_err().reason,
+            RefuseReason::BadVersion
+        );
     }
 
     #[test]
     fn client_rejects_results_for_unknown_entries() {
         let mut c = ClientSession::new();
-        let welcome = Message::Welcome(Welcome { version: PROTOCOL_VERSION, session: 1 });
+        let welcome = Message::Welcome(Welcome {
+            version: PROTOCOL_VERSION,
+            session: 1,
+        });
         assert!(c.handle_answer(welcome).unwrap().is_ok());
         let id = c.announce(EntryKind::File);
         let installed = |id| {
-            Message::Installed(crate::Installed { id, hash: [0; 32], bytes_written: 0 })
+            Message::Installed(crate::Installed {
+                id,
+                hash: [0; 32],
+                bytes_written: 0,
+            })
         };
         assert!(c.handle(&installed(id + 1)).is_err());
         c.end_of_entries();
-        let finished = Message::Finished(crate::Finished { installed: 1, failed: 0 });
-        assert!(c.handle(&finished).is_err(), "finished before every entry resolved");
+        let finished = Message::Finished(crate::Finished {
+            installed: 1,
+            failed: 0,
+        });
+        assert!(
+            c.handle(&finished).is_err(),
+            "finished before every entry resolved"
+        );
         c.handle(&installed(id)).unwrap();
         c.handle(&finished).unwrap();
         assert!(c.is_finished());
-        let _ = Abort { message: String::new() };
+        let _ = Abort {
+            message: String::new(),
+        };
     }
 }

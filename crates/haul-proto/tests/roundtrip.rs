@@ -14,20 +14,63 @@ fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
 
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (any::<u16>(), bytes(64), bytes(256), any::<u32>()).prop_map(|(version, token, dest, cs)| {
-            Message::Hello(Hello { version, token, dest, chunk_size: cs })
-        }),
-        (any::<u64>(), 0u8..3, bytes(300), any::<u64>(), any::<u32>(), any::<i64>(), 0u32..1_000_000_000, bytes(100))
-            .prop_map(|(id, k, path, size, mode, mtime_sec, mtime_nsec, link_target)| {
-                let kind = [EntryKind::File, EntryKind::Dir, EntryKind::Symlink][k as usize];
-                Message::Entry(Entry { id, kind, path, size, meta: Meta { mode, mtime_sec, mtime_nsec }, link_target })
-            }),
-        (any::<u64>(), proptest::collection::vec((any::<u64>(), any::<u64>()), 0..20))
+        (any::<u16>(), bytes(64), bytes(256), any::<u32>()).prop_map(
+            |(version, token, dest, cs)| {
+                Message::Hello(Hello {
+                    version,
+                    token,
+                    dest,
+                    chunk_size: cs,
+                })
+            }
+        ),
+        (
+            any::<u64>(),
+            0u8..3,
+            bytes(300),
+            any::<u64>(),
+            any::<u32>(),
+            any::<i64>(),
+            0u32..1_000_000_000,
+            bytes(100)
+        )
+            .prop_map(
+                |(id, k, path, size, mode, mtime_sec, mtime_nsec, link_target)| {
+                    let kind = [EntryKind::File, EntryKind::Dir, EntryKind::Symlink][k as usize];
+                    Message::Entry(Entry {
+                        id,
+                        kind,
+                        path,
+                        size,
+                        meta: Meta {
+                            mode,
+                            mtime_sec,
+                            mtime_nsec,
+                        },
+                        link_target,
+                    })
+                }
+            ),
+        (
+            any::<u64>(),
+            proptest::collection::vec((any::<u64>(), any::<u64>()), 0..20)
+        )
             .prop_map(|(id, ranges)| Message::Need(Need { id, ranges })),
-        (any::<u64>(), any::<u64>(), any::<[u8; 32]>(), bytes(5000)).prop_map(|(id, index, hash, data)| {
-            Message::Chunk(Chunk { id, index, hash, zero: false, data })
-        }),
-        ".{0,80}".prop_map(|message| Message::Refused(Refused { reason: RefuseReason::BadToken, message })),
+        (any::<u64>(), any::<u64>(), any::<[u8; 32]>(), bytes(5000)).prop_map(
+            |(id, index, hash, data)| {
+                Message::Chunk(Chunk {
+                    id,
+                    index,
+                    hash,
+                    zero: false,
+                    data,
+                })
+            }
+        ),
+        ".{0,80}".prop_map(|message| Message::Refused(Refused {
+            reason: RefuseReason::BadToken,
+            message
+        })),
         Just(Message::EndOfEntries),
     ]
 }
@@ -63,4 +106,27 @@ proptest! {
             let _ = Message::decode(frame, &limits);
         }
     }
+}
+
+/// Found by the `frame_decode` fuzzer's harness review: invalid UTF-8 in a text field expands
+/// (each bad byte becomes a 3-byte U+FFFD), so an accepted message re-encoded past the limit
+/// and its own decoder refused it. Text is now cut back to the limit when decoded.
+#[test]
+fn lossy_text_stays_within_its_limit() {
+    let limits = Limits::default();
+    let mut body = Vec::new();
+    body.extend_from_slice(&1u64.to_be_bytes());
+    body.extend_from_slice(&2000u32.to_be_bytes());
+    body.extend_from_slice(&[0xff; 2000]);
+    body.push(0);
+    let mut wire = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+    wire.push(10); // Failed
+    wire.extend_from_slice(&body);
+    let mut dec = FrameDecoder::new(limits.clone());
+    dec.push(&wire);
+    let msg = Message::decode(dec.next_frame().unwrap().unwrap(), &limits).unwrap();
+    let mut again = FrameDecoder::new(limits.clone());
+    again.push(&msg.encode());
+    let round = Message::decode(again.next_frame().unwrap().unwrap(), &limits).unwrap();
+    assert_eq!(round, msg);
 }

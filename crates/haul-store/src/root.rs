@@ -363,7 +363,10 @@ impl Root {
     /// Forgets every cached directory fd. A receiver calls this when a session starts, so a
     /// directory renamed or replaced between sessions is looked up afresh.
     pub fn forget_cached_dirs(&self) {
-        *self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = DirCache::new();
+        *self
+            .cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = DirCache::new();
     }
 
     /// The fd of directory `dir`, walking from the longest cached ancestor (or the root).

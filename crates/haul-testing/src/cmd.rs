@@ -20,7 +20,8 @@ impl Haul {
     /// user's certificate, token or known-hosts.
     pub fn command(&self, config_dir: &Path) -> Command {
         let mut cmd = Command::new(&self.bin);
-        cmd.env("HAUL_CONFIG_DIR", config_dir).env_remove("HAUL_TOKEN");
+        cmd.env("HAUL_CONFIG_DIR", config_dir)
+            .env_remove("HAUL_TOKEN");
         cmd
     }
 
@@ -43,14 +44,24 @@ impl Haul {
         if let Some(token) = token_file {
             cmd.arg("--token-file").arg(token);
         }
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start haul serve: {e}"));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start haul serve: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
         // "haul serve: listening on ADDR fingerprint sha256:HEX"
         let words: Vec<&str> = line.split_whitespace().collect();
-        let addr = words.iter().position(|w| *w == "on").and_then(|i| words.get(i + 1));
-        let fp = words.iter().position(|w| *w == "fingerprint").and_then(|i| words.get(i + 1));
+        let addr = words
+            .iter()
+            .position(|w| *w == "on")
+            .and_then(|i| words.get(i + 1));
+        let fp = words
+            .iter()
+            .position(|w| *w == "fingerprint")
+            .and_then(|i| words.get(i + 1));
         let (Some(addr), Some(fp)) = (addr, fp) else {
             let _ = child.kill();
             let out = child.wait_with_output().expect("serve output");
@@ -59,7 +70,11 @@ impl Haul {
                 String::from_utf8_lossy(&out.stderr)
             );
         };
-        Server { child, addr: addr.to_string(), fingerprint: fp.to_string() }
+        Server {
+            child,
+            addr: addr.to_string(),
+            fingerprint: fp.to_string(),
+        }
     }
 }
 

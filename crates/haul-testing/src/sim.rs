@@ -48,7 +48,10 @@ impl Shared {
         if max == 0 {
             return 0;
         }
-        self.rng.lock().map(|mut r| r.random_range(0..=max)).unwrap_or(0)
+        self.rng
+            .lock()
+            .map(|mut r| r.random_range(0..=max))
+            .unwrap_or(0)
     }
 
     fn die(&self) {
@@ -95,7 +98,10 @@ impl SendHalf for SimSend {
                         return Err(reset());
                     }
                     if self.data {
-                        let at = self.shared.data_crossed.fetch_add(n as u64, Ordering::SeqCst);
+                        let at = self
+                            .shared
+                            .data_crossed
+                            .fetch_add(n as u64, Ordering::SeqCst);
                         if let Some(target) = cfg.corrupt_at
                             && (at..at + n as u64).contains(&target)
                         {
@@ -108,7 +114,10 @@ impl SendHalf for SimSend {
                     if delay > 0 {
                         tokio::time::sleep(Duration::from_micros(delay)).await;
                     }
-                    self.tx.send(Piece::Data(piece)).await.map_err(|_| reset())?;
+                    self.tx
+                        .send(Piece::Data(piece))
+                        .await
+                        .map_err(|_| reset())?;
                 }
             }
             Ok(())
@@ -157,8 +166,16 @@ impl RecvHalf for SimRecv {
 fn stream(shared: &Arc<Shared>, data: bool) -> (SimSend, SimRecv) {
     let (tx, rx) = mpsc::channel(64);
     (
-        SimSend { tx, shared: shared.clone(), data },
-        SimRecv { rx, leftover: Bytes::new(), dead: shared.dead.subscribe() },
+        SimSend {
+            tx,
+            shared: shared.clone(),
+            data,
+        },
+        SimRecv {
+            rx,
+            leftover: Bytes::new(),
+            dead: shared.dead.subscribe(),
+        },
     )
 }
 
@@ -233,7 +250,12 @@ impl Link for SimLink {
             }
             let (c2s_send, c2s_recv) = stream(&self.shared, false);
             let (s2c_send, s2c_recv) = stream(&self.shared, false);
-            let tx = self.control_tx.lock().ok().and_then(|mut t| t.take()).ok_or_else(reset)?;
+            let tx = self
+                .control_tx
+                .lock()
+                .ok()
+                .and_then(|mut t| t.take())
+                .ok_or_else(reset)?;
             tx.send((Box::new(s2c_send) as BoxSend, Box::new(c2s_recv) as BoxRecv))
                 .map_err(|_| reset())?;
             Ok((Box::new(c2s_send) as BoxSend, Box::new(s2c_recv) as BoxRecv))

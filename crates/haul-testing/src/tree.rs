@@ -19,7 +19,10 @@ impl TreeBuilder {
     /// A builder writing under `root` (created), with content drawn from `seed`.
     pub fn new(root: &Path, seed: u64) -> Self {
         fs::create_dir_all(root).expect("create tree root");
-        TreeBuilder { root: root.to_path_buf(), rng: StdRng::seed_from_u64(seed) }
+        TreeBuilder {
+            root: root.to_path_buf(),
+            rng: StdRng::seed_from_u64(seed),
+        }
     }
 
     /// The root.
@@ -61,6 +64,9 @@ impl TreeBuilder {
     pub fn sparse(&mut self, rel: impl AsRef<[u8]>, len: u64, data: &[(u64, usize)]) -> PathBuf {
         use std::os::unix::fs::FileExt;
         let path = self.path(rel.as_ref());
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).expect("create parents");
+        }
         let file = fs::File::create(&path).expect("create sparse file");
         file.set_len(len).expect("set_len");
         for &(offset, n) in data {
@@ -81,11 +87,22 @@ impl TreeBuilder {
     pub fn mtime(&mut self, rel: impl AsRef<[u8]>, sec: i64, nsec: u32) {
         let path = self.path(rel.as_ref());
         let t = rustix::fs::Timestamps {
-            last_access: rustix::fs::Timespec { tv_sec: sec, tv_nsec: nsec.into() },
-            last_modification: rustix::fs::Timespec { tv_sec: sec, tv_nsec: nsec.into() },
+            last_access: rustix::fs::Timespec {
+                tv_sec: sec,
+                tv_nsec: nsec.into(),
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: sec,
+                tv_nsec: nsec.into(),
+            },
         };
-        rustix::fs::utimensat(rustix::fs::CWD, &path, &t, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-            .expect("utimensat");
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            &path,
+            &t,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .expect("utimensat");
     }
 }
 
@@ -100,7 +117,11 @@ pub fn sparse_blocks(path: &Path) -> u64 {
 pub fn assert_same_tree(source: &Path, copy: &Path) {
     let mut problems = Vec::new();
     compare(source, copy, true, &mut problems);
-    assert!(problems.is_empty(), "trees differ:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "trees differ:\n{}",
+        problems.join("\n")
+    );
 }
 
 fn compare(a: &Path, b: &Path, top: bool, problems: &mut Vec<String>) {
@@ -110,7 +131,9 @@ fn compare(a: &Path, b: &Path, top: bool, problems: &mut Vec<String>) {
         (Err(e), _) => return problems.push(format!("{}: unreadable ({e})", a.display())),
     };
     let (ta, tb) = (ma.file_type(), mb.file_type());
-    if ta.is_dir() != tb.is_dir() || ta.is_symlink() != tb.is_symlink() || ta.is_file() != tb.is_file()
+    if ta.is_dir() != tb.is_dir()
+        || ta.is_symlink() != tb.is_symlink()
+        || ta.is_file() != tb.is_file()
     {
         return problems.push(format!("{}: kind differs", b.display()));
     }
@@ -138,7 +161,12 @@ fn compare(a: &Path, b: &Path, top: bool, problems: &mut Vec<String>) {
         }
     } else if ta.is_file() {
         if ma.len() != mb.len() {
-            problems.push(format!("{}: size {} != {}", b.display(), mb.len(), ma.len()));
+            problems.push(format!(
+                "{}: size {} != {}",
+                b.display(),
+                mb.len(),
+                ma.len()
+            ));
         } else if !same_content(a, b) {
             problems.push(format!("{}: content differs", b.display()));
         }
@@ -165,7 +193,9 @@ fn compare(a: &Path, b: &Path, top: bool, problems: &mut Vec<String>) {
 
 fn same_content(a: &Path, b: &Path) -> bool {
     use std::io::Read;
-    let (Ok(mut fa), Ok(mut fb)) = (fs::File::open(a), fs::File::open(b)) else { return false };
+    let (Ok(mut fa), Ok(mut fb)) = (fs::File::open(a), fs::File::open(b)) else {
+        return false;
+    };
     let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
     loop {
         let na = read_full(&mut fa, &mut ba);

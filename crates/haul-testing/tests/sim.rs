@@ -39,8 +39,12 @@ async fn run(src: &Path, dst: &Path, seed: u64, config: SimConfig) -> Outcome {
     let root = haul_store::Root::open(dst).expect("open root");
     let rc = Arc::new(ReceiverConfig::new(root, vec![token()]));
     let server_link: Arc<dyn Link> = server;
-    let receiver =
-        tokio::spawn(haul_engine::receive(server_link, rc, "sim".into(), no_events()));
+    let receiver = tokio::spawn(haul_engine::receive(
+        server_link,
+        rc,
+        "sim".into(),
+        no_events(),
+    ));
     let request = SendRequest {
         source: src.to_path_buf(),
         dest: Vec::new(),
@@ -54,7 +58,13 @@ async fn run(src: &Path, dst: &Path, seed: u64, config: SimConfig) -> Outcome {
         },
     };
     let client_link: Arc<dyn Link> = client.clone();
-    let sent = haul_engine::send(client_link.clone(), request, Arc::new(Progress::default()), no_events()).await;
+    let sent = haul_engine::send(
+        client_link.clone(),
+        request,
+        Arc::new(Progress::default()),
+        no_events(),
+    )
+    .await;
     client_link.close(0, "done");
     let received = receiver.await.expect("receiver task");
     Outcome { sent, received }
@@ -78,12 +88,18 @@ fn no_partial_files(src: &Path, dst: &Path) -> usize {
             } else if ft.is_file() {
                 let a = std::fs::read(src.join(rel)).expect("source twin");
                 let b = std::fs::read(&path).expect("copy");
-                assert!(a == b, "{} is installed but differs from the source", rel.display());
+                assert!(
+                    a == b,
+                    "{} is installed but differs from the source",
+                    rel.display()
+                );
                 count += 1;
             }
         }
     }
-    let staging: Vec<_> = std::fs::read_dir(dst.join(".haul/staging")).map(|d| d.collect()).unwrap_or_default();
+    let staging: Vec<_> = std::fs::read_dir(dst.join(".haul/staging"))
+        .map(|d| d.collect())
+        .unwrap_or_default();
     assert!(staging.is_empty(), "staging files left behind: {staging:?}");
     count
 }
@@ -95,11 +111,21 @@ async fn splits_delays_and_reordering_do_not_matter() {
         let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
         source_tree(&src, seed);
         std::fs::create_dir(&dst).expect("dst");
-        let config = SimConfig { max_piece: 512 + (seed as usize * 7919) % 70_000, max_delay_us: 100, ..Default::default() };
+        let config = SimConfig {
+            max_piece: 512 + (seed as usize * 7919) % 70_000,
+            max_delay_us: 100,
+            ..Default::default()
+        };
         let out = run(&src, &dst, seed, config).await;
-        let summary = out.sent.unwrap_or_else(|e| panic!("seed {seed}: send failed: {e}"));
-        out.received.unwrap_or_else(|e| panic!("seed {seed}: receive failed: {e}"));
-        assert_eq!(summary.files_transferred, summary.files_total, "seed {seed}");
+        let summary = out
+            .sent
+            .unwrap_or_else(|e| panic!("seed {seed}: send failed: {e}"));
+        out.received
+            .unwrap_or_else(|e| panic!("seed {seed}: receive failed: {e}"));
+        assert_eq!(
+            summary.files_transferred, summary.files_total,
+            "seed {seed}"
+        );
         haul_testing::assert_same_tree(&src, &dst);
     }
 }
@@ -113,10 +139,21 @@ async fn a_killed_link_leaves_nothing_partial() {
         std::fs::create_dir(&dst).expect("dst");
         // Somewhere between the handshake and the end of the ~1 MB transfer.
         let kill_after = 200 + seed * 70_000;
-        let config = SimConfig { max_piece: 16 << 10, max_delay_us: 50, kill_after: Some(kill_after), ..Default::default() };
+        let config = SimConfig {
+            max_piece: 16 << 10,
+            max_delay_us: 50,
+            kill_after: Some(kill_after),
+            ..Default::default()
+        };
         let out = run(&src, &dst, seed, config).await;
-        assert!(out.sent.is_err(), "seed {seed}: the sender must notice the dead link");
-        assert!(out.received.is_err(), "seed {seed}: the receiver must notice the dead link");
+        assert!(
+            out.sent.is_err(),
+            "seed {seed}: the sender must notice the dead link"
+        );
+        assert!(
+            out.received.is_err(),
+            "seed {seed}: the receiver must notice the dead link"
+        );
         no_partial_files(&src, &dst);
     }
 }
@@ -128,12 +165,19 @@ async fn a_corrupted_byte_never_reaches_a_final_name() {
         let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
         source_tree(&src, seed);
         std::fs::create_dir(&dst).expect("dst");
-        let config = SimConfig { max_piece: 32 << 10, corrupt_at: Some(1000 + seed * 97_001), ..Default::default() };
+        let config = SimConfig {
+            max_piece: 32 << 10,
+            corrupt_at: Some(1000 + seed * 97_001),
+            ..Default::default()
+        };
         let out = run(&src, &dst, seed, config).await;
         // Depending on where the flip lands it breaks a frame (the connection ends) or a chunk
         // (that file fails verification); either way no damaged file is installed.
         match &out.sent {
-            Ok(summary) => assert!(summary.files_failed >= 1, "seed {seed}: the flip went unnoticed"),
+            Ok(summary) => assert!(
+                summary.files_failed >= 1,
+                "seed {seed}: the flip went unnoticed"
+            ),
             Err(_) => {}
         }
         no_partial_files(&src, &dst);
@@ -150,10 +194,24 @@ async fn a_wrong_token_writes_nothing() {
     let root = haul_store::Root::open(&dst).expect("open root");
     let rc = Arc::new(ReceiverConfig::new(root, vec![token()]));
     let receiver = tokio::spawn(haul_engine::receive(server, rc, "sim".into(), no_events()));
-    let request = SendRequest { source: src.clone(), dest: Vec::new(), token: b"wrong".to_vec(), options: TransferOptions::default() };
-    let err = haul_engine::send(client, request, Arc::new(Progress::default()), no_events()).await.expect_err("refused");
+    let request = SendRequest {
+        source: src.clone(),
+        dest: Vec::new(),
+        token: b"wrong".to_vec(),
+        options: TransferOptions::default(),
+    };
+    let err = haul_engine::send(client, request, Arc::new(Progress::default()), no_events())
+        .await
+        .expect_err("refused");
     assert!(err.to_string().contains("token"), "{err}");
     assert!(receiver.await.expect("task").is_err());
-    let left: Vec<_> = std::fs::read_dir(&dst).expect("read").map(|e| e.expect("e").file_name()).collect();
-    assert_eq!(left, vec![std::ffi::OsString::from(".haul")], "only the receiver's state dir");
+    let left: Vec<_> = std::fs::read_dir(&dst)
+        .expect("read")
+        .map(|e| e.expect("e").file_name())
+        .collect();
+    assert_eq!(
+        left,
+        vec![std::ffi::OsString::from(".haul")],
+        "only the receiver's state dir"
+    );
 }

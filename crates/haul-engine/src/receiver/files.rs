@@ -52,7 +52,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Files {
     pub(crate) fn new(root: Arc<Root>, out: UnboundedSender<Outcome>) -> Self {
-        Files { root, slots: Mutex::new(HashMap::new()), out }
+        Files {
+            root,
+            slots: Mutex::new(HashMap::new()),
+            out,
+        }
     }
 
     pub(crate) fn root(&self) -> &Root {
@@ -89,7 +93,9 @@ impl Files {
 
     /// Verifies and writes one chunk; installs the file if it was the last piece missing.
     pub(crate) fn receive(&self, chunk: Chunk) {
-        let Some(slot) = self.slot(chunk.id) else { return };
+        let Some(slot) = self.slot(chunk.id) else {
+            return;
+        };
         let staging = {
             let mut st = lock(&slot.state);
             if st.finished {
@@ -140,7 +146,9 @@ impl Files {
         };
         {
             let mut st = lock(&slot.state);
-            let Some(entry) = st.hashes.get_mut(index as usize) else { return };
+            let Some(entry) = st.hashes.get_mut(index as usize) else {
+                return;
+            };
             if entry.is_some() {
                 drop(st);
                 return self.fail(&slot, format!("chunk {index} was sent twice"), false);
@@ -162,7 +170,11 @@ impl Files {
     /// The sender could not read the file: drop what we have.
     pub(crate) fn source_failed(&self, id: u64, message: String) {
         if let Some(slot) = self.slot(id) {
-            self.fail(&slot, format!("the sender could not read it: {message}"), false);
+            self.fail(
+                &slot,
+                format!("the sender could not read it: {message}"),
+                false,
+            );
         }
     }
 
@@ -196,12 +208,20 @@ impl Files {
         drop(st);
         lock(&self.slots).remove(&slot.id);
         let Some(staging) = staging else {
-            return self.fail(slot, "internal error: staging file still in use".into(), false);
+            return self.fail(
+                slot,
+                "internal error: staging file still in use".into(),
+                false,
+            );
         };
         match self.root.install_file(staging, &slot.rel, &slot.meta) {
             Ok(()) => self.send(Outcome::Resolved(
                 slot.id,
-                Message::Installed(Installed { id: slot.id, hash, bytes_written }),
+                Message::Installed(Installed {
+                    id: slot.id,
+                    hash,
+                    bytes_written,
+                }),
             )),
             Err(e) => self.report_store(slot.id, e),
         }
@@ -217,7 +237,11 @@ impl Files {
         let no_space = e.is_no_space();
         self.send(Outcome::Resolved(
             id,
-            Message::Failed(Failed { id, message: e.to_string(), no_space }),
+            Message::Failed(Failed {
+                id,
+                message: e.to_string(),
+                no_space,
+            }),
         ));
     }
 
@@ -225,7 +249,11 @@ impl Files {
         if self.finish(slot) {
             self.send(Outcome::Resolved(
                 slot.id,
-                Message::Failed(Failed { id: slot.id, message, no_space }),
+                Message::Failed(Failed {
+                    id: slot.id,
+                    message,
+                    no_space,
+                }),
             ));
         }
     }

@@ -34,7 +34,11 @@ pub struct ReceiverConfig {
 impl ReceiverConfig {
     /// A receiver writing under `root`, accepting any of `tokens`.
     pub fn new(root: Root, tokens: Vec<Token>) -> Self {
-        ReceiverConfig { root: Arc::new(root), tokens, next_session: AtomicU64::new(1) }
+        ReceiverConfig {
+            root: Arc::new(root),
+            tokens,
+            next_session: AtomicU64::new(1),
+        }
     }
 
     /// The root.
@@ -44,7 +48,9 @@ impl ReceiverConfig {
 
     fn token_ok(&self, presented: &[u8]) -> bool {
         // Check every token so the time taken does not say which one nearly matched.
-        self.tokens.iter().fold(false, |ok, t| t.ct_eq(presented) | ok)
+        self.tokens
+            .iter()
+            .fold(false, |ok, t| t.ct_eq(presented) | ok)
     }
 }
 
@@ -115,12 +121,24 @@ pub async fn receive(
     let session_id = config.next_session.fetch_add(1, Ordering::Relaxed);
     // Directories may have been renamed or removed since the last session.
     config.root.forget_cached_dirs();
+    let welcome = match session.accept(&hello, session_id) {
+        Ok(welcome) => welcome,
+        Err(refused) => {
+            return Err(EngineError::Refused {
+                reason: refused.reason,
+                message: refused.message,
+            });
+        }
+    };
     ctl_tx
-        .send(&session.accept(&hello, session_id))
+        .send(&welcome)
         .await
         .map_err(|e| EngineError::connection("cannot send the welcome", e))?;
     ctl_rx.set_limits(session.limits().clone());
-    events(Event::SessionStarted { peer: peer.clone(), dest: dest.display() });
+    events(Event::SessionStarted {
+        peer: peer.clone(),
+        dest: dest.display(),
+    });
 
     let limits = session.limits().clone();
     let chunk_size = session.chunk_size();
@@ -136,7 +154,12 @@ pub async fn receive(
         files.clone(),
         dirs.clone(),
     ));
-    let data = tokio::spawn(accept_data(link.clone(), session.clone(), files.clone(), limits));
+    let data = tokio::spawn(accept_data(
+        link.clone(),
+        session.clone(),
+        files.clone(),
+        limits,
+    ));
 
     let reader = async {
         while let Some(msg) = ctl_rx.next().await? {
@@ -249,7 +272,14 @@ fn create_entry(
     };
     let root = files.root();
     let done = |hash: Hash| {
-        Outcome::Resolved(id, Message::Installed(Installed { id, hash, bytes_written: 0 }))
+        Outcome::Resolved(
+            id,
+            Message::Installed(Installed {
+                id,
+                hash,
+                bytes_written: 0,
+            }),
+        )
     };
     // The destination itself may need its parents (a single file pushed to a/b/c).
     if entry.path.is_empty()
@@ -273,7 +303,10 @@ fn create_entry(
         EntryKind::File => {
             let layout = ChunkLayout::new(entry.size, chunk_size);
             files.open(id, rel.clone(), layout, entry.meta);
-            files.send(Outcome::Plain(Message::Need(Need { id, ranges: vec![(0, layout.count())] })));
+            files.send(Outcome::Plain(Message::Need(Need {
+                id,
+                ranges: vec![(0, layout.count())],
+            })));
             Ok(())
         }
     };
@@ -283,7 +316,14 @@ fn create_entry(
 }
 
 fn failed(id: u64, message: String, no_space: bool) -> Outcome {
-    Outcome::Resolved(id, Message::Failed(haul_proto::Failed { id, message, no_space }))
+    Outcome::Resolved(
+        id,
+        Message::Failed(haul_proto::Failed {
+            id,
+            message,
+            no_space,
+        }),
+    )
 }
 
 /// Writes answers to the client, coalesced; finishes the session once every entry is resolved
@@ -339,19 +379,26 @@ async fn control_writer(
             .await
             .map_err(|e| EngineError::Protocol(format!("finishing task failed: {e}")))?;
             if let Err(e) = sync {
-                ctl_tx.queue(&Message::Abort(haul_proto::Abort { message: e.to_string() }));
+                ctl_tx.queue(&Message::Abort(haul_proto::Abort {
+                    message: e.to_string(),
+                }));
                 ctl_tx.flush().await.map_err(io)?;
                 return Err(e.into());
             }
             ctl_tx
-                .send(&Message::Finished(haul_proto::Finished { installed, failed }))
+                .send(&Message::Finished(haul_proto::Finished {
+                    installed,
+                    failed,
+                }))
                 .await
                 .map_err(io)?;
             let _ = ctl_tx.finish();
             return Ok((installed, failed));
         }
     }
-    Err(EngineError::Protocol("the session ended before every entry was resolved".into()))
+    Err(EngineError::Protocol(
+        "the session ended before every entry was resolved".into(),
+    ))
 }
 
 /// Accepts data streams and runs a reader for each.
@@ -398,7 +445,11 @@ async fn data_stream(
             lock(session).check_chunk(&chunk)?;
             bytes += chunk.data.len();
             batch.push(chunk);
-            next = if bytes < (8 << 20) && batch.len() < 256 { framed.try_next()? } else { None };
+            next = if bytes < (8 << 20) && batch.len() < 256 {
+                framed.try_next()?
+            } else {
+                None
+            };
         }
         let files = files.clone();
         inflight.push_back(tokio::task::spawn_blocking(move || {

@@ -53,7 +53,9 @@ impl Default for TransferOptions {
         TransferOptions {
             chunk_size: haul_proto::DEFAULT_CHUNK_SIZE,
             streams: 4,
-            readers: std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
+            readers: std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .max(2),
             window: 8192,
             list_files: false,
         }
@@ -117,7 +119,10 @@ pub async fn send(
         EngineError::Protocol("the receiver closed the connection without answering".into())
     })?;
     if let Err(refused) = session.handle_answer(answer)? {
-        return Err(EngineError::Refused { reason: refused.reason, message: refused.message });
+        return Err(EngineError::Refused {
+            reason: refused.reason,
+            message: refused.message,
+        });
     }
 
     // Scanner thread.
@@ -142,7 +147,9 @@ pub async fn send(
                     break;
                 }
             }
-            scan_progress.scan_done.store(true, std::sync::atomic::Ordering::Relaxed);
+            scan_progress
+                .scan_done
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         })
         .map_err(|e| EngineError::connection("cannot start the scanner thread", e))?;
 
@@ -201,7 +208,9 @@ pub async fn send(
         let notes = note_tx.clone();
         writers.push(tokio::spawn(async move {
             let result = async {
-                let Ok(first) = frames.recv().await else { return Ok(()) };
+                let Ok(first) = frames.recv().await else {
+                    return Ok(());
+                };
                 let mut stream = FramedSend::new(link.open_data().await?);
                 stream.send_parts(first.0, first.1).await?;
                 while let Ok((head, payload)) = frames.recv().await {
@@ -367,7 +376,9 @@ pub async fn send(
     job_tx.close();
     drop(scan_rx);
     if let Err(e) = &result {
-        let _ = out_tx.send(Message::Abort(haul_proto::Abort { message: e.to_string() }));
+        let _ = out_tx.send(Message::Abort(haul_proto::Abort {
+            message: e.to_string(),
+        }));
     }
     drop(out_tx);
     // Once `Finished` has arrived every file is installed: a stream that fails while closing
@@ -389,6 +400,9 @@ pub async fn send(
 }
 
 fn problem(summary: &mut Summary, events: &EventSink, path: String, message: String) {
-    events(Event::FileFailed { path: path.clone(), message: message.clone() });
+    events(Event::FileFailed {
+        path: path.clone(),
+        message: message.clone(),
+    });
     summary.errors.push(FileProblem { path, message });
 }

@@ -54,7 +54,11 @@ pub(crate) enum WorkerNote {
     /// A control message to send (FileDone).
     Control(Message),
     /// A file could not be read; the control loop reports it and tells the receiver.
-    SourceFailed { id: u64, path: String, message: String },
+    SourceFailed {
+        id: u64,
+        path: String,
+        message: String,
+    },
     /// A data stream failed: the session cannot complete.
     StreamFailed(io::Error),
 }
@@ -109,10 +113,16 @@ impl Worker {
         }
         let sparse = SparseMap::probe(&handle, size)?;
         for index in job.start..job.end {
-            let Some(len) = file.layout.len(index) else { break };
+            let Some(len) = file.layout.len(index) else {
+                break;
+            };
             let offset = file.layout.offset(index);
             let (hash, data, zero) = if sparse.is_hole(offset, offset + u64::from(len)) {
-                (haul_manifest::zero_chunk_hash(&file.layout, index), Bytes::new(), true)
+                (
+                    haul_manifest::zero_chunk_hash(&file.layout, index),
+                    Bytes::new(),
+                    true,
+                )
             } else {
                 let mut buf = vec![0u8; len as usize];
                 handle.read_exact_at(&mut buf, offset)?;
@@ -120,8 +130,14 @@ impl Worker {
                 (hash, Bytes::from(buf), false)
             };
             let payload = data.len() as u64;
-            let (head, body) =
-                Message::Chunk(Chunk { id: file.id, index, hash, zero, data }).encode_parts();
+            let (head, body) = Message::Chunk(Chunk {
+                id: file.id,
+                index,
+                hash,
+                zero,
+                data,
+            })
+            .encode_parts();
             self.frames
                 .send_blocking((head, body))
                 .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
@@ -136,12 +152,16 @@ impl Worker {
     fn record(&self, file: &FileJob, index: u64, hash: Hash) {
         let mut hashes = file.hashes.lock().unwrap_or_else(|p| p.into_inner());
         hashes[index as usize] = hash;
-        if file.remaining.fetch_sub(1, Ordering::AcqRel) == 1 && file.layout.count() > 1 {
-            if let Some(hash) = haul_manifest::file_hash(&file.layout, &hashes) {
-                let _ = self
-                    .notes
-                    .send(WorkerNote::Control(Message::FileDone(FileDone { id: file.id, hash })));
-            }
+        if file.remaining.fetch_sub(1, Ordering::AcqRel) == 1
+            && file.layout.count() > 1
+            && let Some(hash) = haul_manifest::file_hash(&file.layout, &hashes)
+        {
+            let _ = self
+                .notes
+                .send(WorkerNote::Control(Message::FileDone(FileDone {
+                    id: file.id,
+                    hash,
+                })));
         }
     }
 }
