@@ -37,13 +37,20 @@ pub async fn serve(
     events: EventSink,
 ) -> Result<(), EngineError> {
     let root = Root::open(&options.root)?;
+    root.sweep_staging()?;
     let config = Arc::new(ReceiverConfig::new(root, options.tokens));
     let endpoint = haul_net::server_endpoint(options.listen, &options.identity)?;
     let local = endpoint
         .local_addr()
         .map_err(|e| EngineError::connection("cannot read the listening address", e))?;
     ready(local);
-    while let Some(incoming) = endpoint.accept().await {
+    loop {
+        // Ctrl-C stops accepting; dropping the sessions removes their staging files.
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        let Some(incoming) = incoming else { break };
         let config = config.clone();
         let events = events.clone();
         tokio::spawn(async move {
@@ -143,6 +150,7 @@ pub async fn copy(
     let (root_dir, rel) = split_destination(&source, &dest, meta.is_dir())?;
     let had_state_dir = root_dir.join(".haul").exists();
     let root = Root::open(&root_dir)?;
+    root.sweep_staging()?;
 
     let identity = Identity::ephemeral()?;
     let fingerprint = identity.fingerprint;

@@ -192,6 +192,12 @@ impl Root {
         })
     }
 
+    /// Removes staging files left behind by receivers that are no longer running (a killed
+    /// process cannot clean up after itself). Returns how many were removed.
+    pub fn sweep_staging(&self) -> Result<u64, StoreError> {
+        self.staging.sweep_dead()
+    }
+
     /// The root's path as given to [`Root::open`] (or joined by [`Root::subdir`]).
     pub fn path(&self) -> &Path {
         &self.path

@@ -63,6 +63,35 @@ impl StagingDir {
         }
     }
 
+    /// Removes staging entries left by receivers that no longer run (killed, or the machine
+    /// lost power): names are `<pid>-<n>`, and an entry whose pid is not a live process has
+    /// no one to finish it. Entries of live receivers sharing this root are left alone.
+    pub(crate) fn sweep_dead(&self) -> Result<u64, StoreError> {
+        let entries = std::fs::read_dir(&self.path).map_err(|e| StoreError::Io {
+            path: self.path.clone(),
+            op: "list staging directory",
+            source: e,
+        })?;
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(pid) = name
+                .split('-')
+                .next()
+                .and_then(|p| p.parse::<i32>().ok())
+                .and_then(rustix::process::Pid::from_raw)
+            else {
+                continue;
+            };
+            let alive = !matches!(rustix::process::test_kill_process(pid), Err(Errno::SRCH));
+            if !alive && self.remove(name).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     pub(crate) fn remove(&self, name: &str) -> Result<(), StoreError> {
         rustix::fs::unlinkat(&self.dir, name, AtFlags::empty())
             .map_err(|e| self.err(e, name, "remove staging file"))

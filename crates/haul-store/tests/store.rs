@@ -515,3 +515,21 @@ fn a_destination_deleted_between_pushes_is_recreated() {
     assert_eq!(fs::read(tmp.path().join("y/sub/a")).unwrap(), b"three");
     assert_eq!(fs::read(tmp.path().join("y.1/sub/a")).unwrap(), b"two");
 }
+
+#[test]
+fn staging_left_by_dead_receivers_is_swept_and_live_ones_are_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = Root::open(tmp.path()).unwrap();
+    let live = root.create_staging(10).unwrap();
+    // pid 2^22 + 1 is above the kernel's pid_max default: no such process.
+    let dead = tmp.path().join(".haul/staging/4194305-0");
+    fs::write(&dead, b"left by a killed receiver").unwrap();
+    assert_eq!(root.sweep_staging().unwrap(), 1);
+    assert!(!dead.exists());
+    assert_eq!(
+        staging_entries(tmp.path()).len(),
+        1,
+        "the live staging file stays"
+    );
+    drop(live);
+}
