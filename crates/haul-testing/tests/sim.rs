@@ -174,7 +174,10 @@ async fn a_corrupted_byte_never_reaches_a_final_name() {
         // Depending on where the flip lands it breaks a frame (the connection ends) or a chunk
         // (that file fails verification); either way no damaged file is installed.
         if let Ok(summary) = &out.sent {
-            assert!(summary.files_failed >= 1, "seed {seed}: the flip went unnoticed");
+            assert!(
+                summary.files_failed >= 1,
+                "seed {seed}: the flip went unnoticed"
+            );
         }
         no_partial_files(&src, &dst);
     }
