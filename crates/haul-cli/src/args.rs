@@ -81,6 +81,27 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show what a copy or push would do (same as --dry-run): files and bytes that would be
+    /// sent, reused and skipped, and an estimated duration.
+    ///
+    /// DST is a local path (as for `copy`) or quic://HOST[:PORT]/PATH (as for `push`).
+    Plan {
+        /// The file or directory to copy.
+        src: PathBuf,
+        /// A local path or quic://HOST[:PORT]/PATH.
+        dst: OsString,
+        /// The server's certificate fingerprint (for a quic:// destination).
+        #[arg(long)]
+        fingerprint: Option<String>,
+        /// Known-hosts file (for a quic:// destination).
+        #[arg(long)]
+        known_hosts: Option<PathBuf>,
+        /// Token file (for a quic:// destination; or set HAUL_TOKEN).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        #[command(flatten)]
+        transfer: TransferArgs,
+    },
     /// Print BLAKE3 hashes of files, in the format of `b3sum` (haul's file hash is the same).
     Hash {
         /// Files to hash.
@@ -104,6 +125,23 @@ pub(crate) struct TransferArgs {
     /// Parallel QUIC data streams.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub(crate) streams: u16,
+    /// Compare files by BLAKE3 hash even when size and mtime match. Use it to adopt a copy
+    /// made by another tool (cp -a, rsync, a restore): only differing chunks travel.
+    #[arg(long)]
+    pub(crate) checksum: bool,
+    /// Report what would be sent, reused and skipped, and how long it would take from this
+    /// receiver's throughput history; change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Directories (relative to the destination) that must be fresh copies: each one that
+    /// already exists is renamed to the next free DIR.1, DIR.2, ... first. Chunks the old copy
+    /// holds are reused locally instead of crossing the network.
+    #[arg(long, value_name = "DIR[,DIR...]", value_delimiter = ',')]
+    pub(crate) rename_aside: Vec<PathBuf>,
+    /// Plan first and refuse to start (exit 3) if the target lacks the space for what must be
+    /// written. Without it, haul warns and pauses with exit 3 when the disk fills.
+    #[arg(long)]
+    pub(crate) require_space: bool,
 }
 
 fn parse_size(s: &str) -> Result<u32, String> {

@@ -54,11 +54,7 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> u8 {
     match cli.command {
         Command::Copy { src, dst, transfer } => {
-            let mode = Mode::pick(transfer.json);
-            transfer_command(mode, |progress, events| {
-                jobs::copy(src, dst, options(&transfer), progress, events)
-            })
-            .await
+            transfer_command(src, Destination::Local(dst), transfer).await
         }
         Command::Push {
             src,
@@ -69,18 +65,34 @@ async fn run(cli: Cli) -> u8 {
             transfer,
         } => {
             let mode = Mode::pick(transfer.json);
-            let target = match push_target(&src, &dest, fingerprint, known_hosts, token_file).await
-            {
-                Ok(target) => target,
+            match push_target(&src, &dest, fingerprint, known_hosts, token_file).await {
+                Ok(target) => transfer_command(src, Destination::Remote(target), transfer).await,
                 Err(e) => {
                     output::fatal(mode, &e, 1);
-                    return 1;
+                    1
                 }
-            };
-            transfer_command(mode, |progress, events| {
-                jobs::push(src, target, options(&transfer), progress, events)
-            })
-            .await
+            }
+        }
+        Command::Plan {
+            src,
+            dst,
+            fingerprint,
+            known_hosts,
+            token_file,
+            mut transfer,
+        } => {
+            transfer.dry_run = true;
+            let mode = Mode::pick(transfer.json);
+            if !dst.as_bytes().starts_with(b"quic://") {
+                return transfer_command(src, Destination::Local(dst.into()), transfer).await;
+            }
+            match push_target(&src, &dst, fingerprint, known_hosts, token_file).await {
+                Ok(target) => transfer_command(src, Destination::Remote(target), transfer).await,
+                Err(e) => {
+                    output::fatal(mode, &e, 1);
+                    1
+                }
+            }
         }
         Command::Serve {
             root,
@@ -103,24 +115,86 @@ async fn run(cli: Cli) -> u8 {
     }
 }
 
+/// Where a transfer goes.
+enum Destination {
+    /// `haul copy`: a local path, through the embedded receiver.
+    Local(PathBuf),
+    /// `haul push`: a running receiver.
+    Remote(PushTarget),
+}
+
 fn options(args: &TransferArgs) -> TransferOptions {
     TransferOptions {
         chunk_size: args.chunk_size,
         streams: usize::from(args.streams),
         list_files: args.list,
+        checksum: args.checksum,
+        dry_run: args.dry_run,
+        rename_aside: args
+            .rename_aside
+            .iter()
+            .map(|d| d.as_os_str().as_bytes().to_vec())
+            .collect(),
         ..TransferOptions::default()
     }
 }
 
-async fn transfer_command<F, Fut>(mode: Mode, job: F) -> u8
-where
-    F: FnOnce(Arc<Progress>, haul_engine::EventSink) -> Fut,
-    Fut: Future<Output = Result<Summary, EngineError>>,
-{
+async fn run_job(
+    src: PathBuf,
+    dest: &Destination,
+    options: TransferOptions,
+    progress: Arc<Progress>,
+    events: haul_engine::EventSink,
+) -> Result<Summary, EngineError> {
+    match dest {
+        Destination::Local(dst) => jobs::copy(src, dst.clone(), options, progress, events).await,
+        Destination::Remote(target) => {
+            jobs::push(src, target.clone(), options, progress, events).await
+        }
+    }
+}
+
+async fn transfer_command(src: PathBuf, dest: Destination, args: TransferArgs) -> u8 {
+    let mode = Mode::pick(args.json);
+    let options = options(&args);
+    if args.require_space && !args.dry_run {
+        // Plan first: the bytes that must be written, against the target's free space.
+        let plan = TransferOptions {
+            dry_run: true,
+            list_files: false,
+            ..options.clone()
+        };
+        match run_job(
+            src.clone(),
+            &dest,
+            plan,
+            Arc::default(),
+            haul_engine::no_events(),
+        )
+        .await
+        {
+            Ok(plan) if plan.would_send_bytes > plan.target_free_bytes => {
+                let e = anyhow!(
+                    "--require-space: {} must be written but the target has only {} free; \
+                     expand the storage (or free space) and run the same command again",
+                    indicatif::HumanBytes(plan.would_send_bytes),
+                    indicatif::HumanBytes(plan.target_free_bytes),
+                );
+                output::fatal(mode, &e, 3);
+                return 3;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let code = e.exit_code();
+                output::fatal(mode, &anyhow::Error::new(e), code);
+                return code;
+            }
+        }
+    }
     let progress = Arc::new(Progress::default());
     let ticker = output::Ticker::start(mode, progress.clone());
     let events = output::event_sink(mode, ticker.bar.clone());
-    let result = job(progress, events).await;
+    let result = run_job(src, &dest, options, progress.clone(), events).await;
     ticker.stop();
     match result {
         Ok(summary) => {
@@ -133,7 +207,7 @@ where
         }
         Err(e) => {
             let code = e.exit_code();
-            output::fatal(mode, &anyhow::Error::new(e), code);
+            output::fatal_after(mode, &anyhow::Error::new(e), code, Some(&progress));
             code
         }
     }

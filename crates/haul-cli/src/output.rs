@@ -67,6 +67,7 @@ pub(crate) fn event_sink(mode: Mode, bar: Option<ProgressBar>) -> EventSink {
 fn human_event(event: &Event) -> String {
     match event {
         Event::FileFailed { message, .. } => format!("haul: error: {message}"),
+        Event::Warning { message } => format!("haul: warning: {message}"),
         Event::FileInstalled { path, blake3, .. } => format!("{blake3}  {path}"),
         Event::TrustedOnFirstUse {
             host,
@@ -159,6 +160,35 @@ pub(crate) fn summary(mode: Mode, summary: &Summary) {
                 json_line(&serde_json::Value::Object(map));
             }
         }
+        Mode::Bars | Mode::Quiet if summary.dry_run => {
+            let changed = summary
+                .files_transferred
+                .saturating_sub(summary.files_unchanged);
+            eprintln!(
+                "haul: dry run: {} files ({}) in the source; {} unchanged on the target, {} to \
+                 copy or update; would send {} in {} chunks and reuse {} chunks the target holds",
+                summary.files_total,
+                indicatif::HumanBytes(summary.bytes_total),
+                summary.files_unchanged,
+                changed,
+                indicatif::HumanBytes(summary.would_send_bytes),
+                summary.would_send_chunks,
+                summary.chunks_reused,
+            );
+            for r in &summary.renamed_aside {
+                eprintln!("haul: dry run: would rename {} to {}", r.from, r.to);
+            }
+            match summary.estimated_s {
+                Some(s) => eprintln!(
+                    "haul: dry run: estimated {} at this receiver's measured throughput",
+                    indicatif::HumanDuration(Duration::from_secs_f64(s.max(1.0)))
+                ),
+                None => eprintln!(
+                    "haul: dry run: no throughput history for this receiver yet, so no time \
+                     estimate; a real run records one"
+                ),
+            }
+        }
         Mode::Bars | Mode::Quiet => {
             let rate = if summary.elapsed_s > 0.0 {
                 summary.bytes_sent as f64 / summary.elapsed_s
@@ -178,6 +208,20 @@ pub(crate) fn summary(mode: Mode, summary: &Summary) {
                 summary.elapsed_s,
                 indicatif::HumanBytes(rate as u64),
             );
+            for r in &summary.renamed_aside {
+                eprintln!(
+                    "haul: renamed {} aside to {} before copying it anew",
+                    r.from, r.to
+                );
+            }
+            if summary.files_unchanged > 0 || summary.chunks_reused > 0 {
+                eprintln!(
+                    "haul: {} files were already up to date; {} chunks ({}) reused from the target",
+                    summary.files_unchanged,
+                    summary.chunks_reused,
+                    indicatif::HumanBytes(summary.bytes_reused),
+                );
+            }
             if !summary.errors.is_empty() {
                 eprintln!(
                     "haul: {} problem(s); the files named above were not copied, everything else was",
@@ -190,12 +234,32 @@ pub(crate) fn summary(mode: Mode, summary: &Summary) {
 
 /// Reports the error that ended a command.
 pub(crate) fn fatal(mode: Mode, error: &anyhow::Error, code: u8) {
+    fatal_after(mode, error, code, None);
+}
+
+/// Reports the error that ended a transfer, with what it had done by then (so a script can
+/// add up the bytes of an interrupted run and of the run that finished it).
+pub(crate) fn fatal_after(
+    mode: Mode,
+    error: &anyhow::Error,
+    code: u8,
+    progress: Option<&Progress>,
+) {
     if mode == Mode::Json {
-        json_line(&serde_json::json!({
+        let mut value = serde_json::json!({
             "event": "error",
             "message": chain(error),
             "exit_code": code,
-        }));
+        });
+        if let (Some(p), Some(map)) = (progress, value.as_object_mut()) {
+            map.insert("bytes_sent".into(), Progress::get(&p.bytes_sent).into());
+            map.insert("chunks_sent".into(), Progress::get(&p.chunks_sent).into());
+            map.insert(
+                "files_transferred".into(),
+                Progress::get(&p.files_done).into(),
+            );
+        }
+        json_line(&value);
     }
     eprintln!("haul: error: {}", chain(error));
 }

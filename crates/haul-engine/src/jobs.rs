@@ -5,6 +5,7 @@
 //! runs between hosts.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -84,6 +85,7 @@ async fn linger(conn: &quinn::Connection) {
 }
 
 /// Where a push goes.
+#[derive(Clone, Debug)]
 pub struct PushTarget {
     /// The receiver's address.
     pub addr: SocketAddr,
@@ -147,7 +149,27 @@ pub async fn copy(
         path: source.clone(),
         message: e.to_string(),
     })?;
-    let (root_dir, rel) = split_destination(&source, &dest, meta.is_dir())?;
+    // A plan of a copy into a path that does not exist yet must not create it: plan against
+    // an empty scratch directory instead (everything would be sent).
+    let scratch = (options.dry_run && !dest.exists())
+        .then(|| std::env::temp_dir().join(format!("haul-plan-{}", random_token())));
+    let (root_dir, rel) = match &scratch {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                EngineError::Store(haul_store::StoreError::Io {
+                    path: dir.clone(),
+                    op: "create a scratch directory for the plan",
+                    source: e,
+                })
+            })?;
+            let name = dest
+                .file_name()
+                .map(|n| n.as_bytes().to_vec())
+                .unwrap_or_default();
+            (dir.clone(), if meta.is_dir() { Vec::new() } else { name })
+        }
+        None => split_destination(&source, &dest, meta.is_dir())?,
+    };
     let had_state_dir = root_dir.join(".haul").exists();
     let root = Root::open(&root_dir)?;
     root.sweep_staging()?;
@@ -193,7 +215,11 @@ pub async fn copy(
     };
     let sent = push(source, target, options, progress, events).await;
     let received = server.await;
-    if !had_state_dir {
+    let complete = matches!(&sent, Ok(s) if s.errors.is_empty() && s.files_failed == 0);
+    if let Some(dir) = &scratch {
+        let _ = std::fs::remove_dir_all(dir);
+    } else if complete || !had_state_dir {
+        // The embedded receiver's state is only worth keeping to resume an unfinished copy.
         remove_state_dir(&root_dir);
     }
     let summary = sent?;
@@ -203,14 +229,18 @@ pub async fn copy(
     Ok(summary)
 }
 
-/// Removes the embedded receiver's state directory when it is empty, keeping the root's mtime
+/// Removes the embedded receiver's state directory when nothing in it is needed to resume
+/// (no partial files, no staging), keeping the root's mtime
 /// as the transfer set it (removing an entry would otherwise bump it).
 fn remove_state_dir(root_dir: &Path) {
     let Ok(before) = rustix::fs::stat(root_dir) else {
         return;
     };
-    let _ = std::fs::remove_dir(root_dir.join(".haul/staging"));
-    if std::fs::remove_dir(root_dir.join(".haul")).is_ok() {
+    let state = root_dir.join(".haul");
+    let _ = std::fs::remove_dir(state.join("staging"));
+    let _ = std::fs::remove_dir(state.join("partial"));
+    let _ = std::fs::remove_file(state.join("history"));
+    if std::fs::remove_dir(&state).is_ok() {
         let times = rustix::fs::Timestamps {
             last_access: rustix::fs::Timespec {
                 tv_sec: before.st_atime,
@@ -236,7 +266,6 @@ fn split_destination(
     dest: &Path,
     source_is_dir: bool,
 ) -> Result<(PathBuf, Vec<u8>), EngineError> {
-    use std::os::unix::ffi::OsStrExt;
     let store_err = |e: std::io::Error, op: &'static str| {
         EngineError::Store(haul_store::StoreError::Io {
             path: dest.to_path_buf(),

@@ -29,7 +29,7 @@ pub mod transport;
 mod wire;
 
 pub use error::EngineError;
-pub use progress::{Event, EventSink, FileProblem, Progress, Summary, no_events};
+pub use progress::{Event, EventSink, FileProblem, Progress, RenamedAside, Summary, no_events};
 pub use receiver::{ReceiverConfig, SessionReport, receive};
 pub use sender::{SendRequest, TransferOptions, send};
 pub use transport::{Link, QuicLink};

@@ -26,6 +26,14 @@ pub struct Progress {
     pub bytes_sent: AtomicU64,
     /// Chunks handed to the network.
     pub chunks_sent: AtomicU64,
+    /// Chunks the receiver already held (reused locally instead of sent).
+    pub chunks_reused: AtomicU64,
+    /// Bytes in those chunks.
+    pub bytes_reused: AtomicU64,
+    /// Dry run: chunks that would be sent.
+    pub would_send_chunks: AtomicU64,
+    /// Dry run: bytes that would be sent.
+    pub would_send_bytes: AtomicU64,
 }
 
 impl Progress {
@@ -58,6 +66,11 @@ pub enum Event {
         bytes: u64,
         /// The BLAKE3 hash the receiver verified, as `b3sum` prints it.
         blake3: String,
+    },
+    /// Something the operator should know that does not stop the run.
+    Warning {
+        /// What, and what to do.
+        message: String,
     },
     /// A new server was trusted on first use and recorded.
     TrustedOnFirstUse {
@@ -130,4 +143,29 @@ pub struct Summary {
     pub elapsed_s: f64,
     /// Every file that could not be copied, with the reason.
     pub errors: Vec<FileProblem>,
+    /// Regular files the target already held unchanged (nothing sent or written).
+    pub files_unchanged: u64,
+    /// Bytes the receiver copied locally from what it held instead of receiving them.
+    pub bytes_reused: u64,
+    /// Directories renamed aside before their fresh copy was made.
+    pub renamed_aside: Vec<RenamedAside>,
+    /// True for a dry run: nothing was sent or changed.
+    pub dry_run: bool,
+    /// Dry run: bytes that would cross the network.
+    pub would_send_bytes: u64,
+    /// Dry run: chunks that would cross the network.
+    pub would_send_chunks: u64,
+    /// Dry run: estimated duration from this receiver's throughput history (None: no history).
+    pub estimated_s: Option<f64>,
+    /// Free bytes on the target when the run started.
+    pub target_free_bytes: u64,
+}
+
+/// A directory renamed aside.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RenamedAside {
+    /// The directory (relative to the destination) that was copied anew.
+    pub from: String,
+    /// Where its previous copy now is.
+    pub to: String,
 }

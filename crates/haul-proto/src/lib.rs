@@ -45,8 +45,8 @@ pub use frame::{FrameDecoder, FrameError};
 pub use layout::ChunkLayout;
 pub use limits::Limits;
 pub use message::{
-    Abort, Chunk, DecodeError, Entry, EntryKind, Failed, FileDone, Finished, Hash, Hello,
-    Installed, Message, Meta, Need, RefuseReason, Refused, SourceFailed, Welcome,
+    Abort, Chunk, DecodeError, Entry, EntryKind, Failed, FileDone, Finished, Hash, Have, Hello,
+    Installed, Message, Meta, Need, RefuseReason, Refused, Renamed, SourceFailed, Welcome,
 };
 pub use session::{ClientSession, ProtocolError, ServerSession};
 

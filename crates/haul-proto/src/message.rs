@@ -50,6 +50,31 @@ pub struct Hello {
     pub dest: Bytes,
     /// Chunk size the client will use; a power of two within the limits.
     pub chunk_size: u32,
+    /// Options ([`Hello::CHECKSUM`], [`Hello::DRY_RUN`]).
+    pub flags: u32,
+    /// Directories under the destination to rename aside (`DIR` becomes `DIR.N`) and copy anew.
+    pub rename_aside: Vec<Bytes>,
+}
+
+impl Hello {
+    /// Compare files by hash even when size and mtime match (adopts copies made by others).
+    pub const CHECKSUM: u32 = 1;
+    /// Plan only: report what would be sent, change nothing on the target.
+    pub const DRY_RUN: u32 = 2;
+
+    /// True if `flag` is set.
+    pub fn has(&self, flag: u32) -> bool {
+        self.flags & flag != 0
+    }
+}
+
+/// A directory the receiver renamed aside before copying it anew.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Renamed {
+    /// The path under the destination as the client named it.
+    pub from: Bytes,
+    /// Where the old copy now is (dry run: where it would go).
+    pub to: Bytes,
 }
 
 /// Server's answer to an accepted hello.
@@ -59,6 +84,14 @@ pub struct Welcome {
     pub version: u16,
     /// An id for this session, for logs on both sides.
     pub session: u64,
+    /// Bytes free on the receiver's file system at the start of the session.
+    pub free_bytes: u64,
+    /// Throughput history of this receiver: bytes moved by recent sessions ...
+    pub history_bytes: u64,
+    /// ... and the milliseconds they took (0 when there is no history yet).
+    pub history_ms: u64,
+    /// Directories renamed aside for this session.
+    pub renamed: Vec<Renamed>,
 }
 
 /// Why a hello was refused.
@@ -111,13 +144,33 @@ pub struct Need {
     pub ranges: Vec<(u64, u64)>,
 }
 
-/// The client's whole-file hash, sent after the last chunk of a multi-chunk file.
+/// Chunks the receiver already holds (from an interrupted run, the old copy of the file, or
+/// a renamed-aside copy), with their hashes: the sender sends only the chunks whose hash
+/// differs. Sent before the file's `Need`; a long list comes in several messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Have {
+    /// The entry id.
+    pub id: u64,
+    /// Chunk index of `hashes[0]`.
+    pub start: u64,
+    /// Hashes of consecutive chunks; an all-zero hash means "not held".
+    pub hashes: Vec<Hash>,
+}
+
+impl Have {
+    /// Most hashes in one message (32 KiB), well inside any frame limit.
+    pub const MAX_HASHES: usize = 1024;
+}
+
+/// The client's whole-file hash, sent once every chunk of the file has been read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileDone {
     /// The entry id.
     pub id: u64,
     /// BLAKE3 hash of the whole file (what `b3sum` prints).
     pub hash: Hash,
+    /// How many chunks were sent; the others are reused from what the receiver holds.
+    pub chunks_sent: u64,
 }
 
 /// The client could not read a file it announced; the receiver drops what it has of it.
@@ -138,6 +191,8 @@ pub struct Installed {
     pub hash: Hash,
     /// Payload bytes the receiver wrote for it.
     pub bytes_written: u64,
+    /// True when the target already held this exact file: nothing was written.
+    pub unchanged: bool,
 }
 
 /// The receiver could not install an entry.
@@ -197,6 +252,8 @@ pub enum Message {
     EndOfEntries,
     /// See [`Need`].
     Need(Need),
+    /// See [`Have`].
+    Have(Have),
     /// See [`FileDone`].
     FileDone(FileDone),
     /// See [`SourceFailed`].
@@ -262,6 +319,7 @@ mod kind {
     pub(super) const FINISHED: u8 = 11;
     pub(super) const CHUNK: u8 = 12;
     pub(super) const ABORT: u8 = 13;
+    pub(super) const HAVE: u8 = 14;
 }
 
 impl Message {
@@ -289,11 +347,24 @@ impl Message {
                 put_bytes(&mut body, &m.token);
                 put_bytes(&mut body, &m.dest);
                 body.put_u32(m.chunk_size);
+                body.put_u32(m.flags);
+                body.put_u32(m.rename_aside.len() as u32);
+                for dir in &m.rename_aside {
+                    put_bytes(&mut body, dir);
+                }
                 kind::HELLO
             }
             Message::Welcome(m) => {
                 body.put_u16(m.version);
                 body.put_u64(m.session);
+                body.put_u64(m.free_bytes);
+                body.put_u64(m.history_bytes);
+                body.put_u64(m.history_ms);
+                body.put_u32(m.renamed.len() as u32);
+                for r in &m.renamed {
+                    put_bytes(&mut body, &r.from);
+                    put_bytes(&mut body, &r.to);
+                }
                 kind::WELCOME
             }
             Message::Refused(m) => {
@@ -326,9 +397,19 @@ impl Message {
                 }
                 kind::NEED
             }
+            Message::Have(m) => {
+                body.put_u64(m.id);
+                body.put_u64(m.start);
+                body.put_u32(m.hashes.len() as u32);
+                for h in &m.hashes {
+                    body.put_slice(h);
+                }
+                kind::HAVE
+            }
             Message::FileDone(m) => {
                 body.put_u64(m.id);
                 body.put_slice(&m.hash);
+                body.put_u64(m.chunks_sent);
                 kind::FILE_DONE
             }
             Message::SourceFailed(m) => {
@@ -340,6 +421,7 @@ impl Message {
                 body.put_u64(m.id);
                 body.put_slice(&m.hash);
                 body.put_u64(m.bytes_written);
+                body.put_u8(u8::from(m.unchanged));
                 kind::INSTALLED
             }
             Message::Failed(m) => {
@@ -382,10 +464,33 @@ impl Message {
                 token: r.bytes("token", limits.max_token)?,
                 dest: r.bytes("dest", limits.max_path)?,
                 chunk_size: r.u32("chunk_size")?,
+                flags: r.u32("flags")?,
+                rename_aside: {
+                    let n = r.count("rename_aside count", MAX_ASIDE, 4)?;
+                    let mut dirs = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        dirs.push(r.bytes("rename_aside", limits.max_path)?);
+                    }
+                    dirs
+                },
             }),
             kind::WELCOME => Message::Welcome(Welcome {
                 version: r.u16("version")?,
                 session: r.u64("session")?,
+                free_bytes: r.u64("free_bytes")?,
+                history_bytes: r.u64("history_bytes")?,
+                history_ms: r.u64("history_ms")?,
+                renamed: {
+                    let n = r.count("renamed count", MAX_ASIDE, 8)?;
+                    let mut renamed = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        renamed.push(Renamed {
+                            from: r.bytes("renamed from", limits.max_path)?,
+                            to: r.bytes("renamed to", limits.max_path)?,
+                        });
+                    }
+                    renamed
+                },
             }),
             kind::REFUSED => Message::Refused(Refused {
                 reason: match r.u8("reason")? {
@@ -431,27 +536,27 @@ impl Message {
             kind::END_OF_ENTRIES => Message::EndOfEntries,
             kind::NEED => {
                 let id = r.u64("id")?;
-                let count = r.u32("range count")?;
-                if count > limits.max_ranges {
-                    return Err(DecodeError::TooLong {
-                        field: "range count",
-                        declared: count.into(),
-                        limit: limits.max_ranges.into(),
-                    });
-                }
-                // Each range is 16 bytes: check before allocating for them.
-                if r.buf.remaining() < count as usize * 16 {
-                    return Err(DecodeError::Truncated { field: "ranges" });
-                }
-                let mut ranges = Vec::with_capacity(count as usize);
+                let count = r.count("range count", limits.max_ranges, 16)?;
+                let mut ranges = Vec::with_capacity(count);
                 for _ in 0..count {
                     ranges.push((r.u64("range start")?, r.u64("range count")?));
                 }
                 Message::Need(Need { id, ranges })
             }
+            kind::HAVE => {
+                let id = r.u64("id")?;
+                let start = r.u64("start")?;
+                let n = r.count("hash count", Have::MAX_HASHES as u32, 32)?;
+                let mut hashes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    hashes.push(r.hash()?);
+                }
+                Message::Have(Have { id, start, hashes })
+            }
             kind::FILE_DONE => Message::FileDone(FileDone {
                 id: r.u64("id")?,
                 hash: r.hash()?,
+                chunks_sent: r.u64("chunks_sent")?,
             }),
             kind::SOURCE_FAILED => Message::SourceFailed(SourceFailed {
                 id: r.u64("id")?,
@@ -461,6 +566,7 @@ impl Message {
                 id: r.u64("id")?,
                 hash: r.hash()?,
                 bytes_written: r.u64("bytes_written")?,
+                unchanged: r.u8("unchanged")? != 0,
             }),
             kind::FAILED => Message::Failed(Failed {
                 id: r.u64("id")?,
@@ -520,6 +626,7 @@ impl Message {
             Message::Entry(_) => "Entry",
             Message::EndOfEntries => "EndOfEntries",
             Message::Need(_) => "Need",
+            Message::Have(_) => "Have",
             Message::FileDone(_) => "FileDone",
             Message::SourceFailed(_) => "SourceFailed",
             Message::Installed(_) => "Installed",
@@ -530,6 +637,9 @@ impl Message {
         }
     }
 }
+
+/// Most directories one session may rename aside.
+const MAX_ASIDE: u32 = 256;
 
 fn refuse_code(reason: RefuseReason) -> u8 {
     match reason {
@@ -578,6 +688,28 @@ impl Reader {
         self.need(8, field)?;
         Ok(self.buf.get_i64())
     }
+    /// A declared element count, bounded by `limit` and by the bytes left (each element
+    /// takes at least `min_size` bytes), checked before anything is allocated for it.
+    fn count(
+        &mut self,
+        field: &'static str,
+        limit: u32,
+        min_size: usize,
+    ) -> Result<usize, DecodeError> {
+        let n = self.u32(field)?;
+        if n > limit {
+            return Err(DecodeError::TooLong {
+                field,
+                declared: n.into(),
+                limit: limit.into(),
+            });
+        }
+        if self.buf.remaining() < n as usize * min_size {
+            return Err(DecodeError::Truncated { field });
+        }
+        Ok(n as usize)
+    }
+
     fn hash(&mut self) -> Result<Hash, DecodeError> {
         self.need(32, "hash")?;
         let mut hash = [0u8; 32];

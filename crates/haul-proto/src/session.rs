@@ -113,6 +113,8 @@ pub enum ServerEvent {
         id: u64,
         /// The hash.
         hash: crate::Hash,
+        /// Chunks the client sent; the rest are reused from what the receiver holds.
+        chunks_sent: u64,
     },
     /// The client gave up on a file.
     SourceFailed {
@@ -194,6 +196,7 @@ impl ServerSession {
                 Ok(ServerEvent::FileDone {
                     id: done.id,
                     hash: done.hash,
+                    chunks_sent: done.chunks_sent,
                 })
             }
             (ServerState::Active | ServerState::Draining, Message::SourceFailed(failed)) => {
@@ -254,7 +257,7 @@ impl ServerSession {
     /// Accepts the hello: returns the `Welcome` to send. A hello that fails
     /// [`check_hello`](Self::check_hello), or an accept outside the handshake, is refused
     /// instead, so a caller cannot put the session in a state with an unusable chunk size.
-    pub fn accept(&mut self, hello: &Hello, session: u64) -> Result<Message, Refused> {
+    pub fn accept(&mut self, hello: &Hello, welcome: Welcome) -> Result<Message, Refused> {
         if self.state != ServerState::AwaitDecision {
             return Err(Refused {
                 reason: RefuseReason::Other,
@@ -268,7 +271,7 @@ impl ServerSession {
         self.state = ServerState::Active;
         Ok(Message::Welcome(Welcome {
             version: PROTOCOL_VERSION,
-            session,
+            ..welcome
         }))
     }
 
@@ -410,6 +413,9 @@ impl ClientSession {
             (ClientState::Active | ClientState::Draining, Message::Need(n)) => {
                 known(&self.outstanding, n.id, "Need")
             }
+            (ClientState::Active | ClientState::Draining, Message::Have(h)) => {
+                known(&self.outstanding, h.id, "Have")
+            }
             (ClientState::Active | ClientState::Draining, Message::Installed(i)) => {
                 known(&self.outstanding, i.id, "Installed")?;
                 self.outstanding.remove(&i.id);
@@ -463,6 +469,19 @@ mod tests {
             token: Bytes::from_static(b"t"),
             dest: Bytes::new(),
             chunk_size: 1 << 20,
+            flags: 0,
+            rename_aside: Vec::new(),
+        }
+    }
+
+    fn welcome() -> Welcome {
+        Welcome {
+            version: PROTOCOL_VERSION,
+            session: 1,
+            free_bytes: 0,
+            history_bytes: 0,
+            history_ms: 0,
+            renamed: Vec::new(),
         }
     }
 
@@ -483,7 +502,7 @@ mod tests {
             panic!()
         };
         assert!(s.check_hello(&h).is_ok());
-        assert!(s.accept(&h, 1).is_ok());
+        assert!(s.accept(&h, welcome()).is_ok());
         s
     }
 
@@ -528,6 +547,7 @@ mod tests {
             .handle(Message::FileDone(FileDone {
                 id: 1,
                 hash: [1; 32],
+                chunks_sent: 1,
             }))
             .unwrap();
         let _ = s.handle(Message::EndOfEntries).unwrap();
@@ -542,7 +562,7 @@ mod tests {
         h.chunk_size = 0;
         let _ = s.handle(Message::Hello(h.clone())).unwrap();
         assert_eq!(
-            s.accept(&h, 1).unwrap_err().reason,
+            s.accept(&h, welcome()).unwrap_err().reason,
             RefuseReason::BadChunkSize
         );
         assert!(
@@ -578,17 +598,18 @@ mod tests {
     #[test]
     fn client_rejects_results_for_unknown_entries() {
         let mut c = ClientSession::new();
-        let welcome = Message::Welcome(Welcome {
-            version: PROTOCOL_VERSION,
-            session: 1,
-        });
-        assert!(c.handle_answer(welcome).unwrap().is_ok());
+        assert!(
+            c.handle_answer(Message::Welcome(welcome()))
+                .unwrap()
+                .is_ok()
+        );
         let id = c.announce(EntryKind::File);
         let installed = |id| {
             Message::Installed(crate::Installed {
                 id,
                 hash: [0; 32],
                 bytes_written: 0,
+                unchanged: false,
             })
         };
         assert!(c.handle(&installed(id + 1)).is_err());

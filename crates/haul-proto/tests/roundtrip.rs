@@ -21,6 +21,8 @@ fn message() -> impl Strategy<Value = Message> {
                     token,
                     dest,
                     chunk_size: cs,
+                    flags: 3,
+                    rename_aside: vec![Bytes::from_static(b"ofuser")],
                 })
             }
         ),
@@ -72,6 +74,16 @@ fn message() -> impl Strategy<Value = Message> {
             message
         })),
         Just(Message::EndOfEntries),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec(any::<[u8; 32]>(), 0..50)
+        )
+            .prop_map(|(id, start, hashes)| Message::Have(haul_proto::Have {
+                id,
+                start,
+                hashes
+            })),
     ]
 }
 

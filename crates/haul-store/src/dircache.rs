@@ -68,6 +68,14 @@ impl DirCache {
         self.entries.insert(key.to_vec(), (fd, self.clock));
     }
 
+    /// Drops `key` and every entry below it: the directory was renamed away, so its cached fd
+    /// (which follows the directory, not the name) must no longer answer for the name.
+    pub(crate) fn forget_under(&mut self, key: &[u8]) {
+        self.entries.retain(|k, _| {
+            !(k.starts_with(key) && (k.len() == key.len() || k.get(key.len()) == Some(&b'/')))
+        });
+    }
+
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
@@ -96,5 +104,19 @@ mod tests {
         assert!(cache.get(b"d0").is_some());
         assert!(cache.get(b"d1").is_none());
         assert!(cache.get(b"new").is_some());
+    }
+
+    #[test]
+    fn forget_under_drops_the_subtree_only() {
+        let mut cache = DirCache::new();
+        for key in ["a", "a/b", "a/b/c", "ab", "b/a"] {
+            cache.insert(key.as_bytes(), fd());
+        }
+        cache.forget_under(b"a");
+        for key in ["a", "a/b", "a/b/c"] {
+            assert!(cache.get(key.as_bytes()).is_none(), "{key}");
+        }
+        assert!(cache.get(b"ab").is_some());
+        assert!(cache.get(b"b/a").is_some());
     }
 }

@@ -69,6 +69,15 @@ pub enum StoreError {
         /// What was being done ("create directory", ...).
         op: &'static str,
     },
+    /// Another live receiver holds the partial of this destination (its journal is locked).
+    #[error(
+        "another haul receiver is writing {} right now: wait for it to finish (or stop it) and run again",
+        path.display()
+    )]
+    Busy {
+        /// The destination both receivers are writing.
+        path: PathBuf,
+    },
     /// Any other I/O failure.
     #[error("could not {op} {}: {source}", path.display())]
     Io {

@@ -3,7 +3,8 @@
 //! This crate owns everything a haul receiver does to its file system: confining every path
 //! to the root, staging incoming files under `<root>/.haul/staging/`, sparse-aware positional
 //! writes, atomic install by rename, metadata (mode, nanosecond mtime), symlink creation,
-//! `syncfs` and free space. It is synchronous; the engine calls it from several blocking
+//! `syncfs` and free space; resumable partial files and their journal; rename-aside of
+//! previous copies; a small throughput history. It is synchronous; the engine calls it from several blocking
 //! threads at once, so [`Root`] is `Send + Sync` and every method takes `&self`.
 //!
 //! # Main types
@@ -15,6 +16,12 @@
 //!   LRU of directory fds keeps that walk cheap for large trees.
 //! - [`StagingFile`]: a file being received; written with [`StagingFile::write_at`], then
 //!   [`Root::install_file`] renames it into place. Dropped unfinished, it is removed.
+//! - [`Partial`]: a file being received that survives the death of either process, in
+//!   `<top root>/.haul/partial/` with a journal of verified chunks, opened by
+//!   [`Root::open_partial`] (which reports the chunks an earlier run verified) and installed
+//!   like a staging file. [`SourceIdentity`] ties it to one version of the source file.
+//! - [`ExistingFile`]: a file already on the target, opened by [`Root::open_existing`] so a
+//!   re-run can reuse its unchanged chunks ([`Partial::copy_from`]).
 //! - [`StoreError`]: what went wrong, with the path and the operation; [`StoreError::is_no_space`]
 //!   tells a full disk (pause and resume later) from a failure.
 //!
@@ -36,22 +43,38 @@
 //!
 //! # Must not depend on
 //! Networking, tokio or any async runtime, `haul-manifest` or `haul-engine`. Only
-//! `haul-proto` (for [`haul_proto::Meta`]) sits below it.
+//! `haul-proto` (for [`haul_proto::Meta`]) sits below it; `blake3` names partials and checks
+//! journal records.
 //!
 //! # Layout
 //! - `path`: [`RelPath`] and [`PathError`].
 //! - `root`: [`Root`] and [`FileKind`]: confinement and every directory-level operation.
 //! - `staging`: [`StagingFile`] and the shared staging directory.
+//! - `partial`: [`Partial`], [`OpenedPartial`], [`SourceIdentity`]; `journal`: its format.
+//! - `fileio`: the sparse-aware write, range copy and read shared by staging and partials.
+//! - `existing`: [`ExistingFile`], [`Root::open_existing`], [`Root::set_file_meta`].
+//! - `aside`: [`Root::rename_aside`], [`Root::list_aside`].
+//! - `history`: [`Root::record_throughput`], [`Root::throughput_history`].
 //! - `dircache`: the bounded cache of open directory fds.
 //! - `error`: [`StoreError`] and the errno mapping.
 
+mod aside;
 mod dircache;
 mod error;
+mod existing;
+mod fileio;
+mod history;
+mod journal;
+mod partial;
+mod partial_open;
 mod path;
 mod root;
 mod staging;
 
 pub use error::StoreError;
+pub use existing::ExistingFile;
+pub use partial::{Partial, SourceIdentity};
+pub use partial_open::OpenedPartial;
 pub use path::{MAX_NAME, MAX_PATH, PathError, RESERVED, RelPath};
 pub use root::{FileKind, Root};
 pub use staging::StagingFile;

@@ -17,6 +17,7 @@ use rustix::io::Errno;
 
 use crate::dircache::DirCache;
 use crate::error::StoreError;
+use crate::partial_open::PartialDir;
 use crate::path::{RESERVED, RelPath};
 use crate::staging::{StagingDir, StagingFile};
 
@@ -53,7 +54,20 @@ pub struct Root {
     /// The *top* root's staging directory, also for sub-roots, so install stays a rename
     /// within one file system.
     staging: Arc<StagingDir>,
-    cache: Mutex<DirCache>,
+    pub(crate) cache: Mutex<DirCache>,
+    /// The top root's `.haul` and `.haul/partial`, shared by every sub-root.
+    pub(crate) top: Arc<TopDirs>,
+    /// Where this root sits below the top root (empty for the top root itself): partials are
+    /// keyed by the destination's path from the top, whichever sub-root opens them.
+    pub(crate) prefix: RelPath,
+}
+
+/// The top root's own directories.
+pub(crate) struct TopDirs {
+    /// `<top root>/.haul`, holding the throughput history.
+    pub(crate) haul: OwnedFd,
+    pub(crate) haul_path: PathBuf,
+    pub(crate) partial: Arc<PartialDir>,
 }
 
 impl std::fmt::Debug for Root {
@@ -64,18 +78,18 @@ impl std::fmt::Debug for Root {
 
 /// Whether a step of a walk creates missing directories.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Missing {
+pub(crate) enum Missing {
     Create,
     /// Report a missing component as `None`.
     Absent,
 }
 
-fn mode_bits(mode: u32) -> Mode {
+pub(crate) fn mode_bits(mode: u32) -> Mode {
     // Permission bits and sticky only: setuid/setgid from a peer are never honoured.
     Mode::from_raw_mode(mode & 0o1777)
 }
 
-fn mtime(meta: &haul_proto::Meta) -> Timestamps {
+pub(crate) fn mtime(meta: &haul_proto::Meta) -> Timestamps {
     Timestamps {
         // Access time is left as it is: only the modification time is replicated.
         last_access: Timespec {
@@ -89,7 +103,7 @@ fn mtime(meta: &haul_proto::Meta) -> Timestamps {
     }
 }
 
-fn not_found(path: PathBuf, op: &'static str) -> StoreError {
+pub(crate) fn not_found(path: PathBuf, op: &'static str) -> StoreError {
     StoreError::Io {
         path,
         op,
@@ -158,7 +172,7 @@ fn open_child_dir(
 
 impl Root {
     /// Opens the receiver root at `path`, which must exist and be a directory, and creates
-    /// `<root>/.haul/staging` (mode 0700) if missing.
+    /// `<root>/.haul/staging` and `<root>/.haul/partial` (mode 0700) if missing.
     pub fn open(path: &Path) -> Result<Root, StoreError> {
         // The root itself is the administrator's choice, so it may be reached via a symlink.
         let dir = rustix::fs::open(
@@ -184,11 +198,26 @@ impl Root {
             path,
         )?
         .ok_or_else(|| not_found(staging_path.clone(), "create directory"))?;
+        let partial_path = haul_path.join("partial");
+        let partial = open_child_dir(
+            &haul,
+            b"partial",
+            Missing::Create,
+            &|| partial_path.clone(),
+            path,
+        )?
+        .ok_or_else(|| not_found(partial_path.clone(), "create directory"))?;
         Ok(Root {
             path: path.to_path_buf(),
             dir: Arc::new(dir),
             staging: Arc::new(StagingDir::new(staging, staging_path, path.to_path_buf())),
             cache: Mutex::new(DirCache::new()),
+            top: Arc::new(TopDirs {
+                haul,
+                haul_path,
+                partial: Arc::new(PartialDir::new(partial, partial_path, path.to_path_buf())),
+            }),
+            prefix: RelPath::root(),
         })
     }
 
@@ -221,6 +250,8 @@ impl Root {
             dir,
             staging: Arc::clone(&self.staging),
             cache: Mutex::new(DirCache::new()),
+            top: Arc::clone(&self.top),
+            prefix: self.prefix.join(rel),
         })
     }
 
@@ -349,12 +380,15 @@ impl Root {
         Ok(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
-    fn err(&self, errno: Errno, rel: &RelPath, op: &'static str) -> StoreError {
+    pub(crate) fn err(&self, errno: Errno, rel: &RelPath, op: &'static str) -> StoreError {
         StoreError::from_errno(errno, self.display_path(rel), &self.staging.root_path, op)
     }
 
     /// The parent directory's fd and the final name; the parent must exist.
-    fn parent_of<'r>(&self, rel: &'r RelPath) -> Result<(Arc<OwnedFd>, &'r [u8]), StoreError> {
+    pub(crate) fn parent_of<'r>(
+        &self,
+        rel: &'r RelPath,
+    ) -> Result<(Arc<OwnedFd>, &'r [u8]), StoreError> {
         let Some((parent, name)) = rel.parent_and_name() else {
             return Err(StoreError::IsADirectory {
                 path: self.path.clone(),
@@ -377,7 +411,7 @@ impl Root {
 
     /// The fd of directory `dir`, walking from the longest cached ancestor (or the root).
     /// `Ok(None)` if a component is missing and `missing` is `Absent`.
-    fn resolve_dir(
+    pub(crate) fn resolve_dir(
         &self,
         dir: &RelPath,
         missing: Missing,

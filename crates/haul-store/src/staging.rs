@@ -4,8 +4,7 @@
 //! file system (atomic: readers see the old file or the whole new one, never a mix), and so
 //! that partial data never sits beside the user's files.
 
-use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,10 +13,15 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::error::StoreError;
+use crate::fileio::{Ops, Target, Zeros};
 
-/// Sparse granularity: the common file-system block size. A 4 KiB-aligned block of zeros is
-/// not written, so it stays a hole in the freshly truncated file.
-const BLOCK: u64 = 4096;
+/// Operation names in staging-file messages.
+const OPS: Ops = Ops {
+    write: "write to staging file",
+    past_end: "write past the declared size of staging file",
+    read: "read staging file",
+    copy: "copy into staging file",
+};
 
 /// The top root's staging directory, shared by the root and every sub-root made from it.
 pub(crate) struct StagingDir {
@@ -140,71 +144,15 @@ impl StagingFile {
     /// Skipping zeros relies on the region never having been written before; the staging
     /// file is fresh, and each region is written once with verified data.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<u64, StoreError> {
-        let end = offset.checked_add(data.len() as u64);
-        if end.is_none_or(|end| end > self.size) {
-            // Growing the file here would break the "untouched regions are holes of the right
-            // size" invariant; it is a caller bug, not a disk condition.
-            return Err(StoreError::Io {
-                path: self.path(),
-                op: "write past the declared size of staging file",
-                source: io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "{} bytes at offset {offset} exceed the file size {}",
-                        data.len(),
-                        self.size
-                    ),
-                ),
-            });
-        }
-        let mut written = 0u64;
-        // Start of the current run of non-zero blocks (index into `data`), if any.
-        let mut run_start: Option<usize> = None;
-        let mut pos = 0usize;
-        while pos < data.len() {
-            let file_pos = offset + pos as u64;
-            // Up to the next 4 KiB boundary of the *file*, so skipped blocks align with
-            // the file system's blocks.
-            let to_boundary = (BLOCK - file_pos % BLOCK) as usize;
-            let block_end = data.len().min(pos + to_boundary);
-            // A fold with no early exit vectorizes; 4 KiB at a time stays in L1.
-            let zero = data[pos..block_end].iter().fold(0u8, |acc, &b| acc | b) == 0;
-            match (zero, run_start) {
-                (true, Some(start)) => {
-                    written += self.pwrite_all(offset + start as u64, &data[start..pos])?;
-                    run_start = None;
-                }
-                (false, None) => run_start = Some(pos),
-                _ => {}
-            }
-            pos = block_end;
-        }
-        if let Some(start) = run_start {
-            written += self.pwrite_all(offset + start as u64, &data[start..])?;
-        }
-        Ok(written)
-    }
-
-    fn pwrite_all(&self, mut offset: u64, mut buf: &[u8]) -> Result<u64, StoreError> {
-        let total = buf.len() as u64;
-        while !buf.is_empty() {
-            match rustix::io::pwrite(&self.fd, buf, offset) {
-                Ok(0) => {
-                    return Err(StoreError::Io {
-                        path: self.path(),
-                        op: "write to staging file",
-                        source: io::Error::from(io::ErrorKind::WriteZero),
-                    });
-                }
-                Ok(n) => {
-                    buf = &buf[n..];
-                    offset += n as u64;
-                }
-                Err(Errno::INTR) => {}
-                Err(e) => return Err(self.staging.err(e, &self.name, "write to staging file")),
-            }
-        }
-        Ok(total)
+        let path = || self.path();
+        let target = Target {
+            fd: self.fd.as_fd(),
+            size: self.size,
+            path: &path,
+            space_path: &self.staging.root_path,
+            ops: &OPS,
+        };
+        target.write_sparse(offset, data, Zeros::Skip)
     }
 
     /// The size given at creation.

@@ -54,7 +54,7 @@ async fn run(src: &Path, dst: &Path, seed: u64, config: SimConfig) -> Outcome {
             streams: 3,
             readers: 2,
             window: 16,
-            list_files: false,
+            ..TransferOptions::default()
         },
     };
     let client_link: Arc<dyn Link> = client.clone();

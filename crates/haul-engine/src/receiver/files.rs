@@ -1,33 +1,57 @@
-//! The receiver's per-file state: staging, verification, install.
+//! The receiver's per-file state: verification, writing, reuse, install.
 //!
-//! Every function here runs on a blocking thread. A chunk is hashed and compared with the hash
-//! the sender announced before a single byte of it is written; a file is renamed to its final
-//! name only when every chunk is verified and the whole-file hash assembled from them matches.
+//! Every function here runs on a blocking thread. A chunk that arrives is hashed and compared
+//! with the hash the sender announced before a byte of it is written. A chunk that does not
+//! arrive because the sender found the receiver already holds it (an interrupted run's
+//! journal, the old copy, a renamed-aside copy) is read from there, hashed again and compared
+//! with what was offered before it is written. A file is renamed to its final name only when
+//! the whole-file hash assembled from all its chunk hashes equals the sender's.
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use haul_proto::{Chunk, ChunkLayout, Failed, Hash, Installed, Message, Meta};
-use haul_store::{RelPath, Root, StagingFile, StoreError};
+use haul_store::{RelPath, Root, StoreError};
 use tokio::sync::mpsc::UnboundedSender;
+
+use super::target::{Disposal, Target};
 
 /// What the control writer must send, and which entry it resolves.
 pub(crate) enum Outcome {
     /// A message that resolves an entry (Installed or Failed).
     Resolved(u64, Message),
-    /// A message that resolves nothing (Need).
+    /// A message that resolves nothing (Have, Need).
     Plain(Message),
     /// The client has announced its last entry.
     EndOfEntries,
 }
 
+/// Where reusable chunks of a file come from.
+pub(crate) struct Reuse {
+    /// The existing copy (the old file at the destination, or in a renamed-aside directory).
+    pub(crate) file: File,
+    /// Its hash for each chunk it fully covers, by index (None: not usable).
+    pub(crate) hashes: Vec<Option<Hash>>,
+    /// True when the copy is the destination file itself with the new file's exact size: if
+    /// nothing is sent, the file is unchanged and need not be rewritten.
+    pub(crate) in_place: bool,
+}
+
 struct SlotState {
-    staging: Option<Arc<StagingFile>>,
+    target: Option<Arc<Target>>,
+    /// Verified chunks already in the target (received now, or journaled by an earlier run).
     hashes: Vec<Option<Hash>>,
+    /// Chunks received in this session.
     received: u64,
-    bytes_written: u64,
+    /// Chunks the sender says it sent (from `FileDone`).
+    expected: Option<u64>,
     client_hash: Option<Hash>,
+    bytes_written: u64,
     finished: bool,
+    /// What to do with the target once the last thread lets go of it, after a failure.
+    disposal: Disposal,
 }
 
 /// A file being received.
@@ -36,6 +60,8 @@ pub(crate) struct Slot {
     rel: RelPath,
     layout: ChunkLayout,
     meta: Meta,
+    dry_run: bool,
+    reuse: Option<Reuse>,
     state: Mutex<SlotState>,
 }
 
@@ -48,6 +74,19 @@ pub(crate) struct Files {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A new file to receive, as planned by the session.
+pub(crate) struct Plan {
+    pub(crate) id: u64,
+    pub(crate) rel: RelPath,
+    pub(crate) layout: ChunkLayout,
+    pub(crate) meta: Meta,
+    pub(crate) dry_run: bool,
+    /// The journaled partial, with the chunks it already holds (multi-chunk files).
+    pub(crate) target: Option<Target>,
+    pub(crate) verified: Vec<(u64, Hash)>,
+    pub(crate) reuse: Option<Reuse>,
 }
 
 impl Files {
@@ -67,60 +106,95 @@ impl Files {
         let _ = self.out.send(outcome);
     }
 
-    /// Registers a file with data to receive.
-    pub(crate) fn open(&self, id: u64, rel: RelPath, layout: ChunkLayout, meta: Meta) {
-        let count = layout.count() as usize;
+    /// Registers a file to receive. Returns the hashes the receiver holds per chunk (for the
+    /// `Have` messages): journaled chunks first, else the reusable copy's.
+    pub(crate) fn open(&self, plan: Plan) -> Vec<Option<Hash>> {
+        let count = plan.layout.count() as usize;
+        let mut hashes = vec![None; count];
+        for (index, hash) in plan.verified {
+            if let Some(slot) = hashes.get_mut(index as usize) {
+                *slot = Some(hash);
+            }
+        }
+        let mut held = hashes.clone();
+        if let Some(reuse) = &plan.reuse {
+            for (h, r) in held.iter_mut().zip(&reuse.hashes) {
+                if h.is_none() {
+                    *h = *r;
+                }
+            }
+        }
         let slot = Slot {
-            id,
-            rel,
-            layout,
-            meta,
+            id: plan.id,
+            rel: plan.rel,
+            layout: plan.layout,
+            meta: plan.meta,
+            dry_run: plan.dry_run,
+            reuse: plan.reuse,
             state: Mutex::new(SlotState {
-                staging: None,
-                hashes: vec![None; count],
+                target: plan.target.map(Arc::new),
+                hashes,
                 received: 0,
-                bytes_written: 0,
+                expected: None,
                 client_hash: None,
+                bytes_written: 0,
                 finished: false,
+                disposal: Disposal::Keep,
             }),
         };
-        lock(&self.slots).insert(id, Arc::new(slot));
+        lock(&self.slots).insert(plan.id, Arc::new(slot));
+        held
     }
 
     fn slot(&self, id: u64) -> Option<Arc<Slot>> {
         lock(&self.slots).get(&id).cloned()
     }
 
-    /// Verifies and writes one chunk; installs the file if it was the last piece missing.
+    /// Verifies and writes one chunk; completes the file if it was the last piece missing.
     pub(crate) fn receive(&self, chunk: Chunk) {
         let Some(slot) = self.slot(chunk.id) else {
             return;
         };
-        let staging = {
+        let index = chunk.index;
+        let target = {
             let mut st = lock(&slot.state);
             if st.finished {
                 return;
             }
-            if st.staging.is_none() {
+            if st.hashes.get(index as usize).is_some_and(Option::is_some) {
+                // We offered this chunk and the sender's differs: the source changed in place
+                // since the interrupted run. Never mix old and new data in one file.
+                drop(st);
+                return self.fail(
+                    &slot,
+                    format!(
+                        "{} changed at the source since the interrupted run (same size and mtime, \
+                         different content); its partial data was discarded: run the same command \
+                         again to copy it afresh",
+                        self.root.display_path(&slot.rel).display()
+                    ),
+                    Disposal::Discard,
+                );
+            }
+            if st.target.is_none() {
                 match self.root.create_staging(slot.layout.size()) {
-                    Ok(file) => st.staging = Some(Arc::new(file)),
+                    Ok(file) => st.target = Some(Arc::new(Target::Staging(file))),
                     Err(e) => {
                         drop(st);
                         return self.fail_store(&slot, e);
                     }
                 }
             }
-            st.staging.clone()
+            st.target.clone()
         };
-        let Some(staging) = staging else { return };
-        let index = chunk.index;
+        let Some(target) = target else { return };
         let hash = if chunk.zero {
             haul_manifest::zero_chunk_hash(&slot.layout, index)
         } else {
             haul_manifest::chunk_hash(&slot.layout, index, &chunk.data)
         };
         if hash != chunk.hash {
-            drop(staging);
+            drop(target);
             return self.fail(
                 &slot,
                 format!(
@@ -129,29 +203,48 @@ impl Files {
                      of it was written",
                     self.root.display_path(&slot.rel).display()
                 ),
-                false,
+                Disposal::Discard,
             );
         }
+        let len = slot.layout.len(index).map_or(0, u64::from);
         let written = if chunk.zero {
             Ok(0)
         } else {
-            staging.write_at(slot.layout.offset(index), &chunk.data)
+            target.write_at(slot.layout.offset(index), &chunk.data)
         };
-        // Drop our handle before recording, so the thread that records the last chunk holds
-        // the only reference and can install the file.
-        drop(staging);
+        let written = written.and_then(|n| target.record(index, hash, len).map(|()| n));
         let written = match written {
             Ok(n) => n,
-            Err(e) => return self.fail_store(&slot, e),
+            Err(e) => {
+                drop(target);
+                return self.fail_store(&slot, e);
+            }
         };
         {
             let mut st = lock(&slot.state);
+            if st.finished {
+                // The file failed while we wrote: whoever lets go of the target last disposes
+                // of it as the failure decided.
+                let disposal = st.disposal;
+                drop(st);
+                if let Ok(target) = Arc::try_unwrap(target) {
+                    target.dispose(disposal);
+                }
+                return;
+            }
+            // Let go of our handle before counting the chunk, so the thread that completes
+            // the file holds the only reference and can install it.
+            drop(target);
             let Some(entry) = st.hashes.get_mut(index as usize) else {
                 return;
             };
             if entry.is_some() {
                 drop(st);
-                return self.fail(&slot, format!("chunk {index} was sent twice"), false);
+                return self.fail(
+                    &slot,
+                    format!("chunk {index} was sent twice"),
+                    Disposal::Discard,
+                );
             }
             *entry = Some(hash);
             st.received += 1;
@@ -160,10 +253,14 @@ impl Files {
         self.try_complete(&slot);
     }
 
-    /// Records the sender's whole-file hash.
-    pub(crate) fn file_done(&self, id: u64, hash: Hash) {
+    /// Records the sender's whole-file hash and how many chunks it sent.
+    pub(crate) fn file_done(&self, id: u64, hash: Hash, chunks_sent: u64) {
         let Some(slot) = self.slot(id) else { return };
-        lock(&slot.state).client_hash = Some(hash);
+        {
+            let mut st = lock(&slot.state);
+            st.client_hash = Some(hash);
+            st.expected = Some(chunks_sent);
+        }
         self.try_complete(&slot);
     }
 
@@ -173,114 +270,248 @@ impl Files {
             self.fail(
                 &slot,
                 format!("the sender could not read it: {message}"),
-                false,
+                Disposal::Discard,
             );
         }
     }
 
     fn try_complete(&self, slot: &Slot) {
         let mut st = lock(&slot.state);
-        let count = slot.layout.count();
-        if st.finished || st.received < count {
+        let (Some(expected), Some(client)) = (st.expected, st.client_hash) else {
+            return;
+        };
+        if st.finished || st.received < expected {
             return;
         }
-        let hashes: Vec<Hash> = st.hashes.iter().flatten().copied().collect();
-        let hash = if count == 1 {
-            hashes[0]
-        } else {
-            let Some(client) = st.client_hash else { return };
-            let ours = haul_manifest::file_hash(&slot.layout, &hashes);
-            if ours != Some(client) {
-                drop(st);
-                return self.fail(
-                    slot,
-                    "the whole-file hash differs from the sender's although every chunk verified: \
-                     the sender's file changed while it was read; run the copy again"
-                        .into(),
-                    false,
-                );
-            }
-            client
-        };
         st.finished = true;
-        let staging = st.staging.take().and_then(|s| Arc::try_unwrap(s).ok());
-        let bytes_written = st.bytes_written;
+        let target = st.target.take().and_then(|t| Arc::try_unwrap(t).ok());
+        let mut hashes = std::mem::take(&mut st.hashes);
+        let mut bytes_written = st.bytes_written;
+        let received = st.received;
         drop(st);
         lock(&self.slots).remove(&slot.id);
-        let Some(staging) = staging else {
-            return self.fail(
-                slot,
-                "internal error: staging file still in use".into(),
-                false,
-            );
-        };
-        match self.root.install_file(staging, &slot.rel, &slot.meta) {
-            Ok(()) => self.send(Outcome::Resolved(
-                slot.id,
-                Message::Installed(Installed {
-                    id: slot.id,
-                    hash,
-                    bytes_written,
-                }),
-            )),
-            Err(e) => self.report_store(slot.id, e),
+        if slot.dry_run {
+            return self.send(installed(slot.id, client, 0, expected == 0));
         }
-    }
-
-    fn fail_store(&self, slot: &Slot, e: StoreError) {
-        if self.finish(slot) {
-            self.report_store(slot.id, e);
-        }
-    }
-
-    fn report_store(&self, id: u64, e: StoreError) {
-        let no_space = e.is_no_space();
-        self.send(Outcome::Resolved(
-            id,
-            Message::Failed(Failed {
-                id,
-                message: e.to_string(),
-                no_space,
-            }),
-        ));
-    }
-
-    fn fail(&self, slot: &Slot, message: String, no_space: bool) {
-        if self.finish(slot) {
-            self.send(Outcome::Resolved(
+        let result = self.finish_file(
+            slot,
+            target,
+            &mut hashes,
+            &mut bytes_written,
+            received,
+            client,
+        );
+        match result {
+            Ok(unchanged) => self.send(installed(slot.id, client, bytes_written, unchanged)),
+            Err((message, no_space)) => self.send(Outcome::Resolved(
                 slot.id,
                 Message::Failed(Failed {
                     id: slot.id,
                     message,
                     no_space,
                 }),
+            )),
+        }
+    }
+
+    /// Fills the chunks the sender did not send from the reusable copy, checks the whole-file
+    /// hash and installs. Returns whether the file was unchanged (nothing rewritten).
+    fn finish_file(
+        &self,
+        slot: &Slot,
+        target: Option<Target>,
+        hashes: &mut [Option<Hash>],
+        bytes_written: &mut u64,
+        received: u64,
+        client: Hash,
+    ) -> Result<bool, (String, bool)> {
+        let shown = || self.root.display_path(&slot.rel).display().to_string();
+        let missing = hashes.iter().filter(|h| h.is_none()).count();
+        // The destination itself already holds every chunk: only metadata may need fixing.
+        if let Some(reuse) = &slot.reuse
+            && reuse.in_place
+            && target.is_none()
+            && received == 0
+            && missing == hashes.len()
+        {
+            let offered: Option<Vec<Hash>> = reuse.hashes.iter().copied().collect();
+            if let Some(offered) = offered
+                && haul_manifest::file_hash(&slot.layout, &offered) == Some(client)
+            {
+                return match self.root.set_file_meta(&slot.rel, &slot.meta) {
+                    Ok(()) => Ok(true),
+                    Err(e) => Err((e.to_string(), e.is_no_space())),
+                };
+            }
+        }
+        let target = match target {
+            Some(t) => t,
+            None => match self.root.create_staging(slot.layout.size()) {
+                Ok(f) => Target::Staging(f),
+                Err(e) => return Err((e.to_string(), e.is_no_space())),
+            },
+        };
+        if missing > 0 {
+            let Some(reuse) = &slot.reuse else {
+                target.discard();
+                return Err((
+                    format!("{}: chunks were neither sent nor held", shown()),
+                    false,
+                ));
+            };
+            if let Err(e) = self.fill_from(slot, reuse, &target, hashes, bytes_written) {
+                let no_space = e.1;
+                if no_space {
+                    target.keep()
+                } else {
+                    target.discard()
+                }
+                return Err(e);
+            }
+        }
+        let all: Vec<Hash> = hashes.iter().flatten().copied().collect();
+        if haul_manifest::file_hash(&slot.layout, &all) != Some(client) {
+            target.discard();
+            return Err((
+                format!(
+                    "{}: the whole-file hash differs from the sender's although every chunk \
+                     verified: the source changed while it was read; run the copy again",
+                    shown()
+                ),
+                false,
+            ));
+        }
+        match target.install(&self.root, &slot.rel, &slot.meta) {
+            Ok(()) => Ok(false),
+            Err(e) => Err((e.to_string(), e.is_no_space())),
+        }
+    }
+
+    /// Copies every chunk the sender did not send from the reusable copy, checking each
+    /// against the hash that was offered for it.
+    fn fill_from(
+        &self,
+        slot: &Slot,
+        reuse: &Reuse,
+        target: &Target,
+        hashes: &mut [Option<Hash>],
+        bytes_written: &mut u64,
+    ) -> Result<(), (String, bool)> {
+        let mut buf = Vec::new();
+        for (index, have) in hashes.iter_mut().enumerate() {
+            if have.is_some() {
+                continue;
+            }
+            let index = index as u64;
+            let shown = || self.root.display_path(&slot.rel).display().to_string();
+            let (Some(len), Some(Some(offered))) =
+                (slot.layout.len(index), reuse.hashes.get(index as usize))
+            else {
+                return Err((
+                    format!("{}: chunk {index} was neither sent nor held", shown()),
+                    false,
+                ));
+            };
+            buf.resize(len as usize, 0);
+            let offset = slot.layout.offset(index);
+            if let Err(e) = reuse.file.read_exact_at(&mut buf, offset) {
+                return Err((
+                    format!("{}: cannot read the old copy to reuse it: {e}", shown()),
+                    false,
+                ));
+            }
+            let hash = haul_manifest::chunk_hash(&slot.layout, index, &buf);
+            if hash != *offered {
+                return Err((
+                    format!(
+                        "{}: the old copy changed while it was being reused; run the copy again",
+                        shown()
+                    ),
+                    false,
+                ));
+            }
+            match target
+                .write_at(offset, &buf)
+                .and_then(|n| target.record(index, hash, u64::from(len)).map(|()| n))
+            {
+                Ok(n) => *bytes_written += n,
+                Err(e) => return Err((e.to_string(), e.is_no_space())),
+            }
+            *have = Some(hash);
+        }
+        Ok(())
+    }
+
+    fn fail_store(&self, slot: &Slot, e: StoreError) {
+        let no_space = e.is_no_space();
+        let disposal = if no_space {
+            Disposal::Keep
+        } else {
+            Disposal::Discard
+        };
+        if self.finish(slot, disposal) {
+            self.send(Outcome::Resolved(
+                slot.id,
+                Message::Failed(Failed {
+                    id: slot.id,
+                    message: e.to_string(),
+                    no_space,
+                }),
             ));
         }
     }
 
-    /// Marks a slot finished and drops its staging file; false if it already was.
-    fn finish(&self, slot: &Slot) -> bool {
-        let staging = {
+    fn fail(&self, slot: &Slot, message: String, disposal: Disposal) {
+        if self.finish(slot, disposal) {
+            self.send(Outcome::Resolved(
+                slot.id,
+                Message::Failed(Failed {
+                    id: slot.id,
+                    message,
+                    no_space: false,
+                }),
+            ));
+        }
+    }
+
+    /// Marks a slot finished and disposes of its target; false if it already was finished.
+    fn finish(&self, slot: &Slot, disposal: Disposal) -> bool {
+        let target = {
             let mut st = lock(&slot.state);
             if st.finished {
                 return false;
             }
             st.finished = true;
-            st.staging.take()
+            st.disposal = disposal;
+            st.target.take()
         };
         lock(&self.slots).remove(&slot.id);
-        if let Some(staging) = staging.and_then(|s| Arc::try_unwrap(s).ok()) {
-            let _ = staging.discard();
+        // A thread with a write in flight may still hold the target; it then disposes of it
+        // when it sees the slot finished.
+        if let Some(target) = target.and_then(|t| Arc::try_unwrap(t).ok()) {
+            target.dispose(disposal);
         }
         true
     }
 
-    /// Drops every unfinished file (the session ended early).
+    /// Ends every unfinished file (the session ended early): verified chunks of partials are
+    /// kept for the next run, staging files removed.
     pub(crate) fn abandon_all(&self) {
-        let slots: Vec<_> = lock(&self.slots).drain().map(|(_, s)| s).collect();
+        let slots: Vec<_> = lock(&self.slots).values().cloned().collect();
         for slot in slots {
-            let staging = lock(&slot.state).staging.take();
-            drop(staging);
+            self.finish(&slot, Disposal::Keep);
         }
     }
+}
+
+fn installed(id: u64, hash: Hash, bytes_written: u64, unchanged: bool) -> Outcome {
+    Outcome::Resolved(
+        id,
+        Message::Installed(Installed {
+            id,
+            hash,
+            bytes_written,
+            unchanged,
+        }),
+    )
 }

@@ -4,16 +4,18 @@
 //! control writer (answers, coalesced), and one reader per data stream. Chunk verification,
 //! writes and installs run on blocking threads; the async threads only move bytes.
 
+mod entry;
 mod files;
+mod target;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use haul_net::Token;
 use haul_proto::{
-    ChunkLayout, EntryKind, Hash, Installed, Limits, Message, Need, RefuseReason, Refused,
-    ServerSession, session::ServerEvent,
+    Hello, Limits, Message, RefuseReason, Refused, Renamed, ServerSession, Welcome,
+    session::ServerEvent,
 };
 use haul_store::{RelPath, Root};
 use tokio::sync::mpsc;
@@ -22,13 +24,21 @@ use crate::error::EngineError;
 use crate::progress::{Event, EventSink};
 use crate::transport::{BoxRecv, Link};
 use crate::wire::{FramedRecv, FramedSend};
+use entry::{EntryRules, handle_entry};
 use files::{Files, Outcome};
+
+/// Running sessions by destination path: (session id, its connection).
+type ActiveSessions = HashMap<Vec<u8>, (u64, Arc<dyn Link>)>;
 
 /// What a receiver serves: one root and the tokens allowed to write under it.
 pub struct ReceiverConfig {
     root: Arc<Root>,
     tokens: Vec<Token>,
     next_session: AtomicU64,
+    /// Sessions running now, by destination: a newer push to the same destination takes over
+    /// from an older one (whose sender was most likely killed and has not timed out yet), so
+    /// an operator who stops a push and starts it again is not locked out of its partial files.
+    active: Mutex<ActiveSessions>,
 }
 
 impl ReceiverConfig {
@@ -38,6 +48,7 @@ impl ReceiverConfig {
             root: Arc::new(root),
             tokens,
             next_session: AtomicU64::new(1),
+            active: Mutex::default(),
         }
     }
 
@@ -64,6 +75,7 @@ pub struct SessionReport {
 }
 
 const PROTOCOL_ERROR: u32 = 2;
+const SUPERSEDED: u32 = 3;
 
 /// Serves one connection: runs until the client's session finishes or fails. Whatever happens,
 /// nothing partial is left under a final name.
@@ -121,7 +133,38 @@ pub async fn receive(
     let session_id = config.next_session.fetch_add(1, Ordering::Relaxed);
     // Directories may have been renamed or removed since the last session.
     config.root.forget_cached_dirs();
-    let welcome = match session.accept(&hello, session_id) {
+    let dry_run = hello.has(Hello::DRY_RUN);
+    let aside = match rename_aside(&config.root, &dest, &hello.rename_aside, dry_run) {
+        Ok(aside) => aside,
+        Err(message) => {
+            let refused = Refused {
+                reason: RefuseReason::BadPath,
+                message: message.clone(),
+            };
+            let _ = ctl_tx.send(&session.refuse(refused)).await;
+            let _ = ctl_tx.finish();
+            return Err(EngineError::Refused {
+                reason: RefuseReason::BadPath,
+                message,
+            });
+        }
+    };
+    let history = config.root.throughput_history(10).unwrap_or_default();
+    let welcome = Welcome {
+        version: haul_proto::PROTOCOL_VERSION,
+        session: session_id,
+        free_bytes: config.root.available_bytes().unwrap_or(0),
+        history_bytes: history.iter().map(|h| h.0).sum(),
+        history_ms: history.iter().map(|h| (h.1 * 1000.0) as u64).sum(),
+        renamed: aside
+            .iter()
+            .map(|(from, to)| Renamed {
+                from: from.to_bytes().into(),
+                to: to.to_bytes().into(),
+            })
+            .collect(),
+    };
+    let welcome = match session.accept(&hello, welcome) {
         Ok(welcome) => welcome,
         Err(refused) => {
             return Err(EngineError::Refused {
@@ -135,13 +178,27 @@ pub async fn receive(
         .await
         .map_err(|e| EngineError::connection("cannot send the welcome", e))?;
     ctl_rx.set_limits(session.limits().clone());
+    let previous = lock(&config.active).insert(dest.to_bytes(), (session_id, link.clone()));
+    if let Some((_, older)) = previous {
+        older.close(
+            SUPERSEDED,
+            "a newer transfer to the same destination took over",
+        );
+    }
     events(Event::SessionStarted {
         peer: peer.clone(),
         dest: dest.display(),
     });
 
     let limits = session.limits().clone();
-    let chunk_size = session.chunk_size();
+    let rules = Arc::new(EntryRules {
+        dest: dest.clone(),
+        chunk_size: session.chunk_size(),
+        checksum: hello.has(Hello::CHECKSUM),
+        dry_run,
+        aside,
+    });
+    let started = std::time::Instant::now();
     let session = Arc::new(Mutex::new(session));
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let files = Arc::new(Files::new(config.root.clone(), out_tx));
@@ -153,6 +210,7 @@ pub async fn receive(
         session.clone(),
         files.clone(),
         dirs.clone(),
+        started,
     ));
     let data = tokio::spawn(accept_data(
         link.clone(),
@@ -185,14 +243,16 @@ pub async fn receive(
             }
             let files = files.clone();
             let dirs = dirs.clone();
-            let dest = dest.clone();
+            let rules = rules.clone();
             tokio::task::spawn_blocking(move || {
                 for event in batch {
                     match event {
-                        ServerEvent::Entry(entry) => {
-                            create_entry(&files, &dirs, &dest, entry, chunk_size)
-                        }
-                        ServerEvent::FileDone { id, hash } => files.file_done(id, hash),
+                        ServerEvent::Entry(entry) => handle_entry(&files, &rules, &dirs, entry),
+                        ServerEvent::FileDone {
+                            id,
+                            hash,
+                            chunks_sent,
+                        } => files.file_done(id, hash, chunks_sent),
                         ServerEvent::SourceFailed { id, message } => {
                             files.source_failed(id, message)
                         }
@@ -237,6 +297,15 @@ pub async fn receive(
     };
     data.abort();
     files.abandon_all();
+    {
+        let mut active = lock(&config.active);
+        if active
+            .get(&dest.to_bytes())
+            .is_some_and(|(id, _)| *id == session_id)
+        {
+            active.remove(&dest.to_bytes());
+        }
+    }
     let (installed, failed) = result.as_ref().map_or((0, 0), |r| *r);
     events(Event::SessionEnded {
         peer,
@@ -251,81 +320,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Creates a directory or symlink at once, or registers a file to receive.
-fn create_entry(
-    files: &Files,
-    dirs: &Mutex<Vec<(RelPath, haul_proto::Meta)>>,
-    dest: &RelPath,
-    entry: haul_proto::Entry,
-    chunk_size: u32,
-) {
-    let id = entry.id;
-    let rel = match RelPath::parse(&entry.path) {
-        Ok(rel) => dest.join(&rel),
-        Err(e) => {
-            let message = format!(
-                "refused path {:?}: {e}",
-                String::from_utf8_lossy(&entry.path)
-            );
-            return files.send(failed(id, message, false));
-        }
-    };
-    let root = files.root();
-    let done = |hash: Hash| {
-        Outcome::Resolved(
-            id,
-            Message::Installed(Installed {
-                id,
-                hash,
-                bytes_written: 0,
-            }),
-        )
-    };
-    // The destination itself may need its parents (a single file pushed to a/b/c).
-    if entry.path.is_empty()
-        && let Some((parent, _)) = rel.parent_and_name()
-        && let Err(e) = root.create_dir_all(&parent)
-    {
-        return files.send(failed(id, e.to_string(), e.is_no_space()));
-    }
-    let result = match entry.kind {
-        EntryKind::Dir => root.create_dir_all(&rel).map(|()| {
-            lock(dirs).push((rel.clone(), entry.meta));
-            files.send(done([0; 32]));
-        }),
-        EntryKind::Symlink => root
-            .install_symlink(&rel, &entry.link_target, &entry.meta)
-            .map(|()| files.send(done([0; 32]))),
-        EntryKind::File if entry.size == 0 => root
-            .create_staging(0)
-            .and_then(|staging| root.install_file(staging, &rel, &entry.meta))
-            .map(|()| files.send(done(*blake3::hash(b"").as_bytes()))),
-        EntryKind::File => {
-            let layout = ChunkLayout::new(entry.size, chunk_size);
-            files.open(id, rel.clone(), layout, entry.meta);
-            files.send(Outcome::Plain(Message::Need(Need {
-                id,
-                ranges: vec![(0, layout.count())],
-            })));
-            Ok(())
-        }
-    };
-    if let Err(e) = result {
-        files.send(failed(id, e.to_string(), e.is_no_space()));
-    }
-}
-
-fn failed(id: u64, message: String, no_space: bool) -> Outcome {
-    Outcome::Resolved(
-        id,
-        Message::Failed(haul_proto::Failed {
-            id,
-            message,
-            no_space,
-        }),
-    )
-}
-
 /// Writes answers to the client, coalesced; finishes the session once every entry is resolved
 /// after the end of entries. Returns (installed, failed).
 async fn control_writer(
@@ -334,8 +328,9 @@ async fn control_writer(
     session: Arc<Mutex<ServerSession>>,
     files: Arc<Files>,
     dirs: Arc<Mutex<Vec<(RelPath, haul_proto::Meta)>>>,
+    started: std::time::Instant,
 ) -> Result<(u64, u64), EngineError> {
-    let (mut installed, mut failed) = (0u64, 0u64);
+    let (mut installed, mut failed, mut written) = (0u64, 0u64, 0u64);
     let mut end_seen = false;
     let io = |e| EngineError::connection("cannot answer the client", e);
     while let Some(outcome) = out_rx.recv().await {
@@ -352,7 +347,10 @@ async fn control_writer(
                 Outcome::Plain(msg) => ctl_tx.queue(&msg),
                 Outcome::Resolved(id, msg) => {
                     match &msg {
-                        Message::Installed(_) => installed += 1,
+                        Message::Installed(i) => {
+                            installed += 1;
+                            written += i.bytes_written;
+                        }
                         _ => failed += 1,
                     }
                     ctl_tx.queue(&msg);
@@ -374,7 +372,14 @@ async fn control_writer(
                 for (rel, meta) in dirs.iter().rev() {
                     root_files.root().set_dir_meta(rel, meta)?;
                 }
-                root_files.root().sync()
+                root_files.root().sync()?;
+                // Sessions that moved enough data to time it feed the estimates of dry runs.
+                if written >= 16 << 20 {
+                    let _ = root_files
+                        .root()
+                        .record_throughput(written, started.elapsed().as_secs_f64());
+                }
+                Ok::<_, haul_store::StoreError>(())
             })
             .await
             .map_err(|e| EngineError::Protocol(format!("finishing task failed: {e}")))?;
@@ -467,4 +472,48 @@ async fn data_stream(
         let _ = task.await;
     }
     Ok(())
+}
+
+/// Renames each named directory under the destination aside (`DIR` to the first free
+/// `DIR.N`) so it can be copied anew; in a dry run, only works out the names.
+fn rename_aside(
+    root: &Root,
+    dest: &RelPath,
+    dirs: &[bytes::Bytes],
+    dry_run: bool,
+) -> Result<Vec<(RelPath, RelPath)>, String> {
+    let mut renamed = Vec::new();
+    for dir in dirs {
+        let rel = RelPath::parse(dir).map_err(|e| {
+            format!(
+                "--rename-aside {:?} refused: {e}",
+                String::from_utf8_lossy(dir)
+            )
+        })?;
+        if rel.is_root() {
+            return Err("--rename-aside needs directories under the destination, not the destination itself".into());
+        }
+        let rel = dest.join(&rel);
+        let moved = if dry_run {
+            match root.kind_of(&rel) {
+                Ok(Some(_)) => {
+                    let taken = root.list_aside(&rel).map_err(|e| e.to_string())?.len();
+                    let (parent, name) = rel.parent_and_name().ok_or("no name")?;
+                    let mut next = parent;
+                    let mut name = name.to_vec();
+                    name.extend_from_slice(format!(".{}", taken + 1).as_bytes());
+                    next.push(&name).map_err(|e| e.to_string())?;
+                    Some(next)
+                }
+                Ok(None) => None,
+                Err(e) => return Err(e.to_string()),
+            }
+        } else {
+            root.rename_aside(&rel).map_err(|e| e.to_string())?
+        };
+        if let Some(moved) = moved {
+            renamed.push((rel, moved));
+        }
+    }
+    Ok(renamed)
 }

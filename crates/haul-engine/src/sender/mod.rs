@@ -28,7 +28,7 @@ use haul_proto::{
 use tokio::sync::mpsc;
 
 use crate::error::EngineError;
-use crate::progress::{Event, EventSink, FileProblem, Progress, Summary};
+use crate::progress::{Event, EventSink, FileProblem, Progress, RenamedAside, Summary};
 use crate::transport::Link;
 use crate::wire::{FramedRecv, FramedSend};
 use read::{CHUNKS_PER_JOB, FileJob, ReadJob, Worker, WorkerNote};
@@ -46,6 +46,13 @@ pub struct TransferOptions {
     pub window: usize,
     /// Emit an [`Event::FileInstalled`] for every file, with its verified hash.
     pub list_files: bool,
+    /// Compare files by hash even when size and mtime match (adopts a copy made by another
+    /// tool without sending what it already holds).
+    pub checksum: bool,
+    /// Plan only: report what would be sent, change nothing.
+    pub dry_run: bool,
+    /// Directories under the destination to rename aside and copy anew.
+    pub rename_aside: Vec<Vec<u8>>,
 }
 
 impl Default for TransferOptions {
@@ -58,6 +65,9 @@ impl Default for TransferOptions {
                 .max(2),
             window: 8192,
             list_files: false,
+            checksum: false,
+            dry_run: false,
+            rename_aside: Vec::new(),
         }
     }
 }
@@ -111,6 +121,13 @@ pub async fn send(
             token: Bytes::from(request.token.clone()),
             dest: Bytes::from(request.dest.clone()),
             chunk_size: opts.chunk_size,
+            flags: if opts.checksum { Hello::CHECKSUM } else { 0 }
+                | if opts.dry_run { Hello::DRY_RUN } else { 0 },
+            rename_aside: opts
+                .rename_aside
+                .iter()
+                .map(|d| Bytes::from(d.clone()))
+                .collect(),
         }))
         .await
         .map_err(|e| EngineError::connection("cannot send the hello", e))?;
@@ -118,12 +135,15 @@ pub async fn send(
     let answer = ctl_rx.next().await?.ok_or_else(|| {
         EngineError::Protocol("the receiver closed the connection without answering".into())
     })?;
-    if let Err(refused) = session.handle_answer(answer)? {
-        return Err(EngineError::Refused {
-            reason: refused.reason,
-            message: refused.message,
-        });
-    }
+    let welcome = match session.handle_answer(answer)? {
+        Ok(welcome) => welcome,
+        Err(refused) => {
+            return Err(EngineError::Refused {
+                reason: refused.reason,
+                message: refused.message,
+            });
+        }
+    };
 
     // Scanner thread.
     let (scan_tx, mut scan_rx) = mpsc::channel::<ScanItem>(1024);
@@ -228,7 +248,23 @@ pub async fn send(
     }
     drop((frame_rx, note_tx));
 
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        dry_run: opts.dry_run,
+        target_free_bytes: welcome.free_bytes,
+        renamed_aside: welcome
+            .renamed
+            .iter()
+            .map(|r| RenamedAside {
+                from: String::from_utf8_lossy(&r.from).into_owned(),
+                to: String::from_utf8_lossy(&r.to).into_owned(),
+            })
+            .collect(),
+        ..Summary::default()
+    };
+    // Hashes the receiver holds per file, collected until its `Need` arrives.
+    let mut haves: HashMap<u64, Vec<haul_proto::Hash>> = HashMap::new();
+    let mut needed_bytes = 0u64;
+    let mut warned_space = false;
     let mut pending: HashMap<u64, Pending> = HashMap::new();
     let mut source_failed: HashSet<u64> = HashSet::new();
     let mut scan_done = false;
@@ -309,28 +345,64 @@ pub async fn send(
                         )),
                     };
                     session.handle(&msg)?;
-                    match msg {
+                                        match msg {
+                        Message::Have(have) => {
+                            let Some(p) = pending.get(&have.id) else { continue };
+                            let count = ChunkLayout::new(p.size, opts.chunk_size).count();
+                            let held = haves.entry(have.id).or_default();
+                            for (i, hash) in have.hashes.into_iter().enumerate() {
+                                let index = have.start.saturating_add(i as u64);
+                                if index >= count {
+                                    break;
+                                }
+                                if held.len() <= index as usize {
+                                    held.resize(index as usize + 1, [0; 32]);
+                                }
+                                held[index as usize] = hash;
+                            }
+                        }
                         Message::Need(need) => {
                             let Some(p) = pending.get(&need.id) else { continue };
+                            let layout = ChunkLayout::new(p.size, opts.chunk_size);
+                            for &(start, n) in &need.ranges {
+                                let end = start.saturating_add(n).min(layout.count());
+                                for index in start..end {
+                                    needed_bytes += layout.len(index).map_or(0, u64::from);
+                                }
+                            }
+                            if !warned_space && !opts.dry_run && needed_bytes > welcome.free_bytes {
+                                warned_space = true;
+                                events(Event::Warning { message: format!(
+                                    "the target has {} bytes free but at least {needed_bytes} must be                                      written: it will run out of space. The run continues and pauses                                      (exit 3) when the disk is full; expand the storage first to avoid it",
+                                    welcome.free_bytes
+                                )});
+                            }
+                            let have = haves.remove(&need.id).unwrap_or_default();
                             let file = Arc::new(FileJob::new(
                                 need.id,
                                 p.source.clone(),
-                                ChunkLayout::new(p.size, opts.chunk_size),
+                                layout,
+                                have,
+                                &need.ranges,
+                                opts.dry_run,
                             ));
-                            for (start, count) in need.ranges {
-                                let end = start.saturating_add(count).min(file.layout.count());
-                                let mut at = start;
-                                while at < end {
-                                    let stop = (at + CHUNKS_PER_JOB).min(end);
-                                    let _ = job_tx.try_send(ReadJob { file: file.clone(), start: at, end: stop });
-                                    at = stop;
-                                }
+                            // Every chunk is read and hashed (the whole-file hash needs them
+                            // all); only those the receiver lacks are sent.
+                            let count = layout.count();
+                            let mut at = 0;
+                            while at < count {
+                                let stop = (at + CHUNKS_PER_JOB).min(count);
+                                let _ = job_tx.try_send(ReadJob { file: file.clone(), start: at, end: stop });
+                                at = stop;
                             }
                         }
                         Message::Installed(done) => {
-                            if let Some(p) = pending.remove(&done.id)
+                                                        if let Some(p) = pending.remove(&done.id)
                                 && p.kind == EntryKind::File
                             {
+                                if done.unchanged {
+                                    summary.files_unchanged += 1;
+                                }
                                 summary.files_transferred += 1;
                                 Progress::add(&progress.files_done, 1);
                                 Progress::add(&progress.bytes_done, p.size);
@@ -395,6 +467,14 @@ pub async fn send(
     result?;
     summary.bytes_sent = Progress::get(&progress.bytes_sent);
     summary.chunks_sent = Progress::get(&progress.chunks_sent);
+    summary.chunks_reused = Progress::get(&progress.chunks_reused);
+    summary.bytes_reused = Progress::get(&progress.bytes_reused);
+    summary.would_send_bytes = Progress::get(&progress.would_send_bytes);
+    summary.would_send_chunks = Progress::get(&progress.would_send_chunks);
+    if opts.dry_run && welcome.history_ms > 0 && welcome.history_bytes > 0 {
+        let rate = welcome.history_bytes as f64 / (welcome.history_ms as f64 / 1000.0);
+        summary.estimated_s = Some(summary.would_send_bytes as f64 / rate);
+    }
     summary.elapsed_s = started.elapsed().as_secs_f64();
     Ok(summary)
 }

@@ -1,6 +1,8 @@
-//! The sender's read/hash workers: blocking threads that read the chunks the receiver asked
-//! for, hash them, and hand encoded frames to the stream writers. Hashing and disk reads never
-//! run on the async threads that drive QUIC.
+//! The sender's read/hash workers: blocking threads that read every chunk of the files the
+//! receiver asked about, hash them, and hand the chunks the receiver lacks to the stream
+//! writers. A chunk the receiver already holds with the same hash is not sent (it reuses its
+//! copy); the whole-file hash is computed from all chunks either way. Hashing and disk reads
+//! never run on the async threads that drive QUIC.
 
 use std::fs::File;
 use std::io;
@@ -15,25 +17,53 @@ use haul_proto::{Chunk, ChunkLayout, FileDone, Hash, Message};
 
 use crate::progress::Progress;
 
-/// A file the receiver asked for, shared by the jobs that cover its chunk ranges.
+/// A file the receiver asked about, shared by the jobs that cover its chunk ranges.
 pub(crate) struct FileJob {
     pub(crate) id: u64,
     pub(crate) source: PathBuf,
     pub(crate) layout: ChunkLayout,
+    /// What the receiver holds, per chunk (all zeros: nothing).
+    have: Vec<Hash>,
+    /// Chunks the receiver asked for outright.
+    needed: Vec<bool>,
+    /// Plan only: hash what must be compared, send nothing.
+    dry_run: bool,
     hashes: Mutex<Vec<Hash>>,
     remaining: AtomicU64,
+    sent: AtomicU64,
     failed: AtomicBool,
 }
 
 impl FileJob {
-    pub(crate) fn new(id: u64, source: PathBuf, layout: ChunkLayout) -> Self {
-        let count = layout.count();
+    /// A job for a file whose receiver holds `have` (may be short or empty) and asked for the
+    /// chunk `ranges`.
+    pub(crate) fn new(
+        id: u64,
+        source: PathBuf,
+        layout: ChunkLayout,
+        mut have: Vec<Hash>,
+        ranges: &[(u64, u64)],
+        dry_run: bool,
+    ) -> Self {
+        let count = layout.count() as usize;
+        have.resize(count, [0; 32]);
+        let mut needed = vec![false; count];
+        for &(start, n) in ranges {
+            let end = start.saturating_add(n).min(count as u64) as usize;
+            for slot in needed.iter_mut().take(end).skip(start as usize) {
+                *slot = true;
+            }
+        }
         FileJob {
             id,
             source,
             layout,
-            hashes: Mutex::new(vec![[0; 32]; count as usize]),
-            remaining: AtomicU64::new(count),
+            have,
+            needed,
+            dry_run,
+            hashes: Mutex::new(vec![[0; 32]; count]),
+            remaining: AtomicU64::new(count as u64),
+            sent: AtomicU64::new(0),
             failed: AtomicBool::new(false),
         }
     }
@@ -68,6 +98,11 @@ pub(crate) struct Worker {
     pub(crate) frames: async_channel::Sender<(Bytes, Bytes)>,
     pub(crate) notes: tokio::sync::mpsc::UnboundedSender<WorkerNote>,
     pub(crate) progress: Arc<Progress>,
+}
+
+enum Decision {
+    Send,
+    Reuse,
 }
 
 impl Worker {
@@ -117,50 +152,85 @@ impl Worker {
                 break;
             };
             let offset = file.layout.offset(index);
-            let (hash, data, zero) = if sparse.is_hole(offset, offset + u64::from(len)) {
+            let held = file
+                .have
+                .get(index as usize)
+                .filter(|h| **h != [0; 32])
+                .copied();
+            let needed = held.is_none() || file.needed.get(index as usize).copied().unwrap_or(true);
+            if file.dry_run && needed {
+                // A plan does not read what would be sent anyway.
+                self.would_send(len);
+                self.record(file, index, [0; 32]);
+                continue;
+            }
+            let hole = sparse.is_hole(offset, offset + u64::from(len));
+            let (hash, data) = if hole {
                 (
                     haul_manifest::zero_chunk_hash(&file.layout, index),
                     Bytes::new(),
-                    true,
                 )
             } else {
                 let mut buf = vec![0u8; len as usize];
                 handle.read_exact_at(&mut buf, offset)?;
-                let hash = haul_manifest::chunk_hash(&file.layout, index, &buf);
-                (hash, Bytes::from(buf), false)
+                (
+                    haul_manifest::chunk_hash(&file.layout, index, &buf),
+                    Bytes::from(buf),
+                )
             };
-            let payload = data.len() as u64;
-            let (head, body) = Message::Chunk(Chunk {
-                id: file.id,
-                index,
-                hash,
-                zero,
-                data,
-            })
-            .encode_parts();
-            self.frames
-                .send_blocking((head, body))
-                .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
-            Progress::add(&self.progress.bytes_sent, payload);
-            Progress::add(&self.progress.chunks_sent, 1);
+            let decision = if !needed && held == Some(hash) {
+                Decision::Reuse
+            } else {
+                Decision::Send
+            };
+            match decision {
+                Decision::Reuse => {
+                    Progress::add(&self.progress.chunks_reused, 1);
+                    Progress::add(&self.progress.bytes_reused, u64::from(len));
+                }
+                Decision::Send if file.dry_run => self.would_send(len),
+                Decision::Send => {
+                    let payload = data.len() as u64;
+                    let (head, body) = Message::Chunk(Chunk {
+                        id: file.id,
+                        index,
+                        hash,
+                        zero: hole,
+                        data,
+                    })
+                    .encode_parts();
+                    self.frames
+                        .send_blocking((head, body))
+                        .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+                    file.sent.fetch_add(1, Ordering::Relaxed);
+                    Progress::add(&self.progress.bytes_sent, payload);
+                    Progress::add(&self.progress.chunks_sent, 1);
+                }
+            }
             self.record(file, index, hash);
         }
         Ok(())
     }
 
-    /// Stores a chunk hash; the worker that stores the last one sends the whole-file hash.
+    fn would_send(&self, len: u32) {
+        Progress::add(&self.progress.would_send_bytes, u64::from(len));
+        Progress::add(&self.progress.would_send_chunks, 1);
+    }
+
+    /// Stores a chunk hash; the worker that stores the last one sends the whole-file hash and
+    /// how many chunks crossed the network.
     fn record(&self, file: &FileJob, index: u64, hash: Hash) {
         let mut hashes = file.hashes.lock().unwrap_or_else(|p| p.into_inner());
         hashes[index as usize] = hash;
-        if file.remaining.fetch_sub(1, Ordering::AcqRel) == 1
-            && file.layout.count() > 1
-            && let Some(hash) = haul_manifest::file_hash(&file.layout, &hashes)
-        {
+        if file.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let hash = haul_manifest::file_hash(&file.layout, &hashes).unwrap_or([0; 32]);
+            let chunks_sent = file.sent.load(Ordering::Relaxed);
             let _ = self
                 .notes
                 .send(WorkerNote::Control(Message::FileDone(FileDone {
                     id: file.id,
                     hash,
+                    chunks_sent,
                 })));
         }
     }

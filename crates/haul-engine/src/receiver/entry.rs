@@ -1,0 +1,271 @@
+//! What the receiver does with each announced entry: create directories and links at once,
+//! skip files the target already has, and plan the rest (which chunks it holds, which it
+//! needs).
+
+use std::sync::Mutex;
+
+use haul_proto::{ChunkLayout, Entry, EntryKind, Have, Installed, Message, Meta, Need};
+use haul_store::{ExistingFile, RelPath, SourceIdentity};
+
+use super::files::{Files, Outcome, Plan, Reuse};
+use super::target::Target;
+
+/// How this session treats entries.
+pub(crate) struct EntryRules {
+    pub(crate) dest: RelPath,
+    pub(crate) chunk_size: u32,
+    /// Compare by hash even when size and mtime match.
+    pub(crate) checksum: bool,
+    /// Plan only: create nothing.
+    pub(crate) dry_run: bool,
+    /// Directories renamed aside this session: (where the copy goes, where the old one went).
+    pub(crate) aside: Vec<(RelPath, RelPath)>,
+}
+
+impl EntryRules {
+    /// Where an older copy of `rel` may be found: in the renamed-aside directory if `rel` lies
+    /// under one, else at `rel` itself.
+    fn old_copy_of(&self, rel: &RelPath) -> (RelPath, bool) {
+        for (fresh, old) in &self.aside {
+            let fresh_parts: Vec<&[u8]> = fresh.components().collect();
+            let parts: Vec<&[u8]> = rel.components().collect();
+            if parts.len() >= fresh_parts.len() && parts[..fresh_parts.len()] == fresh_parts[..] {
+                let mut moved = old.clone();
+                for part in &parts[fresh_parts.len()..] {
+                    if moved.push(part).is_err() {
+                        break;
+                    }
+                }
+                return (moved, false);
+            }
+        }
+        (rel.clone(), true)
+    }
+}
+
+fn done(id: u64, hash: [u8; 32], unchanged: bool) -> Outcome {
+    Outcome::Resolved(
+        id,
+        Message::Installed(Installed {
+            id,
+            hash,
+            bytes_written: 0,
+            unchanged,
+        }),
+    )
+}
+
+fn failed(id: u64, message: String, no_space: bool) -> Outcome {
+    Outcome::Resolved(
+        id,
+        Message::Failed(haul_proto::Failed {
+            id,
+            message,
+            no_space,
+        }),
+    )
+}
+
+/// Handles one entry. Directories are recorded in `dirs` so their metadata can be set last.
+pub(crate) fn handle_entry(
+    files: &Files,
+    rules: &EntryRules,
+    dirs: &Mutex<Vec<(RelPath, Meta)>>,
+    entry: Entry,
+) {
+    let id = entry.id;
+    let rel = match RelPath::parse(&entry.path) {
+        Ok(rel) => rules.dest.join(&rel),
+        Err(e) => {
+            let message = format!(
+                "refused path {:?}: {e}",
+                String::from_utf8_lossy(&entry.path)
+            );
+            return files.send(failed(id, message, false));
+        }
+    };
+    let root = files.root();
+    if rules.dry_run {
+        let unchanged = entry.kind == EntryKind::File
+            && entry.size > 0
+            && !rules.checksum
+            && quick_match(root.open_existing(&rel).ok().flatten().as_ref(), &entry);
+        if entry.kind == EntryKind::File && entry.size > 0 && !unchanged {
+            return plan_file(files, rules, entry, rel);
+        }
+        return files.send(done(id, [0; 32], unchanged));
+    }
+    // The destination itself may need its parents (a single file pushed to a/b/c).
+    if entry.path.is_empty()
+        && let Some((parent, _)) = rel.parent_and_name()
+        && let Err(e) = root.create_dir_all(&parent)
+    {
+        return files.send(failed(id, e.to_string(), e.is_no_space()));
+    }
+    let result = match entry.kind {
+        EntryKind::Dir => root.create_dir_all(&rel).map(|()| {
+            dirs.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((rel.clone(), entry.meta));
+            files.send(done(id, [0; 32], false));
+        }),
+        EntryKind::Symlink => root
+            .install_symlink(&rel, &entry.link_target, &entry.meta)
+            .map(|()| files.send(done(id, [0; 32], false))),
+        EntryKind::File if entry.size == 0 => root
+            .create_staging(0)
+            .and_then(|staging| root.install_file(staging, &rel, &entry.meta))
+            .map(|()| files.send(done(id, *blake3::hash(b"").as_bytes(), false))),
+        EntryKind::File => {
+            if !rules.checksum {
+                match root.open_existing(&rel) {
+                    Ok(Some(existing)) if quick_match(Some(&existing), &entry) => {
+                        // rsync's quick check: same size and mtime. Fix the mode if needed.
+                        let fixed = if existing.mode & 0o7777 != entry.meta.mode & 0o1777 {
+                            root.set_file_meta(&rel, &entry.meta)
+                        } else {
+                            Ok(())
+                        };
+                        return match fixed {
+                            Ok(()) => files.send(done(id, [0; 32], true)),
+                            Err(e) => files.send(failed(id, e.to_string(), e.is_no_space())),
+                        };
+                    }
+                    _ => {}
+                }
+            }
+            plan_file(files, rules, entry, rel);
+            Ok(())
+        }
+    };
+    if let Err(e) = result {
+        files.send(failed(id, e.to_string(), e.is_no_space()));
+    }
+}
+
+/// Opens the partial for `rel`, waiting a while if another session still holds it: a session
+/// superseded by this one lets go as soon as it notices it was closed.
+fn open_partial_waiting(
+    root: &haul_store::Root,
+    rel: &RelPath,
+    identity: SourceIdentity,
+) -> Result<haul_store::OpenedPartial, haul_store::StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        match root.open_partial(rel, identity) {
+            Err(haul_store::StoreError::Busy { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn quick_match(existing: Option<&ExistingFile>, entry: &Entry) -> bool {
+    existing.is_some_and(|e| {
+        e.size == entry.size
+            && e.mtime_sec == entry.meta.mtime_sec
+            && e.mtime_nsec == entry.meta.mtime_nsec
+    })
+}
+
+/// Works out which chunks of a file the receiver holds and asks for the rest.
+fn plan_file(files: &Files, rules: &EntryRules, entry: Entry, rel: RelPath) {
+    let id = entry.id;
+    let root = files.root();
+    let layout = ChunkLayout::new(entry.size, rules.chunk_size);
+    // A journaled partial for multi-chunk files, so a kill loses only unjournaled chunks.
+    let (target, verified) = if layout.count() > 1 && !rules.dry_run {
+        let identity = SourceIdentity {
+            size: entry.size,
+            mtime_sec: entry.meta.mtime_sec,
+            mtime_nsec: entry.meta.mtime_nsec,
+            chunk_size: rules.chunk_size,
+        };
+        match open_partial_waiting(root, &rel, identity) {
+            Ok(opened) => (Some(Target::Partial(opened.partial)), opened.verified),
+            Err(e) => return files.send(failed(id, e.to_string(), e.is_no_space())),
+        }
+    } else {
+        (None, Vec::new())
+    };
+    let (old, in_place) = rules.old_copy_of(&rel);
+    let reuse = match root.open_existing(&old) {
+        Ok(Some(existing)) => Some(hash_old_copy(existing, &layout, &verified, in_place)),
+        _ => None,
+    };
+    let held = files.open(Plan {
+        id,
+        rel,
+        layout,
+        meta: entry.meta,
+        dry_run: rules.dry_run,
+        target,
+        verified,
+        reuse,
+    });
+    send_have_and_need(files, id, &held);
+}
+
+/// Hashes the chunks of an old copy that the file may reuse (those not already journaled).
+fn hash_old_copy(
+    existing: ExistingFile,
+    layout: &ChunkLayout,
+    verified: &[(u64, [u8; 32])],
+    in_place: bool,
+) -> Reuse {
+    use std::os::unix::fs::FileExt;
+    let count = layout.count() as usize;
+    let mut hashes = vec![None; count];
+    let mut skip = vec![false; count];
+    for (index, _) in verified {
+        if let Some(s) = skip.get_mut(*index as usize) {
+            *s = true;
+        }
+    }
+    let mut buf = Vec::new();
+    for (index, slot) in hashes.iter_mut().enumerate() {
+        let index = index as u64;
+        let Some(len) = layout.len(index) else { break };
+        let offset = layout.offset(index);
+        if skip[index as usize] || offset + u64::from(len) > existing.size {
+            continue;
+        }
+        buf.resize(len as usize, 0);
+        if existing.file.read_exact_at(&mut buf, offset).is_ok() {
+            *slot = Some(haul_manifest::chunk_hash(layout, index, &buf));
+        }
+    }
+    let in_place = in_place && existing.size == layout.size();
+    Reuse {
+        file: existing.file,
+        hashes,
+        in_place,
+    }
+}
+
+/// Tells the sender what the receiver holds (`Have`) and then what it needs (`Need`).
+fn send_have_and_need(files: &Files, id: u64, held: &[Option<[u8; 32]>]) {
+    for (n, window) in held.chunks(Have::MAX_HASHES).enumerate() {
+        if window.iter().all(Option::is_none) {
+            continue;
+        }
+        let hashes = window.iter().map(|h| h.unwrap_or([0; 32])).collect();
+        let start = (n * Have::MAX_HASHES) as u64;
+        files.send(Outcome::Plain(Message::Have(Have { id, start, hashes })));
+    }
+    let mut ranges = Vec::new();
+    let mut index = 0u64;
+    while (index as usize) < held.len() {
+        if held[index as usize].is_some() {
+            index += 1;
+            continue;
+        }
+        let start = index;
+        while (index as usize) < held.len() && held[index as usize].is_none() {
+            index += 1;
+        }
+        ranges.push((start, index - start));
+    }
+    files.send(Outcome::Plain(Message::Need(Need { id, ranges })));
+}

@@ -1,0 +1,103 @@
+//! Files already on the target: opened for reading (incremental re-runs reuse their chunks)
+//! and their metadata updated in place (a re-run whose content matched).
+
+use std::io;
+use std::os::fd::OwnedFd;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::io::Errno;
+
+use crate::error::StoreError;
+use crate::path::RelPath;
+use crate::root::{Root, mode_bits, mtime};
+
+/// A regular file already at a destination, open for reading.
+#[derive(Debug)]
+pub struct ExistingFile {
+    /// The open file (read-only).
+    pub file: std::fs::File,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its modification time, seconds since the epoch.
+    pub mtime_sec: i64,
+    /// Nanoseconds part of the modification time.
+    pub mtime_nsec: u32,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+}
+
+fn is_file(st: &Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+}
+
+impl Root {
+    /// Opens the regular file at `rel` for reading, confined and without following a symlink
+    /// at any step. Nothing there, a symlink, a directory or a special file is `Ok(None)`;
+    /// a symlink on the way is [`StoreError::SymlinkInPath`] (as for [`Root::kind_of`]).
+    pub fn open_existing(&self, rel: &RelPath) -> Result<Option<ExistingFile>, StoreError> {
+        let Some((fd, st)) = self.open_regular(rel, OFlags::RDONLY, "open existing file")? else {
+            return Ok(None);
+        };
+        Ok(Some(ExistingFile {
+            file: std::fs::File::from(fd),
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            mtime_sec: st.st_mtime,
+            mtime_nsec: u32::try_from(st.st_mtime_nsec).unwrap_or(0),
+            mode: st.st_mode & 0o7777,
+        }))
+    }
+
+    /// Sets the mode (same rules as [`Root::install_file`]: setuid/setgid dropped) and mtime
+    /// of the existing regular file at `rel`, in place. Anything else there is an error.
+    pub fn set_file_meta(&self, rel: &RelPath, meta: &haul_proto::Meta) -> Result<(), StoreError> {
+        let op = "set the metadata of";
+        let Some((fd, _)) = self.open_regular(rel, OFlags::RDONLY, op)? else {
+            return Err(StoreError::Io {
+                path: self.display_path(rel),
+                op,
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "no regular file is there (missing, a directory, a symbolic link or a special file)",
+                ),
+            });
+        };
+        rustix::fs::fchmod(&fd, mode_bits(meta.mode))
+            .map_err(|e| self.err(e, rel, "set the mode of"))?;
+        rustix::fs::futimens(&fd, &mtime(meta))
+            .map_err(|e| self.err(e, rel, "set the modification time of"))
+    }
+
+    /// The fd and stat of the regular file at `rel`, or `None` when something else (or
+    /// nothing) is there.
+    fn open_regular(
+        &self,
+        rel: &RelPath,
+        flags: OFlags,
+        op: &'static str,
+    ) -> Result<Option<(OwnedFd, Stat)>, StoreError> {
+        let Some((parent, name)) = rel.parent_and_name() else {
+            return Ok(None);
+        };
+        let parent = match self.resolve_dir(&parent, crate::root::Missing::Absent) {
+            Ok(Some(fd)) => fd,
+            Ok(None) | Err(StoreError::NotADirectory { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // Look before opening: opening a device or FIFO can have effects (a tape rewinds, a
+        // FIFO blocks), so only a regular file is opened at all.
+        match rustix::fs::statat(&*parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if is_file(&st) => {}
+            Ok(_) | Err(Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(self.err(e, rel, op)),
+        }
+        // NONBLOCK in case it was swapped for a FIFO since; the fstat below catches that.
+        let flags = flags | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd = match rustix::fs::openat(&*parent, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT | Errno::LOOP) => return Ok(None),
+            Err(e) => return Err(self.err(e, rel, op)),
+        };
+        let st = rustix::fs::fstat(&fd).map_err(|e| self.err(e, rel, op))?;
+        Ok(is_file(&st).then_some((fd, st)))
+    }
+}

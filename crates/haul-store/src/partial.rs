@@ -1,0 +1,296 @@
+//! [`Partial`]: a file being received that survives the death of either process.
+//!
+//! A partial is two files in `<top root>/.haul/partial/`, named by the BLAKE3 of the final
+//! destination's path from the top root, so the next run for the same destination finds them:
+//! `<key>.data` (the file's bytes, sized up front, holes where nothing has arrived) and
+//! `<key>.journal` (which chunks are verified; format in `journal`).
+//!
+//! The one invariant: a record in the journal describes data already on disk. A checkpoint
+//! therefore syncs the data file *before* appending the records, and syncs the journal after.
+//! A crash can lose recent records (those chunks are resent) but never claim an unwritten one.
+//!
+//! Exclusion: the journal is `flock`ed while open, so two receivers (or two sessions of one)
+//! never write the same destination at once; the lock dies with the process.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::error::StoreError;
+use crate::fileio::{Ops, Target, Zeros, pwrite_all};
+use crate::journal::{self, RECORD_LEN};
+use crate::partial_open::PartialDir;
+use crate::path::RelPath;
+use crate::root::{Root, mode_bits, mtime};
+
+/// A checkpoint is taken once this much recorded chunk data is not yet durable...
+const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// ...or this long after the previous one: at most this much work is redone after a crash.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+const OPS: Ops = Ops {
+    write: "write to partial file",
+    past_end: "write past the declared size of partial file",
+    read: "read partial file",
+    copy: "copy into partial file",
+};
+
+/// Which source file a partial belongs to; a partial whose identity differs is stale and
+/// discarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceIdentity {
+    /// The source file's size in bytes.
+    pub size: u64,
+    /// Its modification time, seconds since the epoch.
+    pub mtime_sec: i64,
+    /// Nanoseconds part of the modification time.
+    pub mtime_nsec: u32,
+    /// The chunk size the transfer uses (chunk indexes are only meaningful with it).
+    pub chunk_size: u32,
+}
+
+impl SourceIdentity {
+    /// How many chunks the file has (`ceil(size / chunk_size)`); the chunk size is non-zero.
+    pub(crate) fn chunk_count(&self) -> u64 {
+        self.size.div_ceil(u64::from(self.chunk_size.max(1)))
+    }
+}
+
+/// The journal's fd and where the next record goes (just past the last good one, so a torn
+/// append is overwritten rather than left in the middle of the file).
+pub(crate) struct Journal {
+    pub(crate) fd: OwnedFd,
+    pub(crate) len: u64,
+}
+
+/// Records not yet durable.
+pub(crate) struct Pending {
+    pub(crate) records: Vec<(u64, [u8; 32])>,
+    pub(crate) bytes: u64,
+    pub(crate) since: Instant,
+}
+
+impl Pending {
+    fn due(&self) -> bool {
+        !self.records.is_empty()
+            && (self.bytes >= CHECKPOINT_BYTES || self.since.elapsed() >= CHECKPOINT_INTERVAL)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data under these locks stays consistent at every await-free step, so a panic in
+    // another writer thread does not make it unusable.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A file being received that survives the death of either process (see the module docs).
+///
+/// `Send + Sync`: several threads write different chunks at once through `&self`. Dropping it
+/// without [`Partial::install`] or [`Partial::discard`] keeps both files (they are the resume
+/// state); it releases the lock and tries a final checkpoint.
+pub struct Partial {
+    pub(crate) data: OwnedFd,
+    pub(crate) journal: Mutex<Journal>,
+    pub(crate) pending: Mutex<Pending>,
+    pub(crate) dir: Arc<PartialDir>,
+    pub(crate) key: String,
+    pub(crate) identity: SourceIdentity,
+    /// Whether any region may hold bytes that were not written by this run with verified data
+    /// (a resumed file, or after a copy): zero blocks must then be punched, not skipped.
+    pub(crate) dirty: AtomicBool,
+    /// Set once installed or discarded: Drop then has nothing to checkpoint.
+    pub(crate) finished: bool,
+}
+
+impl Partial {
+    fn data_name(&self) -> String {
+        format!("{}.data", self.key)
+    }
+
+    fn journal_name(&self) -> String {
+        format!("{}.journal", self.key)
+    }
+
+    fn with_target<T>(&self, f: impl FnOnce(&Target<'_>) -> T) -> T {
+        let path = || self.dir.path.join(self.data_name());
+        f(&Target {
+            fd: self.data.as_fd(),
+            size: self.identity.size,
+            path: &path,
+            space_path: &self.dir.root_path,
+            ops: &OPS,
+        })
+    }
+
+    /// The identity the partial was opened with.
+    pub fn identity(&self) -> SourceIdentity {
+        self.identity
+    }
+
+    /// Positional write of `data` at `offset`, sparse-aware like [`crate::StagingFile::write_at`].
+    /// On a resumed partial (or after [`Partial::copy_from`]) all-zero blocks are punched out
+    /// instead of skipped, since the region may hold unverified bytes from before. Returns the
+    /// bytes written to disk; a full disk is [`StoreError::NoSpace`].
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<u64, StoreError> {
+        let zeros = if self.dirty.load(Ordering::Acquire) {
+            Zeros::Punch
+        } else {
+            Zeros::Skip
+        };
+        self.with_target(|t| t.write_sparse(offset, data, zeros))
+    }
+
+    /// Copies `[offset, offset + len)` from `src` into the same range of the partial
+    /// (`copy_file_range`, falling back to reads and writes in 1 MiB pieces where the kernel
+    /// or file system refuses). Returns the bytes copied. A source shorter than the range is
+    /// an error.
+    pub fn copy_from(&self, src: &std::fs::File, offset: u64, len: u64) -> Result<u64, StoreError> {
+        // Before the copy: a later write_at over this range (say the copied bytes did not
+        // verify) must not leave them under zero blocks.
+        self.dirty.store(true, Ordering::Release);
+        self.with_target(|t| t.copy_range(src.as_fd(), offset, len, false))
+    }
+
+    /// Reads `buf.len()` bytes at `offset` back (to verify reused data).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
+        self.with_target(|t| t.read_exact_at(offset, buf))
+    }
+
+    /// Records that chunk `index` (of `len` bytes, with `hash`) has been written. It becomes
+    /// durable at the next checkpoint, which this call takes itself once 64 MiB of recorded
+    /// data or one second has accumulated since the last one.
+    pub fn record(&self, index: u64, hash: [u8; 32], len: u64) -> Result<(), StoreError> {
+        if index >= self.identity.chunk_count() {
+            return Err(StoreError::Io {
+                path: self.dir.path.join(self.journal_name()),
+                op: "record a chunk in partial journal",
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "chunk {index} is past the last chunk of a {}-byte file",
+                        self.identity.size
+                    ),
+                ),
+            });
+        }
+        let due = {
+            let mut pending = lock(&self.pending);
+            pending.records.push((index, hash));
+            pending.bytes = pending.bytes.saturating_add(len);
+            pending.due()
+        };
+        if due {
+            self.checkpoint_inner(false)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Makes every recorded chunk durable: `fdatasync` of the data file first, then the
+    /// records are appended to the journal and it is `fdatasync`ed. No-op if nothing is pending.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.checkpoint_inner(true)
+    }
+
+    /// `force: false` is the automatic checkpoint: threads that found it due at once queue
+    /// on the journal lock, and only the first still finds it due.
+    fn checkpoint_inner(&self, force: bool) -> Result<(), StoreError> {
+        let mut journal = lock(&self.journal);
+        let taken = {
+            let mut pending = lock(&self.pending);
+            if pending.records.is_empty() || !(force || pending.due()) {
+                return Ok(());
+            }
+            pending.bytes = 0;
+            pending.since = Instant::now();
+            std::mem::take(&mut pending.records)
+        };
+        let result = self.append(&mut journal, &taken);
+        if result.is_err() {
+            // Not durable: keep them for the next checkpoint, ahead of newer records so that
+            // "last wins" still holds for an index recorded twice.
+            let mut pending = lock(&self.pending);
+            let newer = std::mem::replace(&mut pending.records, taken);
+            pending.records.extend(newer);
+        }
+        result
+    }
+
+    fn append(&self, journal: &mut Journal, records: &[(u64, [u8; 32])]) -> Result<(), StoreError> {
+        rustix::fs::fdatasync(&self.data).map_err(|e| {
+            self.dir
+                .err(e, &self.data_name(), "flush (fdatasync) partial file")
+        })?;
+        let mut buf = Vec::with_capacity(records.len() * RECORD_LEN);
+        for (index, hash) in records {
+            buf.extend_from_slice(&journal::encode_record(*index, hash));
+        }
+        let jerr = |e| {
+            self.dir
+                .err(e, &self.journal_name(), "append to partial journal")
+        };
+        if let Err(e) = pwrite_all(journal.fd.as_fd(), journal.len, &buf) {
+            // Best effort; `len` is not advanced either way, so the retry overwrites the tail.
+            let _ = rustix::fs::ftruncate(&journal.fd, journal.len);
+            return Err(jerr(e));
+        }
+        rustix::fs::fdatasync(&journal.fd).map_err(jerr)?;
+        journal.len += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Sets mode and mtime (like [`Root::install_file`]), renames the data file over `rel`
+    /// in `root` (replacing a file or symlink; a directory is [`StoreError::IsADirectory`]),
+    /// then removes the journal. `rel` is normally the path the partial was opened for.
+    pub fn install(
+        mut self,
+        root: &Root,
+        rel: &RelPath,
+        meta: &haul_proto::Meta,
+    ) -> Result<(), StoreError> {
+        let (parent, name) = root.parent_of(rel)?;
+        let data_name = self.data_name();
+        let err = |e, op| self.dir.err(e, &data_name, op);
+        rustix::fs::fchmod(&self.data, mode_bits(meta.mode))
+            .map_err(|e| err(e, "set the mode of"))?;
+        rustix::fs::futimens(&self.data, &mtime(meta))
+            .map_err(|e| err(e, "set the modification time of"))?;
+        rustix::fs::renameat(&self.dir.dir, data_name.as_str(), &*parent, name)
+            .map_err(|e| root.err(e, rel, "install (rename into place)"))?;
+        self.finished = true;
+        // The file is in place; a journal left behind (removal failed) is harmless: its data
+        // file is gone, so the next open starts fresh.
+        let _ = self.dir.remove(&self.journal_name());
+        Ok(())
+    }
+
+    /// Removes the data file and the journal.
+    pub fn discard(mut self) -> Result<(), StoreError> {
+        self.finished = true;
+        self.dir.remove(&self.data_name())?;
+        self.dir.remove(&self.journal_name())
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.finished {
+            // The files stay: they are the resume state. What was recorded is made durable if
+            // the disk allows; the lock goes with the journal fd.
+            let _ = self.checkpoint_inner(true);
+        }
+    }
+}
+
+impl std::fmt::Debug for Partial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partial")
+            .field("data", &self.dir.path.join(self.data_name()))
+            .field("identity", &self.identity)
+            .finish()
+    }
+}

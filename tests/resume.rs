@@ -1,0 +1,313 @@
+//! Chunk-level resume after kills and a full disk, driven through the real binary.
+
+use std::ffi::OsStr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use haul_testing::{Haul, TreeBuilder, assert_same_tree, summary_of};
+
+fn haul() -> Haul {
+    Haul::new(env!("CARGO_BIN_EXE_haul"))
+}
+
+fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+const MIB: u64 = 1 << 20;
+/// What a killed run may have had in flight and not yet journaled: the partial journal's
+/// checkpoint interval (64 MiB) plus the sender's and QUIC's buffers.
+const WINDOW: u64 = 224 * MIB;
+
+/// Data bytes on disk in the receiver's partial files under `root`.
+fn partial_bytes(root: &Path) -> u64 {
+    std::fs::read_dir(root.join(".haul/partial"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".data"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.blocks() * 512)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until the receiver holds at least `bytes` of partial data, then kills `child` with
+/// SIGKILL. Returns the partial bytes seen at the kill.
+fn kill_when(child: &mut Child, root: &Path, bytes: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let seen = partial_bytes(root);
+        if seen >= bytes {
+            child.kill().expect("kill -9");
+            let _ = child.wait();
+            return seen;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the transfer ended ({status}) before it could be killed at {bytes} bytes");
+        }
+        assert!(Instant::now() < deadline, "no progress to kill at");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn source(dir: &Path) -> u64 {
+    let mut t = TreeBuilder::new(dir, 99);
+    t.file("layers/base.vhdx", (700 * MIB) as usize);
+    t.file("layers/app.vhdx", (150 * MIB + 77) as usize);
+    for i in 0..50 {
+        t.file(format!("small/f{i}"), 10_000 + i);
+    }
+    t.mtime("layers/base.vhdx", 1_600_000_000, 7);
+    700 * MIB + 150 * MIB + 77 + (0..50).map(|i| 10_000 + i as u64).sum::<u64>()
+}
+
+fn spawn_copy(cfg: &Path, src: &Path, dst: &Path) -> Child {
+    haul()
+        .command(cfg)
+        .args([os("copy"), os("--json"), src.as_os_str(), dst.as_os_str()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn haul copy")
+}
+
+#[test]
+fn copy_killed_three_times_resumes_from_verified_chunks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, cfg) = (
+        tmp.path().join("src"),
+        tmp.path().join("dst"),
+        tmp.path().join("cfg"),
+    );
+    let total = source(&src);
+    let mut seen = 0;
+    for stop in [100 * MIB, 350 * MIB, 600 * MIB] {
+        let mut child = spawn_copy(&cfg, &src, &dst);
+        seen = kill_when(&mut child, &dst, stop);
+        assert!(
+            dst.join(".haul/partial").exists(),
+            "a killed copy keeps its partial data"
+        );
+    }
+    let out = haul().run(
+        &cfg,
+        &[os("copy"), os("--json"), src.as_os_str(), dst.as_os_str()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_tree(&src, &dst);
+    let sent = summary_of(&out)["bytes_sent"].as_u64().unwrap();
+    assert!(
+        sent <= total - seen + WINDOW,
+        "the final run sent {sent} bytes although {seen} of {total} were already on the target"
+    );
+    assert!(
+        !dst.join(".haul").exists(),
+        "a completed copy leaves no state behind"
+    );
+}
+
+struct Remote {
+    tmp: tempfile::TempDir,
+}
+
+impl Remote {
+    fn new() -> Remote {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("root")).unwrap();
+        std::fs::write(tmp.path().join("token"), "resume-token").unwrap();
+        Remote { tmp }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+    fn serve(&self) -> haul_testing::Server {
+        haul().serve(
+            &self.path("root"),
+            &self.path("server-cfg"),
+            Some(&self.path("token")),
+        )
+    }
+    fn push_args(&self, server: &haul_testing::Server, src: &Path) -> Vec<std::ffi::OsString> {
+        vec![
+            "push".into(),
+            "--json".into(),
+            src.into(),
+            server.url("po1").into(),
+            "--fingerprint".into(),
+            server.fingerprint.clone().into(),
+            "--token-file".into(),
+            self.path("token").into(),
+        ]
+    }
+}
+
+#[test]
+fn push_resumes_after_the_sender_or_the_receiver_is_killed() {
+    let remote = Remote::new();
+    let src = remote.path("src");
+    let total = source(&src);
+    let root = remote.path("root");
+    let client_cfg = remote.path("client-cfg");
+
+    // Kill the sender.
+    let server = remote.serve();
+    let mut push = haul()
+        .command(&client_cfg)
+        .args(remote.push_args(&server, &src))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen_sender = kill_when(&mut push, &root, 200 * MIB);
+    // The receiver notices and keeps the verified chunks; it goes on serving.
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Kill the receiver while the next push runs.
+    let push = haul()
+        .command(&client_cfg)
+        .args(remote.push_args(&server, &src))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = server;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while partial_bytes(&root) < 500 * MIB {
+        assert!(Instant::now() < deadline && server.is_running());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let seen_receiver = partial_bytes(&root);
+    let _ = server.stop(); // SIGKILL
+    let out = push.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the sender reports the lost receiver"
+    );
+    assert!(seen_receiver > seen_sender);
+
+    // A new receiver on the same root finishes the job from the verified chunks.
+    let server = remote.serve();
+    let out = Command::new(env!("CARGO_BIN_EXE_haul"))
+        .env("HAUL_CONFIG_DIR", &client_cfg)
+        .args(remote.push_args(&server, &src))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_tree(&src, &root.join("po1"));
+    let sent = summary_of(&out)["bytes_sent"].as_u64().unwrap();
+    assert!(
+        sent <= total - seen_receiver + WINDOW,
+        "the last run sent {sent} bytes although {seen_receiver} of {total} were on the target"
+    );
+}
+
+/// A tmpfs mounted for the test, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(
+            ok.success(),
+            "mounting a tmpfs needs root (the tests run as root in CI)"
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+    fn grow(&self, size: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .expect("run mount");
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_pauses_and_the_same_command_continues_after_expansion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, cfg) = (tmp.path().join("src"), tmp.path().join("cfg"));
+    let mut t = TreeBuilder::new(&src, 3);
+    for name in ["a", "b", "c"] {
+        t.file(format!("layers/{name}.vhdx"), (40 * MIB) as usize);
+    }
+    t.file("wphost.db", 12345);
+    let data = 120 * MIB + 12345;
+    let disk = Tmpfs::mount(&tmp.path().join("disk"), "64m");
+    let dst = disk.0.join("po1");
+
+    // --require-space refuses up front and writes nothing.
+    let out = haul().run(
+        &cfg,
+        &[
+            os("copy"),
+            os("--require-space"),
+            src.as_os_str(),
+            dst.as_os_str(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("free") && err.contains("expand"), "{err}");
+
+    let out = haul().run(
+        &cfg,
+        &[os("copy"), os("--json"), src.as_os_str(), dst.as_os_str()],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("ran out of space") && err.contains("Expand the storage"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&disk.0.display().to_string()),
+        "names what filled up: {err}"
+    );
+    let first: serde_json::Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|v: &serde_json::Value| v["event"] == "error")
+        .expect("an error object");
+    let first_sent = first["bytes_sent"].as_u64().unwrap();
+
+    disk.grow("256m");
+    let out = haul().run(
+        &cfg,
+        &[os("copy"), os("--json"), src.as_os_str(), dst.as_os_str()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_tree(&src, &dst);
+    let second_sent = summary_of(&out)["bytes_sent"].as_u64().unwrap();
+    assert!(
+        first_sent + second_sent <= data + 40 * MIB,
+        "sent {first_sent} + {second_sent} bytes for {data} bytes of data"
+    );
+}
