@@ -2,6 +2,7 @@
 //! `haul-proto`'s own types do not (and must not depend on `arbitrary`).
 
 use arbitrary::{Arbitrary, Unstructured};
+use bytes::Bytes;
 
 /// Up to 255 arbitrary bytes: a length byte, then that many bytes (fewer if the input ends).
 /// Written by hand, not derived, so that seeds can be written byte by byte.
@@ -12,6 +13,19 @@ impl<'a> Arbitrary<'a> for Blob {
     fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
         let len = usize::from(u8::arbitrary(u)?).min(u.len());
         Ok(Blob(u.bytes(len)?.to_vec()))
+    }
+}
+
+impl Blob {
+    /// The blob cut at `,` into a list (empty blob: empty list), for list-valued fields.
+    pub fn list(&self) -> Vec<Bytes> {
+        if self.0.is_empty() {
+            return Vec::new();
+        }
+        self.0
+            .split(|&b| b == b',')
+            .map(Bytes::copy_from_slice)
+            .collect()
     }
 }
 
@@ -38,6 +52,40 @@ pub enum ChunkSizeSel {
     Shift(u8),
     /// Any value.
     Raw(u32),
+}
+
+/// The fields of a `Hello`.
+#[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
+pub struct HelloArgs {
+    /// Version.
+    pub version: VersionSel,
+    /// Token bytes.
+    pub token: Blob,
+    /// Destination bytes.
+    pub dest: Blob,
+    /// Chunk size.
+    pub chunk_size: ChunkSizeSel,
+    /// Option bits (`Hello::CHECKSUM`, `Hello::DRY_RUN`, or anything).
+    pub flags: u32,
+    /// Directories to rename aside, `,`-separated (empty: none).
+    pub rename_aside: Blob,
+}
+
+/// The fields of the `Welcome` the engine passes to `accept`.
+#[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
+pub struct WelcomeArgs {
+    /// The version the engine writes; `accept` must replace it with `PROTOCOL_VERSION`.
+    pub version: u16,
+    /// Session id.
+    pub session: u64,
+    /// Free bytes.
+    pub free_bytes: u64,
+    /// History bytes.
+    pub history_bytes: u64,
+    /// History milliseconds.
+    pub history_ms: u64,
+    /// Directories renamed aside, `,`-separated; each `X` becomes `X -> X.1`.
+    pub renamed: Blob,
 }
 
 /// An entry id, relative to the last id the session accepted.
@@ -117,16 +165,7 @@ pub enum LenSel {
 #[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
 pub enum ClientMsg {
     /// `Hello`.
-    Hello {
-        /// Version.
-        version: VersionSel,
-        /// Token bytes.
-        token: Blob,
-        /// Destination bytes.
-        dest: Blob,
-        /// Chunk size.
-        chunk_size: ChunkSizeSel,
-    },
+    Hello(HelloArgs),
     /// `Entry`.
     Entry {
         /// Id.
@@ -154,6 +193,8 @@ pub enum ClientMsg {
         id: IdRef,
         /// Hash, repeated 32 times.
         hash: u8,
+        /// Chunks sent (not checked by the session; passed through in the event).
+        chunks_sent: u64,
     },
     /// `SourceFailed`.
     SourceFailed {
@@ -180,8 +221,10 @@ pub enum StrayMsg {
     Refused,
     /// `Need` with one range.
     Need(IdRef),
-    /// `Installed`.
-    Installed(IdRef),
+    /// `Have` with one hash.
+    Have(IdRef),
+    /// `Installed` (`unchanged` as given).
+    Installed(IdRef, bool),
     /// `Failed`.
     Failed(IdRef),
     /// `Finished`.
@@ -197,10 +240,7 @@ pub enum Op {
     Send(ClientMsg),
     /// Decide the pending hello as the engine does: accept if `check_hello` passes, else
     /// refuse with its answer. Does nothing without a pending hello.
-    Decide {
-        /// The session id to put in the welcome.
-        session: u64,
-    },
+    Decide(WelcomeArgs),
     /// Refuse the pending hello (e.g. a bad token). Does nothing without one.
     Refuse,
     /// A chunk arrives on a data stream: `check_chunk`.
@@ -214,4 +254,13 @@ pub enum Op {
     },
     /// The engine resolved an entry (installed or failed).
     Resolve(IdRef),
+    /// Call `accept` whatever the state (a buggy engine): it must refuse outside the
+    /// handshake and whatever `check_hello` refuses.
+    Accept {
+        /// The hello to accept; `None`: the last hello the session handled (a legal default
+        /// hello if there was none).
+        hello: Option<HelloArgs>,
+        /// The welcome to send.
+        welcome: WelcomeArgs,
+    },
 }

@@ -5,28 +5,35 @@
 //! lengths are mostly chosen *relative to what happened so far* (the next id, an announced
 //! entry, the exact length of a chunk) so random bytes reach the deep states quickly.
 //!
-//! The harness calls the session the way the engine does: `accept` or `refuse` only right
-//! after a `Hello` event, and `accept` only if `check_hello` passed. Alongside the session it
-//! runs [`Model`], a reference written from the protocol rules, and after every op checks:
-//! no panic, `outstanding() <= limits().max_outstanding`, `outstanding()`, `is_active()` and
-//! `chunk_size()` equal the model's, and every `handle`, `check_hello` and `check_chunk`
-//! answer is accepted exactly when the model accepts it.
+//! Most ops call the session the way the engine does ([`Op::Decide`]: `accept` or `refuse`
+//! right after a `Hello` event, `accept` only if `check_hello` passed); [`Op::Accept`] calls
+//! `accept` in any state with any hello, as a buggy engine might, and the session must refuse
+//! it outside the handshake or when `check_hello` would. Alongside the session runs [`Model`],
+//! a reference written from the protocol rules, and after every op the harness checks: no
+//! panic, `outstanding() <= limits().max_outstanding`; `outstanding()`, `is_active()`,
+//! `is_finished()`, `chunk_size()` and the chunk limits equal the model's; a chunk of the
+//! negotiated size fits in a frame; every `handle`, `check_hello`, `accept`, `check_chunk` and
+//! `resolve` answer (and `handle`'s event, `accept`'s welcome and refusal reason) is the
+//! model's.
 
 use std::collections::BTreeMap;
 
 use arbitrary::{Arbitrary, Unstructured};
 
 pub use crate::ops::{
-    Blob, ChunkSizeSel, ClientMsg, IdRef, IdSel, IndexSel, KindSel, LenSel, Op, Setup, SizeSel,
-    StrayMsg, VersionSel,
+    Blob, ChunkSizeSel, ClientMsg, HelloArgs, IdRef, IdSel, IndexSel, KindSel, LenSel, Op, Setup,
+    SizeSel, StrayMsg, VersionSel, WelcomeArgs,
 };
 use bytes::Bytes;
 use haul_proto::session::ServerEvent;
 use haul_proto::{
-    Abort, Chunk, ChunkLayout, Entry, EntryKind, Failed, FileDone, Finished, Hello, Installed,
-    Limits, Message, Meta, Need, PROTOCOL_VERSION, RefuseReason, Refused, ServerSession,
-    SourceFailed, Welcome,
+    Abort, Chunk, ChunkLayout, Entry, EntryKind, Failed, FileDone, Finished, Have, Hello,
+    Installed, Limits, Message, Meta, Need, PROTOCOL_VERSION, RefuseReason, Refused, Renamed,
+    ServerSession, SourceFailed, Welcome,
 };
+
+/// Frame body bytes of a `Chunk` message besides its data: id, index, hash, zero flag, length.
+const CHUNK_OVERHEAD: u64 = 8 + 8 + 32 + 1 + 4;
 
 /// Reads a whole input: the setup, then ops until the bytes run out.
 pub fn parse(data: &[u8]) -> (Setup, Vec<Op>) {
@@ -49,9 +56,13 @@ pub fn parse(data: &[u8]) -> (Setup, Vec<Op>) {
 pub struct Reached {
     /// Messages `handle` accepted.
     pub handled: usize,
+    /// Hellos `accept` accepted.
+    pub welcomed: usize,
     /// Chunks `check_chunk` accepted.
     pub chunks: usize,
     /// Whether a `resolve` reported the session finished.
+    pub resolved_last: bool,
+    /// Whether the session ended finished (`is_finished()` after the last op).
     pub finished: bool,
 }
 
@@ -63,6 +74,7 @@ pub fn run(data: &[u8]) -> Reached {
         h.step(op);
         h.check_invariants();
     }
+    h.reached.finished = h.session.is_finished();
     h.reached
 }
 
@@ -81,11 +93,40 @@ enum State {
 #[derive(Debug)]
 struct Model {
     state: State,
+    /// The limits in force; accepting a hello narrows `max_chunk` to its chunk size.
     limits: Limits,
     chunk_size: u32,
     last_id: Option<u64>,
     /// Outstanding entries: kind and (for files) size.
     outstanding: BTreeMap<u64, (EntryKind, u64)>,
+}
+
+impl Model {
+    /// What `check_hello` must answer: the version first, then the chunk size.
+    fn check_hello(&self, hello: &Hello) -> Result<(), RefuseReason> {
+        let cs = hello.chunk_size;
+        if hello.version != PROTOCOL_VERSION {
+            Err(RefuseReason::BadVersion)
+        } else if !cs.is_power_of_two()
+            || !(self.limits.min_chunk..=self.limits.max_chunk).contains(&cs)
+        {
+            Err(RefuseReason::BadChunkSize)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Applies `accept`: legal only while a hello awaits a decision and if it passes the checks.
+    fn accept(&mut self, hello: &Hello) -> Result<(), RefuseReason> {
+        if self.state != State::AwaitDecision {
+            return Err(RefuseReason::Other);
+        }
+        self.check_hello(hello)?;
+        self.state = State::Active;
+        self.chunk_size = hello.chunk_size;
+        self.limits.max_chunk = hello.chunk_size;
+        Ok(())
+    }
 }
 
 /// The session under test, the model, and what the engine would remember.
@@ -94,6 +135,8 @@ struct Harness {
     model: Model,
     /// The hello awaiting a decision, as the engine holds it.
     pending: Option<Hello>,
+    /// The last hello the session handled, for [`Op::Accept`] without its own.
+    last_hello: Option<Hello>,
     /// Every id the session accepted, for [`IdRef::Announced`].
     announced: Vec<u64>,
     reached: Reached,
@@ -115,6 +158,7 @@ impl Harness {
                 outstanding: BTreeMap::new(),
             },
             pending: None,
+            last_hello: None,
             announced: Vec::new(),
             reached: Reached::default(),
         }
@@ -144,27 +188,18 @@ impl Harness {
                 let msg = self.message(msg);
                 self.send(msg);
             }
-            Op::Decide { session } => {
+            Op::Decide(welcome) => {
                 let Some(hello) = self.pending.take() else {
                     return;
                 };
                 let verdict = self.session.check_hello(&hello);
-                let cs = hello.chunk_size;
-                let legal = hello.version == PROTOCOL_VERSION
-                    && cs.is_power_of_two()
-                    && (self.model.limits.min_chunk..=self.model.limits.max_chunk).contains(&cs);
                 assert_eq!(
-                    verdict.is_ok(),
-                    legal,
+                    verdict.as_ref().map_err(|r| r.reason),
+                    self.model.check_hello(&hello),
                     "check_hello disagrees for {hello:?}"
                 );
                 match verdict {
-                    Ok(()) => {
-                        let welcome = self.session.accept(&hello, session);
-                        assert!(matches!(welcome, Message::Welcome(w) if w.session == session));
-                        self.model.state = State::Active;
-                        self.model.chunk_size = cs;
-                    }
+                    Ok(()) => self.accept(&hello, welcome),
                     Err(refused) => {
                         let _ = self.session.refuse(refused);
                         self.model.state = State::Refused;
@@ -195,27 +230,71 @@ impl Harness {
                     done, expect,
                     "resolve({id}) result disagrees with the model"
                 );
-                self.reached.finished |= done;
+                self.reached.resolved_last |= done;
+            }
+            Op::Accept { hello, welcome } => {
+                let hello = match hello {
+                    Some(args) => hello_message(args),
+                    None => self.last_hello.clone().unwrap_or_else(|| Hello {
+                        version: PROTOCOL_VERSION,
+                        token: Bytes::from_static(b"t"),
+                        dest: Bytes::new(),
+                        chunk_size: haul_proto::DEFAULT_CHUNK_SIZE,
+                        flags: 0,
+                        rename_aside: Vec::new(),
+                    }),
+                };
+                self.accept(&hello, welcome);
             }
         }
     }
 
-    /// Feeds one control message and compares the verdict with the model's.
+    /// Calls `accept` and compares its answer (the welcome, or the refusal's reason) with the
+    /// model's.
+    fn accept(&mut self, hello: &Hello, args: WelcomeArgs) {
+        let state = self.model.state;
+        let welcome = welcome_message(args);
+        let expect = self.model.accept(hello).map(|()| {
+            Message::Welcome(Welcome {
+                version: PROTOCOL_VERSION,
+                ..welcome.clone()
+            })
+        });
+        let got = self.session.accept(hello, welcome);
+        assert_eq!(
+            got.as_ref().map_err(|r| r.reason),
+            expect.as_ref().map_err(|r| *r),
+            "accept in state {state:?} of {hello:?}: session said {got:?}"
+        );
+        if got.is_ok() {
+            self.pending = None;
+            self.reached.welcomed += 1;
+        }
+    }
+
+    /// Feeds one control message and compares the verdict and event with the model's.
     fn send(&mut self, msg: Message) {
         // Any message after a hello ends the engine's wait for a decision.
         self.pending = None;
         let name = msg.name();
         let state = self.model.state;
-        let expect = self.model_handle(&msg);
+        let expect = self.model_handle(&msg).then(|| expected_event(&msg)).flatten();
         let got = self.session.handle(msg);
         self.reached.handled += usize::from(got.is_ok());
-        match (&got, expect) {
-            (Ok(ServerEvent::Hello(hello)), true) => self.pending = Some(hello.clone()),
-            (Ok(ServerEvent::Entry(entry)), true) => self.announced.push(entry.id),
-            (Ok(_), true) | (Err(_), false) => {}
+        match (&got, &expect) {
+            (Ok(event), Some(want)) if event == want => {}
+            (Err(_), None) => {}
             _ => panic!(
-                "{name} in state {state:?}: session said {got:?}, model expected ok={expect}"
+                "{name} in state {state:?}: session said {got:?}, model expected {expect:?}"
             ),
+        }
+        match got {
+            Ok(ServerEvent::Hello(hello)) => {
+                self.pending = Some(hello.clone());
+                self.last_hello = Some(hello);
+            }
+            Ok(ServerEvent::Entry(entry)) => self.announced.push(entry.id),
+            _ => {}
         }
     }
 
@@ -242,7 +321,12 @@ impl Harness {
                 matches!(m.outstanding.get(id), Some((EntryKind::File, _)))
             }
             (State::Active, Message::EndOfEntries) => {
-                m.state = State::Draining;
+                // Nothing left to resolve: no `resolve` call would ever finish the session.
+                m.state = if m.outstanding.is_empty() {
+                    State::Finished
+                } else {
+                    State::Draining
+                };
                 true
             }
             (_, Message::Abort(_)) => {
@@ -298,25 +382,36 @@ impl Harness {
 
     fn check_invariants(&self) {
         let s = &self.session;
+        let m = &self.model;
+        let limits = s.limits();
         assert!(
-            s.outstanding() <= s.limits().max_outstanding as usize,
+            s.outstanding() <= limits.max_outstanding as usize,
             "{} entries outstanding, over the limit of {}",
             s.outstanding(),
-            s.limits().max_outstanding
+            limits.max_outstanding
         );
+        assert_eq!(s.outstanding(), m.outstanding.len(), "outstanding count differs");
+        let active = matches!(m.state, State::Active | State::Draining);
+        assert_eq!(s.is_active(), active, "is_active differs in {:?}", m.state);
         assert_eq!(
-            s.outstanding(),
-            self.model.outstanding.len(),
-            "outstanding count differs"
+            s.is_finished(),
+            m.state == State::Finished,
+            "is_finished differs in {:?}",
+            m.state
         );
-        let active = matches!(self.model.state, State::Active | State::Draining);
+        assert_eq!(s.chunk_size(), m.chunk_size, "chunk size differs");
         assert_eq!(
-            s.is_active(),
-            active,
-            "is_active differs in {:?}",
-            self.model.state
+            (limits.max_outstanding, limits.min_chunk, limits.max_chunk),
+            (m.limits.max_outstanding, m.limits.min_chunk, m.limits.max_chunk),
+            "limits (max_outstanding, min_chunk, max_chunk) differ in {:?}",
+            m.state
         );
-        assert_eq!(s.chunk_size(), self.model.chunk_size, "chunk size differs");
+        assert!(
+            u64::from(limits.max_frame) >= u64::from(s.chunk_size()) + CHUNK_OVERHEAD,
+            "a whole chunk of {} bytes does not fit the frame limit of {}",
+            s.chunk_size(),
+            limits.max_frame
+        );
     }
 
     /// Builds the real message for a wrapper.

@@ -280,7 +280,8 @@ impl Files {
         let (Some(expected), Some(client)) = (st.expected, st.client_hash) else {
             return;
         };
-        if st.finished || st.received < expected {
+        // A plan receives nothing: it completes on the sender's word alone.
+        if st.finished || (!slot.dry_run && st.received < expected) {
             return;
         }
         st.finished = true;

@@ -160,7 +160,7 @@ impl Worker {
             let needed = held.is_none() || file.needed.get(index as usize).copied().unwrap_or(true);
             if file.dry_run && needed {
                 // A plan does not read what would be sent anyway.
-                self.would_send(len);
+                self.would_send(file, len);
                 self.record(file, index, [0; 32]);
                 continue;
             }
@@ -188,7 +188,7 @@ impl Worker {
                     Progress::add(&self.progress.chunks_reused, 1);
                     Progress::add(&self.progress.bytes_reused, u64::from(len));
                 }
-                Decision::Send if file.dry_run => self.would_send(len),
+                Decision::Send if file.dry_run => self.would_send(file, len),
                 Decision::Send => {
                     let payload = data.len() as u64;
                     let (head, body) = Message::Chunk(Chunk {
@@ -212,7 +212,10 @@ impl Worker {
         Ok(())
     }
 
-    fn would_send(&self, len: u32) {
+    /// Counts a chunk a plan would send (as sent, so the receiver's plan sees the file as
+    /// changed).
+    fn would_send(&self, file: &FileJob, len: u32) {
+        file.sent.fetch_add(1, Ordering::Relaxed);
         Progress::add(&self.progress.would_send_bytes, u64::from(len));
         Progress::add(&self.progress.would_send_chunks, 1);
     }

@@ -1,0 +1,259 @@
+//! Re-runs move only what changed: quick check, changed chunks, adopting a copy made by
+//! another tool, rename-aside for repeated full migrations, and dry runs.
+
+use std::ffi::OsStr;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+
+use haul_testing::{Haul, TreeBuilder, assert_same_tree, summary_of};
+
+fn haul() -> Haul {
+    Haul::new(env!("CARGO_BIN_EXE_haul"))
+}
+
+fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+const MIB: u64 = 1 << 20;
+
+fn copy_json(cfg: &Path, extra: &[&str], src: &Path, dst: &Path) -> serde_json::Value {
+    let mut args: Vec<&OsStr> = vec![os("copy"), os("--json")];
+    args.extend(extra.iter().map(|a| os(a)));
+    args.push(src.as_os_str());
+    args.push(dst.as_os_str());
+    let out = haul().run(cfg, &args);
+    assert!(
+        out.status.success(),
+        "copy {extra:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    summary_of(&out)
+}
+
+/// Overwrites `len` bytes at `offset` with new random-ish bytes and gives the file a new mtime.
+fn scribble(path: &Path, offset: u64, len: usize, seed: u8) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let data: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect();
+    f.write_all_at(&data, offset).unwrap();
+}
+
+#[test]
+fn a_no_change_rerun_of_twenty_thousand_files_sends_no_file_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, cfg) = (
+        tmp.path().join("src"),
+        tmp.path().join("dst"),
+        tmp.path().join("cfg"),
+    );
+    let mut t = TreeBuilder::new(&src, 8);
+    for i in 0..20_000u32 {
+        t.file(
+            format!("offiles/fd{:x}/blob{i}", i % 128),
+            1 + (i as usize * 37) % 8192,
+        );
+    }
+    let first = copy_json(&cfg, &[], &src, &dst);
+    assert_eq!(first["files_transferred"], 20_000);
+    let again = copy_json(&cfg, &[], &src, &dst);
+    assert_eq!(again["bytes_sent"], 0, "{again}");
+    assert_eq!(again["chunks_sent"], 0);
+    assert_eq!(again["files_unchanged"], 20_000);
+    assert_same_tree(&src, &dst);
+}
+
+#[test]
+fn one_changed_mebibyte_in_a_gibibyte_file_sends_about_one_chunk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, cfg) = (
+        tmp.path().join("src"),
+        tmp.path().join("dst"),
+        tmp.path().join("cfg"),
+    );
+    let mut t = TreeBuilder::new(&src, 4);
+    let big = t.file("layers/disk.vhdx", (1024 * MIB) as usize);
+    copy_json(&cfg, &[], &src, &dst);
+    scribble(&big, 500 * MIB + 12_345, MIB as usize, 1);
+    t.mtime("layers/disk.vhdx", 1_700_000_000, 1);
+    let again = copy_json(&cfg, &[], &src, &dst);
+    let sent = again["bytes_sent"].as_u64().unwrap();
+    assert!(
+        sent <= 2 * 4 * MIB,
+        "sent {sent} bytes for a 1 MiB change: {again}"
+    );
+    assert!(again["chunks_sent"].as_u64().unwrap() <= 2);
+    assert!(again["chunks_reused"].as_u64().unwrap() >= 254);
+    assert_same_tree(&src, &dst);
+}
+
+#[test]
+fn a_copy_made_with_cp_is_adopted_with_checksum() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, cfg) = (
+        tmp.path().join("src"),
+        tmp.path().join("dst"),
+        tmp.path().join("cfg"),
+    );
+    let mut t = TreeBuilder::new(&src, 5);
+    t.file("ofuser/user.db", (20 * MIB) as usize);
+    t.file("ofmsg/msg.db", (9 * MIB) as usize);
+    for i in 0..200 {
+        t.file(format!("offiles/fd{}/b{i}", i % 8), 3000 + i);
+    }
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(&dst)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    // The source moves on in a few places after the copy, keeping sizes and mtimes (a
+    // restore, or an application that preserves them): only --checksum can see it.
+    let keep_mtime = |t: &mut TreeBuilder, rel: &str| {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(dst.join(rel)).unwrap();
+        t.mtime(rel, m.mtime(), m.mtime_nsec() as u32);
+    };
+    scribble(&src.join("ofuser/user.db"), 13 * MIB, 1000, 9);
+    scribble(&src.join("offiles/fd3/b3"), 10, 20, 9);
+    keep_mtime(&mut t, "ofuser/user.db");
+    keep_mtime(&mut t, "offiles/fd3/b3");
+    let adopted = copy_json(&cfg, &["--checksum"], &src, &dst);
+    let sent = adopted["bytes_sent"].as_u64().unwrap();
+    assert_eq!(adopted["chunks_sent"], 2, "{adopted}");
+    assert!(sent <= 4 * MIB + 3203, "sent {sent}");
+    assert_same_tree(&src, &dst);
+}
+
+#[test]
+fn rename_aside_twice_keeps_old_copies_and_reuses_their_chunks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, cfg) = (
+        tmp.path().join("po1"),
+        tmp.path().join("new/po1"),
+        tmp.path().join("cfg"),
+    );
+    let mut t = TreeBuilder::new(&src, 6);
+    t.file("wphost.db", 300_000);
+    t.file("ofuser/userabc.db", (12 * MIB) as usize);
+    t.file("ofuser/userdef.db", 500_000);
+    t.file("ofmsg/msg0.db", (6 * MIB) as usize);
+    for i in 0..300 {
+        t.file(format!("offiles/fd{:x}/blob{i}", i % 16), 5000 + i);
+    }
+    let data = copy_json(&cfg, &[], &src, &dst)["bytes_total"]
+        .as_u64()
+        .unwrap();
+
+    let second = copy_json(&cfg, &["--rename-aside", "ofuser,ofmsg"], &src, &dst);
+    assert_same_tree(&src.join("ofuser"), &dst.join("ofuser.1"));
+    assert_same_tree(&src.join("ofmsg"), &dst.join("ofmsg.1"));
+    for name in ["wphost.db", "ofuser", "ofmsg", "offiles"] {
+        assert_same_tree(&src.join(name), &dst.join(name));
+    }
+    let renamed = second["renamed_aside"].as_array().unwrap();
+    assert_eq!(renamed.len(), 2, "{second}");
+    assert!(renamed.iter().any(|r| r["to"] == "ofuser.1"), "{second}");
+    let sent = second["bytes_sent"].as_u64().unwrap();
+    assert!(sent * 20 < data, "second run sent {sent} of {data} bytes");
+    assert!(second["chunks_reused"].as_u64().unwrap() >= 5, "{second}");
+
+    let third = copy_json(&cfg, &["--rename-aside", "ofuser,ofmsg"], &src, &dst);
+    assert!(dst.join("ofuser.2/userabc.db").exists() && dst.join("ofuser.1/userabc.db").exists());
+    assert!(third["bytes_sent"].as_u64().unwrap() * 20 < data);
+    for name in ["wphost.db", "ofuser", "ofmsg", "offiles"] {
+        assert_same_tree(&src.join(name), &dst.join(name));
+    }
+}
+
+#[test]
+fn a_dry_run_reports_what_would_move_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, cfg) = (
+        tmp.path().join("src"),
+        tmp.path().join("dst"),
+        tmp.path().join("cfg"),
+    );
+    let mut t = TreeBuilder::new(&src, 7);
+    t.file("a.db", (10 * MIB) as usize);
+    t.file("b.db", 1000);
+    // Before anything exists on the target: everything would be sent, nothing is created.
+    let out = haul().run(
+        &cfg,
+        &[os("plan"), os("--json"), src.as_os_str(), dst.as_os_str()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan = summary_of(&out);
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!(plan["would_send_bytes"], 10 * MIB + 1000);
+    assert!(plan["estimated_s"].is_null(), "no history yet: {plan}");
+    assert!(!dst.exists(), "a dry run creates nothing");
+
+    copy_json(&cfg, &[], &src, &dst);
+    scribble(&src.join("a.db"), 5 * MIB, 10, 3);
+    t.mtime("a.db", 1_750_000_000, 0);
+    let before = std::fs::read(dst.join("a.db")).unwrap();
+    let out = haul().run(
+        &cfg,
+        &[
+            os("copy"),
+            os("--dry-run"),
+            os("--json"),
+            src.as_os_str(),
+            dst.as_os_str(),
+        ],
+    );
+    let plan = summary_of(&out);
+    assert_eq!(plan["would_send_chunks"], 1, "{plan}");
+    assert_eq!(plan["files_unchanged"], 1);
+    assert_eq!(
+        std::fs::read(dst.join("a.db")).unwrap(),
+        before,
+        "a dry run changes nothing"
+    );
+    assert!(!dst.join(".haul").exists());
+}
+
+#[test]
+fn a_plan_against_a_receiver_estimates_from_its_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path();
+    std::fs::create_dir(p.join("root")).unwrap();
+    std::fs::write(p.join("token"), "t0k").unwrap();
+    let mut t = TreeBuilder::new(&p.join("src"), 9);
+    t.file("layer.vhdx", (40 * MIB) as usize);
+    let server = haul().serve(&p.join("root"), &p.join("scfg"), Some(&p.join("token")));
+    let run = |cmd: &str, dest: &str| {
+        let out = haul().run(
+            &p.join("ccfg"),
+            &[
+                os(cmd),
+                os("--json"),
+                p.join("src").as_os_str(),
+                os(&server.url(dest)),
+                os("--fingerprint"),
+                os(&server.fingerprint),
+                os("--token-file"),
+                p.join("token").as_os_str(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        summary_of(&out)
+    };
+    assert!(run("plan", "x")["estimated_s"].is_null());
+    run("push", "x");
+    let plan = run("plan", "y");
+    assert_eq!(plan["would_send_bytes"], 40 * MIB);
+    assert!(plan["estimated_s"].as_f64().unwrap() > 0.0, "{plan}");
+}
