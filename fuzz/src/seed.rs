@@ -8,8 +8,8 @@
 //! so a change in `arbitrary`'s layout is caught rather than silently producing junk seeds.
 
 use crate::session::{
-    Blob, ChunkSizeSel, ClientMsg, IdRef, IdSel, IndexSel, KindSel, LenSel, Op, SizeSel, StrayMsg,
-    VersionSel,
+    Blob, ChunkSizeSel, ClientMsg, HelloArgs, IdRef, IdSel, IndexSel, KindSel, LenSel, Op,
+    SizeSel, StrayMsg, VersionSel, WelcomeArgs,
 };
 
 /// Appends the arbitrary-layout bytes of a value.
@@ -64,6 +64,44 @@ macro_rules! enc {
         variant($out, $index, $count);
         $($field.encode($out);)*
     }};
+}
+
+impl Encode for HelloArgs {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let HelloArgs {
+            version,
+            token,
+            dest,
+            chunk_size,
+            flags,
+            rename_aside,
+        } = self;
+        version.encode(out);
+        token.encode(out);
+        dest.encode(out);
+        chunk_size.encode(out);
+        flags.encode(out);
+        rename_aside.encode(out);
+    }
+}
+
+impl Encode for WelcomeArgs {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let WelcomeArgs {
+            version,
+            session,
+            free_bytes,
+            history_bytes,
+            history_ms,
+            renamed,
+        } = self;
+        version.encode(out);
+        session.encode(out);
+        free_bytes.encode(out);
+        history_bytes.encode(out);
+        history_ms.encode(out);
+        renamed.encode(out);
+    }
 }
 
 impl Encode for VersionSel {
@@ -148,13 +186,14 @@ impl Encode for LenSel {
 impl Encode for StrayMsg {
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            StrayMsg::Welcome => enc!(out, 0, 7),
-            StrayMsg::Refused => enc!(out, 1, 7),
-            StrayMsg::Need(id) => enc!(out, 2, 7, id),
-            StrayMsg::Installed(id) => enc!(out, 3, 7, id),
-            StrayMsg::Failed(id) => enc!(out, 4, 7, id),
-            StrayMsg::Finished => enc!(out, 5, 7),
-            StrayMsg::Chunk(id) => enc!(out, 6, 7, id),
+            StrayMsg::Welcome => enc!(out, 0, 8),
+            StrayMsg::Refused => enc!(out, 1, 8),
+            StrayMsg::Need(id) => enc!(out, 2, 8, id),
+            StrayMsg::Have(id) => enc!(out, 3, 8, id),
+            StrayMsg::Installed(id, unchanged) => enc!(out, 4, 8, id, unchanged),
+            StrayMsg::Failed(id) => enc!(out, 5, 8, id),
+            StrayMsg::Finished => enc!(out, 6, 8),
+            StrayMsg::Chunk(id) => enc!(out, 7, 8, id),
         }
     }
 }
@@ -162,14 +201,7 @@ impl Encode for StrayMsg {
 impl Encode for ClientMsg {
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            ClientMsg::Hello {
-                version,
-                token,
-                dest,
-                chunk_size,
-            } => {
-                enc!(out, 0, 7, version, token, dest, chunk_size)
-            }
+            ClientMsg::Hello(args) => enc!(out, 0, 7, args),
             ClientMsg::Entry {
                 id,
                 kind,
@@ -195,7 +227,11 @@ impl Encode for ClientMsg {
                 )
             }
             ClientMsg::EndOfEntries => enc!(out, 2, 7),
-            ClientMsg::FileDone { id, hash } => enc!(out, 3, 7, id, hash),
+            ClientMsg::FileDone {
+                id,
+                hash,
+                chunks_sent,
+            } => enc!(out, 3, 7, id, hash, chunks_sent),
             ClientMsg::SourceFailed { id, message } => enc!(out, 4, 7, id, message),
             ClientMsg::Abort { message } => enc!(out, 5, 7, message),
             ClientMsg::Stray(stray) => enc!(out, 6, 7, stray),
@@ -206,11 +242,12 @@ impl Encode for ClientMsg {
 impl Encode for Op {
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            Op::Send(msg) => enc!(out, 0, 5, msg),
-            Op::Decide { session } => enc!(out, 1, 5, session),
-            Op::Refuse => enc!(out, 2, 5),
-            Op::Chunk { id, index, len } => enc!(out, 3, 5, id, index, len),
-            Op::Resolve(id) => enc!(out, 4, 5, id),
+            Op::Send(msg) => enc!(out, 0, 6, msg),
+            Op::Decide(welcome) => enc!(out, 1, 6, welcome),
+            Op::Refuse => enc!(out, 2, 6),
+            Op::Chunk { id, index, len } => enc!(out, 3, 6, id, index, len),
+            Op::Resolve(id) => enc!(out, 4, 6, id),
+            Op::Accept { hello, welcome } => enc!(out, 5, 6, hello, welcome),
         }
     }
 }

@@ -194,7 +194,7 @@ impl Harness {
                 };
                 let verdict = self.session.check_hello(&hello);
                 assert_eq!(
-                    verdict.as_ref().map_err(|r| r.reason),
+                    verdict.clone().map_err(|r| r.reason),
                     self.model.check_hello(&hello),
                     "check_hello disagrees for {hello:?}"
                 );
@@ -278,7 +278,12 @@ impl Harness {
         self.pending = None;
         let name = msg.name();
         let state = self.model.state;
-        let expect = self.model_handle(&msg).then(|| expected_event(&msg)).flatten();
+        let expect = if self.model_handle(&msg) {
+            // A message the model accepts always has an event.
+            expected_event(&msg)
+        } else {
+            None
+        };
         let got = self.session.handle(msg);
         self.reached.handled += usize::from(got.is_ok());
         match (&got, &expect) {
@@ -416,25 +421,8 @@ impl Harness {
 
     /// Builds the real message for a wrapper.
     fn message(&self, msg: ClientMsg) -> Message {
-        let text = |b: Blob| String::from_utf8_lossy(&b.0).into_owned();
         match msg {
-            ClientMsg::Hello {
-                version,
-                token,
-                dest,
-                chunk_size,
-            } => Message::Hello(Hello {
-                version: match version {
-                    VersionSel::Current => PROTOCOL_VERSION,
-                    VersionSel::Raw(v) => v,
-                },
-                token: token.0.into(),
-                dest: dest.0.into(),
-                chunk_size: match chunk_size {
-                    ChunkSizeSel::Shift(n) => 1 << (n % 32),
-                    ChunkSizeSel::Raw(v) => v,
-                },
-            }),
+            ClientMsg::Hello(args) => Message::Hello(hello_message(args)),
             ClientMsg::Entry {
                 id,
                 kind,
@@ -474,9 +462,14 @@ impl Harness {
                 })
             }
             ClientMsg::EndOfEntries => Message::EndOfEntries,
-            ClientMsg::FileDone { id, hash } => Message::FileDone(FileDone {
+            ClientMsg::FileDone {
+                id,
+                hash,
+                chunks_sent,
+            } => Message::FileDone(FileDone {
                 id: self.id(id),
                 hash: [hash; 32],
+                chunks_sent,
             }),
             ClientMsg::SourceFailed { id, message } => Message::SourceFailed(SourceFailed {
                 id: self.id(id),
@@ -485,41 +478,119 @@ impl Harness {
             ClientMsg::Abort { message } => Message::Abort(Abort {
                 message: text(message),
             }),
-            ClientMsg::Stray(stray) => match stray {
-                StrayMsg::Welcome => Message::Welcome(Welcome {
-                    version: PROTOCOL_VERSION,
-                    session: 1,
-                }),
-                StrayMsg::Refused => Message::Refused(Refused {
-                    reason: RefuseReason::Other,
-                    message: String::new(),
-                }),
-                StrayMsg::Need(id) => Message::Need(Need {
-                    id: self.id(id),
-                    ranges: vec![(0, 1)],
-                }),
-                StrayMsg::Installed(id) => Message::Installed(Installed {
-                    id: self.id(id),
-                    hash: [0; 32],
-                    bytes_written: 0,
-                }),
-                StrayMsg::Failed(id) => Message::Failed(Failed {
-                    id: self.id(id),
-                    message: String::new(),
-                    no_space: false,
-                }),
-                StrayMsg::Finished => Message::Finished(Finished {
-                    installed: 0,
-                    failed: 0,
-                }),
-                StrayMsg::Chunk(id) => Message::Chunk(Chunk {
-                    id: self.id(id),
-                    index: 0,
-                    hash: [0; 32],
-                    zero: false,
-                    data: Bytes::from_static(&[0; 16]),
-                }),
-            },
+            ClientMsg::Stray(stray) => self.stray(stray),
         }
     }
+
+    /// Builds a message the server never accepts from the client.
+    fn stray(&self, stray: StrayMsg) -> Message {
+        match stray {
+            StrayMsg::Welcome => Message::Welcome(Welcome {
+                version: PROTOCOL_VERSION,
+                session: 1,
+                free_bytes: 0,
+                history_bytes: 0,
+                history_ms: 0,
+                renamed: Vec::new(),
+            }),
+            StrayMsg::Refused => Message::Refused(Refused {
+                reason: RefuseReason::Other,
+                message: String::new(),
+            }),
+            StrayMsg::Need(id) => Message::Need(Need {
+                id: self.id(id),
+                ranges: vec![(0, 1)],
+            }),
+            StrayMsg::Have(id) => Message::Have(Have {
+                id: self.id(id),
+                start: 0,
+                hashes: vec![[1; 32]],
+            }),
+            StrayMsg::Installed(id, unchanged) => Message::Installed(Installed {
+                id: self.id(id),
+                hash: [0; 32],
+                bytes_written: 0,
+                unchanged,
+            }),
+            StrayMsg::Failed(id) => Message::Failed(Failed {
+                id: self.id(id),
+                message: String::new(),
+                no_space: false,
+            }),
+            StrayMsg::Finished => Message::Finished(Finished {
+                installed: 0,
+                failed: 0,
+            }),
+            StrayMsg::Chunk(id) => Message::Chunk(Chunk {
+                id: self.id(id),
+                index: 0,
+                hash: [0; 32],
+                zero: false,
+                data: Bytes::from_static(&[0; 16]),
+            }),
+        }
+    }
+}
+
+fn text(b: Blob) -> String {
+    String::from_utf8_lossy(&b.0).into_owned()
+}
+
+/// Builds the real hello for its wrapper.
+fn hello_message(args: HelloArgs) -> Hello {
+    Hello {
+        version: match args.version {
+            VersionSel::Current => PROTOCOL_VERSION,
+            VersionSel::Raw(v) => v,
+        },
+        token: args.token.0.into(),
+        dest: args.dest.0.into(),
+        chunk_size: match args.chunk_size {
+            ChunkSizeSel::Shift(n) => 1 << (n % 32),
+            ChunkSizeSel::Raw(v) => v,
+        },
+        flags: args.flags,
+        rename_aside: args.rename_aside.list(),
+    }
+}
+
+/// Builds the welcome the engine passes to `accept`.
+fn welcome_message(args: WelcomeArgs) -> Welcome {
+    Welcome {
+        version: args.version,
+        session: args.session,
+        free_bytes: args.free_bytes,
+        history_bytes: args.history_bytes,
+        history_ms: args.history_ms,
+        renamed: args
+            .renamed
+            .list()
+            .into_iter()
+            .map(|from| Renamed {
+                to: [&from[..], b".1"].concat().into(),
+                from,
+            })
+            .collect(),
+    }
+}
+
+/// The event `handle` must return for a message it accepts (`None` for messages it never
+/// accepts).
+fn expected_event(msg: &Message) -> Option<ServerEvent> {
+    Some(match msg {
+        Message::Hello(hello) => ServerEvent::Hello(hello.clone()),
+        Message::Entry(entry) => ServerEvent::Entry(entry.clone()),
+        Message::FileDone(done) => ServerEvent::FileDone {
+            id: done.id,
+            hash: done.hash,
+            chunks_sent: done.chunks_sent,
+        },
+        Message::SourceFailed(failed) => ServerEvent::SourceFailed {
+            id: failed.id,
+            message: failed.message.clone(),
+        },
+        Message::EndOfEntries => ServerEvent::EndOfEntries,
+        Message::Abort(abort) => ServerEvent::Abort(abort.message.clone()),
+        _ => return None,
+    })
 }

@@ -214,3 +214,54 @@ async fn a_wrong_token_writes_nothing() {
         "only the receiver's state dir"
     );
 }
+
+/// Data bytes in the receiver's partial files.
+fn partial_bytes(dst: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dst.join(".haul/partial"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".data"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.blocks() * 512)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_after_a_kill_sends_only_what_was_not_verified() {
+    for seed in 0..6u64 {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+        let mut t = TreeBuilder::new(&src, seed);
+        t.file("layer.vhdx", 3 << 20);
+        t.file("small", 1000);
+        std::fs::create_dir(&dst).expect("dst");
+        let kill_after = 300_000 + seed * 400_000;
+        let config = SimConfig {
+            max_piece: 16 << 10,
+            max_delay_us: 30,
+            kill_after: Some(kill_after),
+            ..Default::default()
+        };
+        let first = run(&src, &dst, seed, config).await;
+        assert!(first.sent.is_err(), "seed {seed}: killed");
+        let kept = partial_bytes(&dst);
+        assert!(
+            kept > 0,
+            "seed {seed}: verified chunks are kept after the kill"
+        );
+        let second = run(&src, &dst, seed + 100, SimConfig::default()).await;
+        let summary = second
+            .sent
+            .unwrap_or_else(|e| panic!("seed {seed}: rerun failed: {e}"));
+        haul_testing::assert_same_tree(&src, &dst);
+        assert!(
+            summary.bytes_sent + kept <= (3 << 20) + 1000,
+            "seed {seed}: rerun sent {} with {kept} already verified",
+            summary.bytes_sent
+        );
+        assert!(summary.chunks_reused > 0, "seed {seed}");
+    }
+}
