@@ -9,13 +9,13 @@ use std::path::Path;
 use bytes::Bytes;
 use haul_fuzz::seed::session_input;
 use haul_fuzz::session::{
-    Blob, ChunkSizeSel, ClientMsg, IdRef, IdSel, IndexSel, KindSel, LenSel, Op, Reached, SizeSel,
-    StrayMsg, VersionSel,
+    Blob, ChunkSizeSel, ClientMsg, HelloArgs, IdRef, IdSel, IndexSel, KindSel, LenSel, Op, Reached,
+    SizeSel, StrayMsg, VersionSel, WelcomeArgs,
 };
 use haul_fuzz::{frames, relpath, session};
 use haul_proto::{
-    Abort, Chunk, Entry, EntryKind, Failed, FileDone, Finished, Hello, Installed, Message, Meta,
-    Need, PROTOCOL_VERSION, RefuseReason, Refused, SourceFailed, Welcome,
+    Abort, Chunk, Entry, EntryKind, Failed, FileDone, Finished, Have, Hello, Installed, Message,
+    Meta, Need, PROTOCOL_VERSION, RefuseReason, Refused, Renamed, SourceFailed, Welcome,
 };
 
 fn main() -> std::io::Result<()> {
@@ -72,6 +72,8 @@ fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
         token: Bytes::from_static(b"secret"),
         dest: Bytes::from_static(b"backups/po1"),
         chunk_size: 1 << 20,
+        flags: Hello::CHECKSUM | Hello::DRY_RUN,
+        rename_aside: vec![Bytes::from_static(b"po1/cache"), Bytes::from_static(b"old")],
     });
     let entry = |id, kind, path: &'static [u8], link: &'static [u8]| {
         Message::Entry(Entry {
@@ -95,6 +97,7 @@ fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
         Message::FileDone(FileDone {
             id: 2,
             hash: [7; 32],
+            chunks_sent: 1,
         }),
         Message::SourceFailed(SourceFailed {
             id: 2,
@@ -109,6 +112,13 @@ fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
         Message::Welcome(Welcome {
             version: PROTOCOL_VERSION,
             session: 42,
+            free_bytes: 1 << 40,
+            history_bytes: 10 << 30,
+            history_ms: 95_000,
+            renamed: vec![Renamed {
+                from: Bytes::from_static(b"po1/cache"),
+                to: Bytes::from_static(b"po1/cache.1"),
+            }],
         }),
         Message::Refused(Refused {
             reason: RefuseReason::BadToken,
@@ -118,10 +128,22 @@ fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
             id: 2,
             ranges: vec![(0, 1), (3, 2)],
         }),
+        Message::Have(Have {
+            id: 2,
+            start: 0,
+            hashes: vec![[4; 32], [0; 32], [5; 32]],
+        }),
         Message::Installed(Installed {
             id: 2,
             hash: [9; 32],
             bytes_written: 5,
+            unchanged: false,
+        }),
+        Message::Installed(Installed {
+            id: 4,
+            hash: [8; 32],
+            bytes_written: 0,
+            unchanged: true,
         }),
         Message::Failed(Failed {
             id: 3,
@@ -162,13 +184,30 @@ fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-fn hello(version: VersionSel, chunk_size: ChunkSizeSel) -> Op {
-    Op::Send(ClientMsg::Hello {
+fn hello_args(version: VersionSel, chunk_size: ChunkSizeSel) -> HelloArgs {
+    HelloArgs {
         version,
         token: Blob(b"t".to_vec()),
         dest: Blob::default(),
         chunk_size,
-    })
+        flags: 0,
+        rename_aside: Blob::default(),
+    }
+}
+
+fn hello(version: VersionSel, chunk_size: ChunkSizeSel) -> Op {
+    Op::Send(ClientMsg::Hello(hello_args(version, chunk_size)))
+}
+
+fn welcome(session: u64) -> WelcomeArgs {
+    WelcomeArgs {
+        version: 0,
+        session,
+        free_bytes: 1 << 30,
+        history_bytes: 0,
+        history_ms: 0,
+        renamed: Blob::default(),
+    }
 }
 
 fn entry(id: IdSel, kind: KindSel, path: &[u8], size: SizeSel) -> Op {
@@ -197,18 +236,34 @@ type SessionSeed = (&'static str, Option<u8>, Vec<Op>, Reached);
 
 fn session_seeds() -> Vec<SessionSeed> {
     let good_hello = || hello(VersionSel::Current, ChunkSizeSel::Shift(16)); // 64 KiB chunks
-    let accept = Op::Decide { session: 7 };
+    let accept = Op::Decide(welcome(7));
     let two_chunks = SizeSel::Chunks {
         chunks: 1,
         extra: 10,
+    };
+    let reached = |handled, welcomed, chunks, resolved_last, finished| Reached {
+        handled,
+        welcomed,
+        chunks,
+        resolved_last,
+        finished,
     };
     vec![
         (
             "happy-path",
             None,
             vec![
-                good_hello(),
-                accept.clone(),
+                Op::Send(ClientMsg::Hello(HelloArgs {
+                    flags: 3,
+                    rename_aside: Blob(b"old,po1/cache".to_vec()),
+                    ..hello_args(VersionSel::Current, ChunkSizeSel::Shift(16))
+                })),
+                Op::Decide(WelcomeArgs {
+                    renamed: Blob(b"old".to_vec()),
+                    history_bytes: 1 << 30,
+                    history_ms: 2_000,
+                    ..welcome(7)
+                }),
                 entry(IdSel::Next, KindSel::Dir, b"d", SizeSel::Bytes(0)),
                 entry(IdSel::Next, KindSel::File, b"d/f", two_chunks),
                 chunk(1, IndexSel::Nth(0), LenSel::Exact),
@@ -216,16 +271,27 @@ fn session_seeds() -> Vec<SessionSeed> {
                 Op::Send(ClientMsg::FileDone {
                     id: IdRef::Announced(1),
                     hash: 3,
+                    chunks_sent: 2,
                 }),
                 Op::Send(ClientMsg::EndOfEntries),
                 Op::Resolve(IdRef::Announced(0)),
                 Op::Resolve(IdRef::Announced(1)),
             ],
-            Reached {
-                handled: 5,
-                chunks: 2,
-                finished: true,
-            },
+            reached(5, 1, 2, true, true),
+        ),
+        (
+            "end-with-nothing-outstanding",
+            None,
+            vec![
+                good_hello(),
+                accept.clone(),
+                entry(IdSel::Next, KindSel::Dir, b"d", SizeSel::Bytes(0)),
+                Op::Resolve(IdRef::Announced(0)),
+                Op::Send(ClientMsg::EndOfEntries),
+                entry(IdSel::Next, KindSel::File, b"late", SizeSel::Bytes(1)),
+                Op::Resolve(IdRef::Announced(0)),
+            ],
+            reached(3, 1, 0, false, true),
         ),
         (
             "refused-hello",
@@ -236,12 +302,42 @@ fn session_seeds() -> Vec<SessionSeed> {
                 entry(IdSel::Next, KindSel::File, b"f", SizeSel::Bytes(1)),
                 hello(VersionSel::Current, ChunkSizeSel::Shift(20)),
                 Op::Refuse,
+                Op::Accept {
+                    hello: None,
+                    welcome: welcome(8),
+                },
             ],
-            Reached {
-                handled: 1,
-                chunks: 0,
-                finished: false,
-            },
+            reached(1, 0, 0, false, false),
+        ),
+        (
+            "accept-outside-handshake",
+            None,
+            vec![
+                // Before any hello: refused, the session still awaits its hello.
+                Op::Accept {
+                    hello: None,
+                    welcome: welcome(1),
+                },
+                good_hello(),
+                // A chunk size out of range: refused, the hello still awaits a decision.
+                Op::Accept {
+                    hello: Some(hello_args(VersionSel::Current, ChunkSizeSel::Shift(31))),
+                    welcome: welcome(2),
+                },
+                Op::Send(ClientMsg::Stray(StrayMsg::Welcome)),
+                Op::Accept {
+                    hello: Some(hello_args(VersionSel::Current, ChunkSizeSel::Shift(17))),
+                    welcome: welcome(3),
+                },
+                // A second accept while active: refused, the chunk size stays.
+                Op::Accept {
+                    hello: None,
+                    welcome: welcome(4),
+                },
+                entry(IdSel::Next, KindSel::File, b"f", two_chunks),
+                chunk(0, IndexSel::Nth(0), LenSel::Exact),
+            ],
+            reached(2, 1, 1, false, false),
         ),
         (
             "outstanding-limit",
@@ -257,11 +353,7 @@ fn session_seeds() -> Vec<SessionSeed> {
                 entry(IdSel::Skip(0), KindSel::File, b"again", SizeSel::Bytes(1)),
                 chunk(2, IndexSel::Last, LenSel::Zero),
             ],
-            Reached {
-                handled: 4,
-                chunks: 1,
-                finished: false,
-            },
+            reached(4, 1, 1, false, false),
         ),
         (
             "bad-chunks",
@@ -280,6 +372,11 @@ fn session_seeds() -> Vec<SessionSeed> {
                     len: LenSel::Exact,
                 },
                 Op::Send(ClientMsg::Stray(StrayMsg::Need(IdRef::Announced(0)))),
+                Op::Send(ClientMsg::Stray(StrayMsg::Have(IdRef::Announced(0)))),
+                Op::Send(ClientMsg::Stray(StrayMsg::Installed(
+                    IdRef::Announced(0),
+                    true,
+                ))),
                 Op::Send(ClientMsg::Stray(StrayMsg::Chunk(IdRef::Announced(0)))),
                 Op::Send(ClientMsg::SourceFailed {
                     id: IdRef::Raw(1),
@@ -290,11 +387,7 @@ fn session_seeds() -> Vec<SessionSeed> {
                 }),
                 chunk(0, IndexSel::Nth(0), LenSel::Exact),
             ],
-            Reached {
-                handled: 3,
-                chunks: 0,
-                finished: false,
-            },
+            reached(3, 1, 0, false, true),
         ),
     ]
 }

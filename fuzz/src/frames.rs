@@ -8,11 +8,18 @@
 //! - how the stream is split never changes which frames (or which error) come out;
 //! - every byte pushed is either inside a returned frame or still buffered;
 //! - when no frame is ready, `wanted()` asks for at least one more byte;
+//! - every decoded message respects the bounds decoding promises: text fields at most
+//!   `max_text` bytes (invalid UTF-8 is replaced, then cut back), at most `Have::MAX_HASHES`
+//!   hashes, at most 256 rename-aside directories / renamed pairs;
 //! - every frame that decodes re-encodes (`encode` equals `encode_parts` concatenated) to bytes
 //!   that decode, with the same limits, to the same message.
 
 use haul_proto::frame::{Frame, HEADER_LEN};
-use haul_proto::{FrameDecoder, FrameError, Limits, Message};
+use haul_proto::{FrameDecoder, FrameError, Have, Limits, Message};
+
+/// Most `rename_aside` directories in a `Hello` (and `renamed` pairs in a `Welcome`) that
+/// decoding accepts; `haul-proto` keeps its constant private.
+const MAX_ASIDE: usize = 256;
 
 /// What a decoder produced from a whole stream: the frames, then an error if one stopped it.
 #[derive(Debug, PartialEq, Eq)]
@@ -100,6 +107,7 @@ fn check_message(frame: Frame, limits: &Limits) {
     let Ok(msg) = Message::decode(frame, limits) else {
         return;
     };
+    check_bounds(&msg, limits);
     let wire = msg.encode();
     let (head, payload) = msg.encode_parts();
     assert_eq!(
@@ -127,5 +135,34 @@ fn check_message(frame: Frame, limits: &Limits) {
     match Message::decode(again, limits) {
         Ok(decoded) => assert_eq!(decoded, msg, "re-encoding changed the message"),
         Err(err) => panic!("re-encoded {} does not decode: {err}", msg.name()),
+    }
+}
+
+/// Checks the bounds a decoded message must respect whatever the peer declared.
+fn check_bounds(msg: &Message, limits: &Limits) {
+    let text = match msg {
+        Message::Refused(m) => Some(&m.message),
+        Message::SourceFailed(m) => Some(&m.message),
+        Message::Failed(m) => Some(&m.message),
+        Message::Abort(m) => Some(&m.message),
+        _ => None,
+    };
+    if let Some(text) = text {
+        assert!(
+            text.len() <= limits.max_text as usize,
+            "{} text of {} bytes exceeds max_text {}",
+            msg.name(),
+            text.len(),
+            limits.max_text
+        );
+    }
+    let count = match msg {
+        Message::Have(m) => Some((m.hashes.len(), Have::MAX_HASHES)),
+        Message::Hello(m) => Some((m.rename_aside.len(), MAX_ASIDE)),
+        Message::Welcome(m) => Some((m.renamed.len(), MAX_ASIDE)),
+        _ => None,
+    };
+    if let Some((n, max)) = count {
+        assert!(n <= max, "{} holds {n} items, over {max}", msg.name());
     }
 }

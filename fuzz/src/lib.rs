@@ -17,6 +17,7 @@
 //! (it needs the nightly sanitizer flags `cargo fuzz` passes).
 
 pub mod frames;
+mod model;
 pub mod ops;
 pub mod relpath;
 pub mod seed;

@@ -8,8 +8,8 @@
 //! so a change in `arbitrary`'s layout is caught rather than silently producing junk seeds.
 
 use crate::session::{
-    Blob, ChunkSizeSel, ClientMsg, HelloArgs, IdRef, IdSel, IndexSel, KindSel, LenSel, Op,
-    SizeSel, StrayMsg, VersionSel, WelcomeArgs,
+    Blob, ChunkSizeSel, ClientMsg, HelloArgs, IdRef, IdSel, IndexSel, KindSel, LenSel, Op, SizeSel,
+    StrayMsg, VersionSel, WelcomeArgs,
 };
 
 /// Appends the arbitrary-layout bytes of a value.

@@ -16,8 +16,6 @@
 //! `resolve` answer (and `handle`'s event, `accept`'s welcome and refusal reason) is the
 //! model's.
 
-use std::collections::BTreeMap;
-
 use arbitrary::{Arbitrary, Unstructured};
 
 pub use crate::ops::{
@@ -25,6 +23,8 @@ pub use crate::ops::{
     SizeSel, StrayMsg, VersionSel, WelcomeArgs,
 };
 use bytes::Bytes;
+
+use crate::model::{Model, State};
 use haul_proto::session::ServerEvent;
 use haul_proto::{
     Abort, Chunk, ChunkLayout, Entry, EntryKind, Failed, FileDone, Finished, Have, Hello,
@@ -78,57 +78,6 @@ pub fn run(data: &[u8]) -> Reached {
     h.reached
 }
 
-/// Where the reference model thinks the session is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    AwaitHello,
-    AwaitDecision,
-    Active,
-    Draining,
-    Finished,
-    Refused,
-}
-
-/// The protocol rules, written independently of `ServerSession`.
-#[derive(Debug)]
-struct Model {
-    state: State,
-    /// The limits in force; accepting a hello narrows `max_chunk` to its chunk size.
-    limits: Limits,
-    chunk_size: u32,
-    last_id: Option<u64>,
-    /// Outstanding entries: kind and (for files) size.
-    outstanding: BTreeMap<u64, (EntryKind, u64)>,
-}
-
-impl Model {
-    /// What `check_hello` must answer: the version first, then the chunk size.
-    fn check_hello(&self, hello: &Hello) -> Result<(), RefuseReason> {
-        let cs = hello.chunk_size;
-        if hello.version != PROTOCOL_VERSION {
-            Err(RefuseReason::BadVersion)
-        } else if !cs.is_power_of_two()
-            || !(self.limits.min_chunk..=self.limits.max_chunk).contains(&cs)
-        {
-            Err(RefuseReason::BadChunkSize)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Applies `accept`: legal only while a hello awaits a decision and if it passes the checks.
-    fn accept(&mut self, hello: &Hello) -> Result<(), RefuseReason> {
-        if self.state != State::AwaitDecision {
-            return Err(RefuseReason::Other);
-        }
-        self.check_hello(hello)?;
-        self.state = State::Active;
-        self.chunk_size = hello.chunk_size;
-        self.limits.max_chunk = hello.chunk_size;
-        Ok(())
-    }
-}
-
 /// The session under test, the model, and what the engine would remember.
 struct Harness {
     session: ServerSession,
@@ -150,13 +99,7 @@ impl Harness {
         }
         Harness {
             session: ServerSession::new(limits.clone()),
-            model: Model {
-                state: State::AwaitHello,
-                chunk_size: haul_proto::DEFAULT_CHUNK_SIZE,
-                limits,
-                last_id: None,
-                outstanding: BTreeMap::new(),
-            },
+            model: Model::new(limits),
             pending: None,
             last_hello: None,
             announced: Vec::new(),
@@ -220,12 +163,7 @@ impl Harness {
             Op::Resolve(id) => {
                 let id = self.id(id);
                 let done = self.session.resolve(id);
-                self.model.outstanding.remove(&id);
-                let expect =
-                    self.model.state == State::Draining && self.model.outstanding.is_empty();
-                if expect {
-                    self.model.state = State::Finished;
-                }
+                let expect = self.model.resolve(id);
                 assert_eq!(
                     done, expect,
                     "resolve({id}) result disagrees with the model"
@@ -278,7 +216,7 @@ impl Harness {
         self.pending = None;
         let name = msg.name();
         let state = self.model.state;
-        let expect = if self.model_handle(&msg) {
+        let expect = if self.model.handle(&msg) {
             // A message the model accepts always has an event.
             expected_event(&msg)
         } else {
@@ -289,9 +227,9 @@ impl Harness {
         match (&got, &expect) {
             (Ok(event), Some(want)) if event == want => {}
             (Err(_), None) => {}
-            _ => panic!(
-                "{name} in state {state:?}: session said {got:?}, model expected {expect:?}"
-            ),
+            _ => {
+                panic!("{name} in state {state:?}: session said {got:?}, model expected {expect:?}")
+            }
         }
         match got {
             Ok(ServerEvent::Hello(hello)) => {
@@ -300,45 +238,6 @@ impl Harness {
             }
             Ok(ServerEvent::Entry(entry)) => self.announced.push(entry.id),
             _ => {}
-        }
-    }
-
-    /// Applies `msg` to the model; true if it is legal.
-    fn model_handle(&mut self, msg: &Message) -> bool {
-        let m = &mut self.model;
-        match (m.state, msg) {
-            (State::AwaitHello, Message::Hello(_)) => {
-                m.state = State::AwaitDecision;
-                true
-            }
-            (State::Active, Message::Entry(e)) => {
-                let increasing = m.last_id.is_none_or(|last| e.id > last);
-                let room = m.outstanding.len() < m.limits.max_outstanding as usize;
-                if increasing && room {
-                    m.last_id = Some(e.id);
-                    let size = if e.kind == EntryKind::File { e.size } else { 0 };
-                    m.outstanding.insert(e.id, (e.kind, size));
-                }
-                increasing && room
-            }
-            (State::Active | State::Draining, Message::FileDone(FileDone { id, .. }))
-            | (State::Active | State::Draining, Message::SourceFailed(SourceFailed { id, .. })) => {
-                matches!(m.outstanding.get(id), Some((EntryKind::File, _)))
-            }
-            (State::Active, Message::EndOfEntries) => {
-                // Nothing left to resolve: no `resolve` call would ever finish the session.
-                m.state = if m.outstanding.is_empty() {
-                    State::Finished
-                } else {
-                    State::Draining
-                };
-                true
-            }
-            (_, Message::Abort(_)) => {
-                m.state = State::Finished;
-                true
-            }
-            _ => false,
         }
     }
 
@@ -395,7 +294,11 @@ impl Harness {
             s.outstanding(),
             limits.max_outstanding
         );
-        assert_eq!(s.outstanding(), m.outstanding.len(), "outstanding count differs");
+        assert_eq!(
+            s.outstanding(),
+            m.outstanding.len(),
+            "outstanding count differs"
+        );
         let active = matches!(m.state, State::Active | State::Draining);
         assert_eq!(s.is_active(), active, "is_active differs in {:?}", m.state);
         assert_eq!(
@@ -407,7 +310,11 @@ impl Harness {
         assert_eq!(s.chunk_size(), m.chunk_size, "chunk size differs");
         assert_eq!(
             (limits.max_outstanding, limits.min_chunk, limits.max_chunk),
-            (m.limits.max_outstanding, m.limits.min_chunk, m.limits.max_chunk),
+            (
+                m.limits.max_outstanding,
+                m.limits.min_chunk,
+                m.limits.max_chunk
+            ),
             "limits (max_outstanding, min_chunk, max_chunk) differ in {:?}",
             m.state
         );

@@ -21,7 +21,7 @@ const SERVER_NAME: &str = "haul";
 
 /// The transport tuned for bulk transfer on fast, long paths: stream receive window 16 MiB,
 /// connection receive window 64 MiB, send window 64 MiB, 256 concurrent uni streams (one per
-/// chunk in flight), 16 bidi streams, keep-alive every 5 s, idle timeout 60 s.
+/// chunk in flight), 16 bidi streams, keep-alive every 5 s, idle timeout 30 s.
 pub fn transport_config() -> TransportConfig {
     let mut config = TransportConfig::default();
     config
@@ -31,7 +31,7 @@ pub fn transport_config() -> TransportConfig {
         .max_concurrent_uni_streams(VarInt::from_u32(256))
         .max_concurrent_bidi_streams(VarInt::from_u32(16))
         .keep_alive_interval(Some(Duration::from_secs(5)))
-        .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(60_000))));
+        .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(30_000))));
     config
 }
 

@@ -189,7 +189,7 @@ fn transport_config_is_tuned() {
         "max_concurrent_uni_streams: 256",
         "max_concurrent_bidi_streams: 16",
         "keep_alive_interval: Some(5s)",
-        "max_idle_timeout: Some(60000)",
+        "max_idle_timeout: Some(30000)",
     ] {
         assert!(shown.contains(expected), "missing `{expected}` in {shown}");
     }

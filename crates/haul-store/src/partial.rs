@@ -259,6 +259,10 @@ impl Partial {
             .map_err(|e| err(e, "set the mode of"))?;
         rustix::fs::futimens(&self.data, &mtime(meta))
             .map_err(|e| err(e, "set the modification time of"))?;
+        // The data reaches the disk before the name does: after a power cut the final name
+        // holds the whole file or is absent, never a file whose size and mtime match the
+        // source (so a re-run's quick check would skip it) over missing data.
+        rustix::fs::fdatasync(&self.data).map_err(|e| err(e, "flush"))?;
         rustix::fs::renameat(&self.dir.dir, data_name.as_str(), &*parent, name)
             .map_err(|e| root.err(e, rel, "install (rename into place)"))?;
         self.finished = true;
