@@ -301,3 +301,59 @@ fn an_unreachable_receiver_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn a_granted_token_writes_only_under_its_own_subdirectory() {
+    let s = setup();
+    let dir = s.root.parent().unwrap().to_path_buf();
+    std::fs::write(dir.join("po1.token"), "token-for-po1").unwrap();
+    std::fs::write(dir.join("po2.token"), "token-for-po2").unwrap();
+    let grant = |name: &str| -> Vec<std::ffi::OsString> {
+        vec![
+            "--grant".into(),
+            format!("{name}={}", dir.join(format!("{name}.token")).display()).into(),
+        ]
+    };
+    let mut extra = grant("po1");
+    extra.extend(grant("po2"));
+    let server = haul().serve_with(&s.root, &s.server_cfg, &extra);
+    let push = |token: &str, dest: &str| {
+        haul().run(
+            &s.client_cfg,
+            &[
+                os("push"),
+                s.src.as_os_str(),
+                os(&server.url(dest)),
+                os("--fingerprint"),
+                os(&server.fingerprint),
+                os("--token-file"),
+                dir.join(token).as_os_str(),
+            ],
+        )
+    };
+    let out = push("po1.token", "copy");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_tree(&s.src, &s.root.join("po1/copy"));
+    let out = push("po2.token", "copy");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_tree(&s.src, &s.root.join("po2/copy"));
+
+    // A granted token cannot climb out of its sub-directory into another's.
+    let out = push("po1.token", "../po2/stolen");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("refused"), "{err}");
+    assert!(!s.root.join("po2/stolen").exists());
+    // With only grants configured, no token covers the whole root.
+    let out = push("token", "anywhere");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!s.root.join("anywhere").exists());
+}

@@ -73,6 +73,13 @@ pub(crate) enum Command {
         /// File holding the token clients must present.
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// A token confined to a part of the root: SUBDIR=TOKEN_FILE. A client presenting that
+        /// token writes only under ROOT/SUBDIR (its destination path is relative to it), so one
+        /// receiver serves several migrations without one reaching into another's tree.
+        /// Repeatable. With --grant and no --token-file or HAUL_TOKEN, no token covers the
+        /// whole root.
+        #[arg(long, value_name = "SUBDIR=TOKEN_FILE")]
+        grant: Vec<String>,
         /// Where the certificate and generated token live [default: $HAUL_CONFIG_DIR, or
         /// $XDG_CONFIG_HOME/haul, or ~/.config/haul].
         #[arg(long)]

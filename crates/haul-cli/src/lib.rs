@@ -21,7 +21,7 @@ use std::sync::Arc;
 use anyhow::{Context, anyhow, bail};
 use clap::Parser;
 use haul_engine::jobs::{self, PushTarget, ServeOptions};
-use haul_engine::{EngineError, Progress, Summary, TransferOptions};
+use haul_engine::{EngineError, Grant, Progress, Summary, TransferOptions};
 use haul_net::{Fingerprint, Identity, Token, Trust};
 
 use args::{Cli, Command, TransferArgs};
@@ -98,11 +98,12 @@ async fn run(cli: Cli) -> u8 {
             root,
             listen,
             token_file,
+            grant,
             config_dir,
             json,
         } => {
             let mode = if json { Mode::Json } else { Mode::Quiet };
-            match serve(mode, root, listen, token_file, config_dir).await {
+            match serve(mode, root, listen, token_file, grant, config_dir).await {
                 Ok(()) => 0,
                 Err(e) => {
                     let code = exit_code(&e);
@@ -289,6 +290,7 @@ async fn serve(
     root: PathBuf,
     listen: SocketAddr,
     token_file: Option<PathBuf>,
+    grant: Vec<String>,
     config_dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let config_dir = config_dir.unwrap_or_else(haul_net::default_config_dir);
@@ -299,9 +301,27 @@ async fn serve(
         );
     }
     let (identity, created) = Identity::load_or_create(&config_dir)?;
-    let token = match (token_file, std::env::var_os("HAUL_TOKEN")) {
-        (Some(file), _) => Token::load(&file)?,
-        (None, Some(value)) if !value.is_empty() => Token::from_bytes(value.as_bytes()),
+    let mut grants = Vec::new();
+    for g in &grant {
+        let (subdir, file) = g.split_once('=').ok_or_else(|| {
+            anyhow!("--grant {g:?}: write SUBDIR=TOKEN_FILE, e.g. --grant po1=/etc/haul/po1.token")
+        })?;
+        let subdir = haul_store::RelPath::parse(subdir.as_bytes())
+            .map_err(|e| anyhow!("--grant {g:?}: the sub-directory is refused: {e}"))?;
+        if subdir.is_root() {
+            bail!(
+                "--grant {g:?}: name a sub-directory of the root (use --token-file for the root)"
+            );
+        }
+        grants.push(Grant {
+            token: Token::load(Path::new(file))?,
+            subdir,
+        });
+    }
+    let whole_root = match (token_file, std::env::var_os("HAUL_TOKEN")) {
+        (Some(file), _) => Some(Token::load(&file)?),
+        (None, Some(value)) if !value.is_empty() => Some(Token::from_bytes(value.as_bytes())),
+        _ if !grants.is_empty() => None,
         _ => {
             let path = config_dir.join("token");
             let (token, generated) = Token::load_or_generate(&path)?;
@@ -315,9 +335,15 @@ async fn serve(
                  HAUL_TOKEN",
                 path.display()
             );
-            token
+            Some(token)
         }
     };
+    if let Some(token) = whole_root {
+        grants.push(Grant {
+            token,
+            subdir: haul_store::RelPath::root(),
+        });
+    }
     if created {
         eprintln!(
             "haul serve: created a new certificate in {}",
@@ -329,7 +355,7 @@ async fn serve(
     let options = ServeOptions {
         root: root.clone(),
         listen,
-        tokens: vec![token],
+        grants,
         identity,
     };
     jobs::serve(

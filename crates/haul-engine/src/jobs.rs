@@ -14,7 +14,7 @@ use haul_store::Root;
 
 use crate::error::EngineError;
 use crate::progress::{Event, EventSink, Progress, Summary};
-use crate::receiver::{ReceiverConfig, receive};
+use crate::receiver::{Grant, ReceiverConfig, receive};
 use crate::sender::{SendRequest, TransferOptions, send};
 use crate::transport::{Link, QuicLink};
 
@@ -24,11 +24,15 @@ pub struct ServeOptions {
     pub root: PathBuf,
     /// UDP address to listen on.
     pub listen: SocketAddr,
-    /// Tokens a client may present.
-    pub tokens: Vec<Token>,
+    /// Tokens a client may present, each with the part of the root it may write to.
+    pub grants: Vec<Grant>,
     /// The certificate the server presents.
     pub identity: Identity,
 }
+
+/// Connections served at once; more are refused (the client is told to retry later) so a
+/// flood of connections cannot exhaust memory or file descriptors.
+pub const MAX_CONNECTIONS: usize = 32;
 
 /// Runs a receiver until the process is stopped. `ready` is called once with the bound
 /// address, so the caller can print it.
@@ -39,7 +43,8 @@ pub async fn serve(
 ) -> Result<(), EngineError> {
     let root = Root::open(&options.root)?;
     root.sweep_staging()?;
-    let config = Arc::new(ReceiverConfig::new(root, options.tokens));
+    let config = Arc::new(ReceiverConfig::with_grants(root, options.grants));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let endpoint = haul_net::server_endpoint(options.listen, &options.identity)?;
     let local = endpoint
         .local_addr()
@@ -52,9 +57,22 @@ pub async fn serve(
             _ = tokio::signal::ctrl_c() => None,
         };
         let Some(incoming) = incoming else { break };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            events(Event::SessionEnded {
+                peer: incoming.remote_address().to_string(),
+                installed: 0,
+                failed: 0,
+                error: Some(format!(
+                    "refused: already serving {MAX_CONNECTIONS} connections"
+                )),
+            });
+            incoming.refuse();
+            continue;
+        };
         let config = config.clone();
         let events = events.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let peer = incoming.remote_address().to_string();
             let conn = match incoming.await {
                 Ok(conn) => conn,

@@ -30,6 +30,6 @@ mod wire;
 
 pub use error::EngineError;
 pub use progress::{Event, EventSink, FileProblem, Progress, RenamedAside, Summary, no_events};
-pub use receiver::{ReceiverConfig, SessionReport, receive};
+pub use receiver::{Grant, ReceiverConfig, SessionReport, receive};
 pub use sender::{SendRequest, TransferOptions, send};
 pub use transport::{Link, QuicLink};

@@ -33,6 +33,20 @@ impl Haul {
 
     /// Starts `haul serve` on a free loopback port with its own root and config directory.
     pub fn serve(&self, root: &Path, config_dir: &Path, token_file: Option<&Path>) -> Server {
+        let extra: Vec<std::ffi::OsString> = match token_file {
+            Some(token) => vec!["--token-file".into(), token.into()],
+            None => Vec::new(),
+        };
+        self.serve_with(root, config_dir, &extra)
+    }
+
+    /// Starts `haul serve` like [`serve`](Self::serve) with extra arguments (tokens, grants).
+    pub fn serve_with(
+        &self,
+        root: &Path,
+        config_dir: &Path,
+        extra: &[std::ffi::OsString],
+    ) -> Server {
         let mut cmd = self.command(config_dir);
         cmd.arg("serve")
             .arg("--root")
@@ -41,9 +55,7 @@ impl Haul {
             .arg("127.0.0.1:0")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if let Some(token) = token_file {
-            cmd.arg("--token-file").arg(token);
-        }
+        cmd.args(extra);
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start haul serve: {e}"));

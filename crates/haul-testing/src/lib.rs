@@ -11,6 +11,7 @@
 //! Nothing in the product depends on this crate; it is a dev-dependency only.
 
 pub mod cmd;
+pub mod hostile;
 pub mod sim;
 pub mod tree;
 

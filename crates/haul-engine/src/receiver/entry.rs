@@ -10,6 +10,11 @@ use haul_store::{ExistingFile, RelPath, SourceIdentity};
 use super::files::{Files, Outcome, Plan, Reuse};
 use super::target::Target;
 
+/// Most chunks one file may have: 16 TiB at the default 4 MiB chunk size.
+pub(crate) const MAX_CHUNKS_PER_FILE: u64 = 1 << 22;
+/// Most chunks of all files in flight in one session (about 70 MB of bookkeeping at most).
+pub(crate) const MAX_CHUNKS_IN_FLIGHT: u64 = 1 << 21;
+
 /// How this session treats entries.
 pub(crate) struct EntryRules {
     pub(crate) dest: RelPath,
@@ -174,6 +179,19 @@ fn plan_file(files: &Files, rules: &EntryRules, entry: Entry, rel: RelPath) {
     let id = entry.id;
     let root = files.root();
     let layout = ChunkLayout::new(entry.size, rules.chunk_size);
+    // The receiver keeps a hash per chunk of every file in flight: a size a peer declares must
+    // not make it allocate without bound.
+    if layout.count() > MAX_CHUNKS_PER_FILE {
+        let message = format!(
+            "{} is {} bytes: {} chunks of {} bytes, more than the {MAX_CHUNKS_PER_FILE} chunks a \
+             file may have; copy it with a larger --chunk-size",
+            root.display_path(&rel).display(),
+            entry.size,
+            layout.count(),
+            rules.chunk_size
+        );
+        return files.send(failed(id, message, false));
+    }
     // A journaled partial for multi-chunk files, so a kill loses only unjournaled chunks.
     let (target, verified) = if layout.count() > 1 && !rules.dry_run {
         let identity = SourceIdentity {
@@ -194,6 +212,14 @@ fn plan_file(files: &Files, rules: &EntryRules, entry: Entry, rel: RelPath) {
         Ok(Some(existing)) => Some(hash_old_copy(existing, &layout, &verified, in_place)),
         _ => None,
     };
+    if !files.reserve_chunks(layout.count()) {
+        let message = format!(
+            "{}: too many chunks in flight in this session (at most {MAX_CHUNKS_IN_FLIGHT}); \
+             run the copy again to finish it",
+            root.display_path(&rel).display()
+        );
+        return files.send(failed(id, message, false));
+    }
     let held = files.open(Plan {
         id,
         rel,

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use haul_proto::{Chunk, ChunkLayout, Failed, Hash, Installed, Message, Meta};
@@ -70,6 +71,8 @@ pub(crate) struct Files {
     root: Arc<Root>,
     slots: Mutex<HashMap<u64, Arc<Slot>>>,
     out: UnboundedSender<Outcome>,
+    /// Chunks of all files in flight, against [`super::entry::MAX_CHUNKS_IN_FLIGHT`].
+    chunks_in_flight: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -95,11 +98,30 @@ impl Files {
             root,
             slots: Mutex::new(HashMap::new()),
             out,
+            chunks_in_flight: AtomicU64::new(0),
         }
     }
 
     pub(crate) fn root(&self) -> &Root {
         &self.root
+    }
+
+    /// Accounts for a file's chunks before it is opened; false if that would exceed the budget.
+    pub(crate) fn reserve_chunks(&self, count: u64) -> bool {
+        let budget = super::entry::MAX_CHUNKS_IN_FLIGHT;
+        self.chunks_in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n + count <= budget).then_some(n + count)
+            })
+            .is_ok()
+    }
+
+    /// Forgets a finished slot and gives its chunks back to the budget.
+    fn remove_slot(&self, slot: &Slot) {
+        if lock(&self.slots).remove(&slot.id).is_some() {
+            self.chunks_in_flight
+                .fetch_sub(slot.layout.count(), Ordering::AcqRel);
+        }
     }
 
     pub(crate) fn send(&self, outcome: Outcome) {
@@ -290,7 +312,7 @@ impl Files {
         let mut bytes_written = st.bytes_written;
         let received = st.received;
         drop(st);
-        lock(&self.slots).remove(&slot.id);
+        self.remove_slot(slot);
         if slot.dry_run {
             return self.send(installed(slot.id, client, 0, expected == 0));
         }
@@ -486,7 +508,7 @@ impl Files {
             st.disposal = disposal;
             st.target.take()
         };
-        lock(&self.slots).remove(&slot.id);
+        self.remove_slot(slot);
         // A thread with a write in flight may still hold the target; it then disposes of it
         // when it sees the slot finished.
         if let Some(target) = target.and_then(|t| Arc::try_unwrap(t).ok()) {

@@ -30,10 +30,20 @@ use files::{Files, Outcome};
 /// Running sessions by destination path: (session id, its connection).
 type ActiveSessions = HashMap<Vec<u8>, (u64, Arc<dyn Link>)>;
 
+/// A token and the part of the root it may write to.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    /// The secret a client presents.
+    pub token: Token,
+    /// Where under the root this token's transfers land (the root itself when empty). A client
+    /// names its destination relative to this and can never leave it.
+    pub subdir: RelPath,
+}
+
 /// What a receiver serves: one root and the tokens allowed to write under it.
 pub struct ReceiverConfig {
     root: Arc<Root>,
-    tokens: Vec<Token>,
+    grants: Vec<Grant>,
     next_session: AtomicU64,
     /// Sessions running now, by destination: a newer push to the same destination takes over
     /// from an older one (whose sender was most likely killed and has not timed out yet), so
@@ -42,11 +52,21 @@ pub struct ReceiverConfig {
 }
 
 impl ReceiverConfig {
-    /// A receiver writing under `root`, accepting any of `tokens`.
+    /// A receiver writing under `root`, accepting any of `tokens` for the whole root.
     pub fn new(root: Root, tokens: Vec<Token>) -> Self {
+        let grants = tokens.into_iter().map(|token| Grant {
+            token,
+            subdir: RelPath::root(),
+        });
+        Self::with_grants(root, grants.collect())
+    }
+
+    /// A receiver writing under `root`, each token confined to its own part of it, so one
+    /// receiver can serve several migrations without one writing into another's tree.
+    pub fn with_grants(root: Root, grants: Vec<Grant>) -> Self {
         ReceiverConfig {
             root: Arc::new(root),
-            tokens,
+            grants,
             next_session: AtomicU64::new(1),
             active: Mutex::default(),
         }
@@ -57,11 +77,13 @@ impl ReceiverConfig {
         &self.root
     }
 
-    fn token_ok(&self, presented: &[u8]) -> bool {
-        // Check every token so the time taken does not say which one nearly matched.
-        self.tokens
-            .iter()
-            .fold(false, |ok, t| t.ct_eq(presented) | ok)
+    /// The part of the root the presented token may write to, if it is accepted. Every token
+    /// is compared (in constant time), so timing does not say which one nearly matched.
+    fn grant_for(&self, presented: &[u8]) -> Option<&RelPath> {
+        self.grants.iter().fold(None, |found, g| {
+            let hit = g.token.ct_eq(presented);
+            found.or(hit.then_some(&g.subdir))
+        })
     }
 }
 
@@ -102,18 +124,20 @@ pub async fn receive(
         _ => return Err(EngineError::Protocol("expected a hello".into())),
     };
     let decision = session.check_hello(&hello).and_then(|()| {
-        if !config.token_ok(&hello.token) {
+        let Some(subdir) = config.grant_for(&hello.token) else {
             return Err(Refused {
                 reason: RefuseReason::BadToken,
                 message: "the token is not accepted by this receiver; pass the token printed by \
                           `haul serve` with --token-file FILE or the HAUL_TOKEN variable"
                     .into(),
             });
-        }
-        RelPath::parse(&hello.dest).map_err(|e| Refused {
-            reason: RefuseReason::BadPath,
-            message: format!("destination path refused: {e}"),
-        })
+        };
+        RelPath::parse(&hello.dest)
+            .map(|dest| subdir.join(&dest))
+            .map_err(|e| Refused {
+                reason: RefuseReason::BadPath,
+                message: format!("destination path refused: {e}"),
+            })
     });
     let dest = match decision {
         Ok(dest) => dest,
