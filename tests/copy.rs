@@ -301,3 +301,32 @@ fn a_full_target_stops_with_exit_3_and_says_what_is_needed() {
     }
     let _ = Path::new(OsStr::from_bytes(b"")); // keep OsStrExt in use for byte paths above
 }
+
+#[test]
+fn setuid_bits_are_dropped_unless_the_operator_asks() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("cfg");
+    let mut t = TreeBuilder::new(&tmp.path().join("src"), 12);
+    let tool = t.file("bin/tool", 100);
+    t.mode("bin/tool", 0o4755);
+    let src = tmp.path().join("src");
+    for (flag, expected) in [(None, 0o755), (Some("--preserve-special-bits"), 0o4755)] {
+        let dst = tmp.path().join(format!("dst-{}", flag.is_some()));
+        let mut args = vec![os("copy")];
+        args.extend(flag.map(os));
+        args.extend([src.as_os_str(), dst.as_os_str()]);
+        let out = haul().run(&cfg, &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mode = std::fs::metadata(dst.join("bin/tool"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, expected, "{flag:?}");
+    }
+    let _ = tool;
+}

@@ -31,6 +31,9 @@ pub(crate) enum Command {
         src: PathBuf,
         /// Where the copy goes.
         dst: PathBuf,
+        /// Keep setuid and setgid bits (dropped by default, as by any haul receiver).
+        #[arg(long)]
+        preserve_special_bits: bool,
         #[command(flatten)]
         transfer: TransferArgs,
     },
@@ -84,6 +87,10 @@ pub(crate) enum Command {
         /// $XDG_CONFIG_HOME/haul, or ~/.config/haul].
         #[arg(long)]
         config_dir: Option<PathBuf>,
+        /// Apply setuid and setgid bits sent by clients. Off by default: a receiver often runs
+        /// as root, and a client must not be able to plant a setuid program.
+        #[arg(long)]
+        preserve_special_bits: bool,
         /// Print events as JSON lines.
         #[arg(long)]
         json: bool,

@@ -53,8 +53,17 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> u8 {
     match cli.command {
-        Command::Copy { src, dst, transfer } => {
-            transfer_command(src, Destination::Local(dst), transfer).await
+        Command::Copy {
+            src,
+            dst,
+            preserve_special_bits,
+            transfer,
+        } => {
+            let dest = Destination::Local {
+                dst,
+                preserve_special_bits,
+            };
+            transfer_command(src, dest, transfer).await
         }
         Command::Push {
             src,
@@ -84,7 +93,11 @@ async fn run(cli: Cli) -> u8 {
             transfer.dry_run = true;
             let mode = Mode::pick(transfer.json);
             if !dst.as_bytes().starts_with(b"quic://") {
-                return transfer_command(src, Destination::Local(dst.into()), transfer).await;
+                let dest = Destination::Local {
+                    dst: dst.into(),
+                    preserve_special_bits: false,
+                };
+                return transfer_command(src, dest, transfer).await;
             }
             match push_target(&src, &dst, fingerprint, known_hosts, token_file).await {
                 Ok(target) => transfer_command(src, Destination::Remote(target), transfer).await,
@@ -100,10 +113,16 @@ async fn run(cli: Cli) -> u8 {
             token_file,
             grant,
             config_dir,
+            preserve_special_bits,
             json,
         } => {
             let mode = if json { Mode::Json } else { Mode::Quiet };
-            match serve(mode, root, listen, token_file, grant, config_dir).await {
+            let access = Access {
+                token_file,
+                grant,
+                preserve_special_bits,
+            };
+            match serve(mode, root, listen, access, config_dir).await {
                 Ok(()) => 0,
                 Err(e) => {
                     let code = exit_code(&e);
@@ -119,7 +138,10 @@ async fn run(cli: Cli) -> u8 {
 /// Where a transfer goes.
 enum Destination {
     /// `haul copy`: a local path, through the embedded receiver.
-    Local(PathBuf),
+    Local {
+        dst: PathBuf,
+        preserve_special_bits: bool,
+    },
     /// `haul push`: a running receiver.
     Remote(PushTarget),
 }
@@ -148,7 +170,16 @@ async fn run_job(
     events: haul_engine::EventSink,
 ) -> Result<Summary, EngineError> {
     match dest {
-        Destination::Local(dst) => jobs::copy(src, dst.clone(), options, progress, events).await,
+        Destination::Local {
+            dst,
+            preserve_special_bits,
+        } => {
+            let options = TransferOptions {
+                preserve_special_bits: *preserve_special_bits,
+                ..options
+            };
+            jobs::copy(src, dst.clone(), options, progress, events).await
+        }
         Destination::Remote(target) => {
             jobs::push(src, target.clone(), options, progress, events).await
         }
@@ -285,14 +316,25 @@ async fn push_target(
     })
 }
 
+/// Who may write what on a receiver.
+struct Access {
+    token_file: Option<PathBuf>,
+    grant: Vec<String>,
+    preserve_special_bits: bool,
+}
+
 async fn serve(
     mode: Mode,
     root: PathBuf,
     listen: SocketAddr,
-    token_file: Option<PathBuf>,
-    grant: Vec<String>,
+    access: Access,
     config_dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
+    let Access {
+        token_file,
+        grant,
+        preserve_special_bits,
+    } = access;
     let config_dir = config_dir.unwrap_or_else(haul_net::default_config_dir);
     if !root.is_dir() {
         bail!(
@@ -357,6 +399,7 @@ async fn serve(
         listen,
         grants,
         identity,
+        preserve_special_bits,
     };
     jobs::serve(
         options,

@@ -28,6 +28,8 @@ pub struct ServeOptions {
     pub grants: Vec<Grant>,
     /// The certificate the server presents.
     pub identity: Identity,
+    /// Apply setuid/setgid bits sent by clients (off: they are dropped).
+    pub preserve_special_bits: bool,
 }
 
 /// Connections served at once; more are refused (the client is told to retry later) so a
@@ -41,7 +43,7 @@ pub async fn serve(
     ready: impl FnOnce(SocketAddr),
     events: EventSink,
 ) -> Result<(), EngineError> {
-    let root = Root::open(&options.root)?;
+    let root = Root::open(&options.root)?.preserve_special_bits(options.preserve_special_bits);
     root.sweep_staging()?;
     let config = Arc::new(ReceiverConfig::with_grants(root, options.grants));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -189,7 +191,7 @@ pub async fn copy(
         None => split_destination(&source, &dest, meta.is_dir())?,
     };
     let had_state_dir = root_dir.join(".haul").exists();
-    let root = Root::open(&root_dir)?;
+    let root = Root::open(&root_dir)?.preserve_special_bits(options.preserve_special_bits);
     root.sweep_staging()?;
 
     let identity = Identity::ephemeral()?;

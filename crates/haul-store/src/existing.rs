@@ -61,7 +61,7 @@ impl Root {
                 ),
             });
         };
-        rustix::fs::fchmod(&fd, mode_bits(meta.mode))
+        rustix::fs::fchmod(&fd, mode_bits(meta.mode, self.special_bits))
             .map_err(|e| self.err(e, rel, "set the mode of"))?;
         rustix::fs::futimens(&fd, &mtime(meta))
             .map_err(|e| self.err(e, rel, "set the modification time of"))

@@ -255,7 +255,7 @@ impl Partial {
         let (parent, name) = root.parent_of(rel)?;
         let data_name = self.data_name();
         let err = |e, op| self.dir.err(e, &data_name, op);
-        rustix::fs::fchmod(&self.data, mode_bits(meta.mode))
+        rustix::fs::fchmod(&self.data, mode_bits(meta.mode, root.special_bits))
             .map_err(|e| err(e, "set the mode of"))?;
         rustix::fs::futimens(&self.data, &mtime(meta))
             .map_err(|e| err(e, "set the modification time of"))?;

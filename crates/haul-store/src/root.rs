@@ -60,6 +60,9 @@ pub struct Root {
     /// Where this root sits below the top root (empty for the top root itself): partials are
     /// keyed by the destination's path from the top, whichever sub-root opens them.
     pub(crate) prefix: RelPath,
+    /// Whether setuid/setgid bits a peer sends are applied (the operator's choice, never the
+    /// peer's; off by default).
+    pub(crate) special_bits: bool,
 }
 
 /// The top root's own directories.
@@ -84,9 +87,9 @@ pub(crate) enum Missing {
     Absent,
 }
 
-pub(crate) fn mode_bits(mode: u32) -> Mode {
-    // Permission bits and sticky only: setuid/setgid from a peer are never honoured.
-    Mode::from_raw_mode(mode & 0o1777)
+pub(crate) fn mode_bits(mode: u32, special_bits: bool) -> Mode {
+    // Permission bits and sticky; setuid/setgid from a peer only if the operator asked.
+    Mode::from_raw_mode(mode & if special_bits { 0o7777 } else { 0o1777 })
 }
 
 pub(crate) fn mtime(meta: &haul_proto::Meta) -> Timestamps {
@@ -218,6 +221,7 @@ impl Root {
                 partial: Arc::new(PartialDir::new(partial, partial_path, path.to_path_buf())),
             }),
             prefix: RelPath::root(),
+            special_bits: false,
         })
     }
 
@@ -225,6 +229,14 @@ impl Root {
     /// process cannot clean up after itself). Returns how many were removed.
     pub fn sweep_staging(&self) -> Result<u64, StoreError> {
         self.staging.sweep_dead()
+    }
+
+    /// Applies setuid and setgid bits sent by peers (`--preserve-special-bits`). Off by
+    /// default: a receiver often runs as root, and a peer must not be able to plant a setuid
+    /// binary.
+    pub fn preserve_special_bits(mut self, yes: bool) -> Root {
+        self.special_bits = yes;
+        self
     }
 
     /// The root's path as given to [`Root::open`] (or joined by [`Root::subdir`]).
@@ -252,6 +264,7 @@ impl Root {
             cache: Mutex::new(DirCache::new()),
             top: Arc::clone(&self.top),
             prefix: self.prefix.join(rel),
+            special_bits: self.special_bits,
         })
     }
 
@@ -301,7 +314,7 @@ impl Root {
     ) -> Result<(), StoreError> {
         let (parent, name) = self.parent_of(rel)?;
         let staged = |e, op| file.staging.err(e, &file.name, op);
-        rustix::fs::fchmod(&file.fd, mode_bits(meta.mode))
+        rustix::fs::fchmod(&file.fd, mode_bits(meta.mode, self.special_bits))
             .map_err(|e| staged(e, "set the mode of"))?;
         rustix::fs::futimens(&file.fd, &mtime(meta))
             .map_err(|e| staged(e, "set the modification time of"))?;
@@ -359,7 +372,7 @@ impl Root {
         let dir = self
             .resolve_dir(rel, Missing::Absent)?
             .ok_or_else(|| not_found(self.display_path(rel), "set the metadata of"))?;
-        rustix::fs::fchmod(&*dir, mode_bits(meta.mode))
+        rustix::fs::fchmod(&*dir, mode_bits(meta.mode, self.special_bits))
             .map_err(|e| self.err(e, rel, "set the mode of"))?;
         rustix::fs::futimens(&*dir, &mtime(meta))
             .map_err(|e| self.err(e, rel, "set the modification time of"))

@@ -533,3 +533,15 @@ fn staging_left_by_dead_receivers_is_swept_and_live_ones_are_kept() {
     );
     drop(live);
 }
+
+#[test]
+fn setuid_and_setgid_are_applied_only_when_the_operator_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    for (keep, expected) in [(false, 0o755), (true, 0o6755)] {
+        let root = Root::open(dir.path()).unwrap().preserve_special_bits(keep);
+        let name = format!("tool-{keep}");
+        install(&root, &name, b"#!/bin/sh\n", meta(0o6755, 1, 0));
+        let st = fs::symlink_metadata(dir.path().join(&name)).unwrap();
+        assert_eq!(st.mode() & 0o7777, expected, "keep={keep}");
+    }
+}

@@ -53,6 +53,9 @@ pub struct TransferOptions {
     pub dry_run: bool,
     /// Directories under the destination to rename aside and copy anew.
     pub rename_aside: Vec<Vec<u8>>,
+    /// `copy` only: let the embedded receiver apply setuid/setgid bits. A remote receiver
+    /// decides this itself (`haul serve --preserve-special-bits`).
+    pub preserve_special_bits: bool,
 }
 
 impl Default for TransferOptions {
@@ -68,6 +71,7 @@ impl Default for TransferOptions {
             checksum: false,
             dry_run: false,
             rename_aside: Vec::new(),
+            preserve_special_bits: false,
         }
     }
 }
