@@ -13,6 +13,7 @@
 //! control-message channels are unbounded in type but bounded in practice by the window, which
 //! keeps the two directions of the control stream from waiting on each other.
 
+mod pool;
 mod read;
 
 use std::collections::{HashMap, HashSet};
@@ -210,6 +211,8 @@ pub async fn send(
     let (job_tx, job_rx) = async_channel::unbounded::<ReadJob>();
     let (frame_tx, frame_rx) = async_channel::bounded::<(Bytes, Bytes)>(opts.streams * 2);
     let (note_tx, mut note_rx) = mpsc::unbounded_channel::<WorkerNote>();
+    // Enough free buffers for what QUIC holds unacknowledged plus the frames queued for it.
+    let buffers = pool::BufferPool::new(32);
     let mut workers = Vec::new();
     for n in 0..opts.readers {
         let worker = Worker {
@@ -217,6 +220,7 @@ pub async fn send(
             frames: frame_tx.clone(),
             notes: note_tx.clone(),
             progress: progress.clone(),
+            buffers: buffers.clone(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("haul-read-{n}"))

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use haul_manifest::SparseMap;
 use haul_proto::{Chunk, ChunkLayout, FileDone, Hash, Message};
 
+use super::pool::BufferPool;
 use crate::progress::Progress;
 
 /// A file the receiver asked about, shared by the jobs that cover its chunk ranges.
@@ -98,6 +99,7 @@ pub(crate) struct Worker {
     pub(crate) frames: async_channel::Sender<(Bytes, Bytes)>,
     pub(crate) notes: tokio::sync::mpsc::UnboundedSender<WorkerNote>,
     pub(crate) progress: Arc<Progress>,
+    pub(crate) buffers: Arc<BufferPool>,
 }
 
 enum Decision {
@@ -171,11 +173,11 @@ impl Worker {
                     Bytes::new(),
                 )
             } else {
-                let mut buf = vec![0u8; len as usize];
-                handle.read_exact_at(&mut buf, offset)?;
+                let mut buf = self.buffers.take(len as usize);
+                handle.read_exact_at(buf.as_mut_slice(), offset)?;
                 (
-                    haul_manifest::chunk_hash(&file.layout, index, &buf),
-                    Bytes::from(buf),
+                    haul_manifest::chunk_hash(&file.layout, index, buf.as_ref()),
+                    buf.into_bytes(),
                 )
             };
             let decision = if !needed && held == Some(hash) {
