@@ -7,7 +7,7 @@
 //! [`ProtocolError`] and the connection is closed. That keeps the checks in one testable place
 //! instead of scattered through the async code.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{
     Chunk, ChunkLayout, Entry, EntryKind, Hello, Limits, Message, PROTOCOL_VERSION, RefuseReason,
@@ -96,6 +96,9 @@ pub struct ServerSession {
     chunk_size: u32,
     last_id: Option<u64>,
     outstanding: BTreeMap<u64, Outstanding>,
+    /// Entries the server failed while the client may still be sending for them: their late
+    /// chunks and file hashes are expected and dropped, not protocol errors.
+    failed: BTreeSet<u64>,
 }
 
 /// What the server learned from a control message.
@@ -138,6 +141,7 @@ impl ServerSession {
             chunk_size: crate::DEFAULT_CHUNK_SIZE,
             last_id: None,
             outstanding: BTreeMap::new(),
+            failed: BTreeSet::new(),
         }
     }
 
@@ -318,6 +322,22 @@ impl ServerSession {
             return true;
         }
         false
+    }
+
+    /// The server failed an entry: like [`resolve`](Self::resolve), and the client's chunks
+    /// and file hash for it that are still in flight will be recognised as late, not as a
+    /// protocol violation.
+    pub fn resolve_failed(&mut self, id: u64) -> bool {
+        if self.outstanding.contains_key(&id) {
+            self.failed.insert(id);
+        }
+        self.resolve(id)
+    }
+
+    /// True if `id` is an entry the server failed (see [`resolve_failed`](Self::resolve_failed)):
+    /// messages for it are to be dropped.
+    pub fn is_failed(&self, id: u64) -> bool {
+        self.failed.contains(&id)
     }
 
     /// Entries announced and not yet resolved.
@@ -569,6 +589,18 @@ mod tests {
             s.handle(entry(1, 5)).is_err(),
             "nothing is accepted after a refused hello"
         );
+    }
+
+    #[test]
+    fn late_messages_for_a_failed_entry_are_recognised() {
+        let mut s = active();
+        let _ = s.handle(entry(1, 10)).unwrap();
+        let _ = s.handle(entry(2, 10)).unwrap();
+        assert!(!s.resolve_failed(1));
+        assert!(s.is_failed(1));
+        assert!(!s.is_failed(2), "only the failed entry");
+        s.resolve(2);
+        assert!(!s.is_failed(2), "an installed entry is not failed");
     }
 
     #[test]

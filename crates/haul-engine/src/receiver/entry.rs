@@ -12,8 +12,9 @@ use super::target::Target;
 
 /// Most chunks one file may have: 16 TiB at the default 4 MiB chunk size.
 pub(crate) const MAX_CHUNKS_PER_FILE: u64 = 1 << 22;
-/// Most chunks of all files in flight in one session (about 70 MB of bookkeeping at most).
-pub(crate) const MAX_CHUNKS_IN_FLIGHT: u64 = 1 << 21;
+/// Most chunks of all files in flight in one session (about 70 MB of bookkeeping at most;
+/// 4 TiB of file data at the default chunk size).
+pub(crate) const MAX_CHUNKS_IN_FLIGHT: u64 = 1 << 20;
 
 /// How this session treats entries.
 pub(crate) struct EntryRules {

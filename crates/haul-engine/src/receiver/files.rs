@@ -44,6 +44,8 @@ struct SlotState {
     target: Option<Arc<Target>>,
     /// Verified chunks already in the target (received now, or journaled by an earlier run).
     hashes: Vec<Option<Hash>>,
+    /// Which chunks arrived in this session (to tell a resent chunk from a changed source).
+    arrived: Vec<bool>,
     /// Chunks received in this session.
     received: u64,
     /// Chunks the sender says it sent (from `FileDone`).
@@ -156,6 +158,7 @@ impl Files {
             state: Mutex::new(SlotState {
                 target: plan.target.map(Arc::new),
                 hashes,
+                arrived: vec![false; count],
                 received: 0,
                 expected: None,
                 client_hash: None,
@@ -182,6 +185,10 @@ impl Files {
             let mut st = lock(&slot.state);
             if st.finished {
                 return;
+            }
+            if st.arrived.get(index as usize).copied().unwrap_or(false) {
+                drop(st);
+                return self.sent_twice(&slot, index);
             }
             if st.hashes.get(index as usize).is_some_and(Option::is_some) {
                 // We offered this chunk and the sender's differs: the source changed in place
@@ -262,13 +269,12 @@ impl Files {
             };
             if entry.is_some() {
                 drop(st);
-                return self.fail(
-                    &slot,
-                    format!("chunk {index} was sent twice"),
-                    Disposal::Discard,
-                );
+                return self.sent_twice(&slot, index);
             }
             *entry = Some(hash);
+            if let Some(arrived) = st.arrived.get_mut(index as usize) {
+                *arrived = true;
+            }
             st.received += 1;
             st.bytes_written += written;
         }
@@ -463,6 +469,14 @@ impl Files {
             *have = Some(hash);
         }
         Ok(())
+    }
+
+    fn sent_twice(&self, slot: &Slot, index: u64) {
+        let message = format!(
+            "chunk {index} of {} was sent twice; the file was dropped",
+            self.root.display_path(&slot.rel).display()
+        );
+        self.fail(slot, message, Disposal::Discard);
     }
 
     fn fail_store(&self, slot: &Slot, e: StoreError) {

@@ -97,6 +97,10 @@ pub struct SessionReport {
 }
 
 const PROTOCOL_ERROR: u32 = 2;
+/// The largest hello: a token, a destination path and 256 rename-aside paths, with headers.
+const HELLO_FRAME_LIMIT: u32 = (1 << 20) + (64 << 10);
+/// A client that connects and says nothing is dropped after this long.
+const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const SUPERSEDED: u32 = 3;
 
 /// Serves one connection: runs until the client's session finishes or fails. Whatever happens,
@@ -112,13 +116,24 @@ pub async fn receive(
         .await
         .map_err(|e| EngineError::connection("the client opened no control stream", e))?;
     let mut ctl_tx = FramedSend::new(ctl_send);
-    let mut ctl_rx = FramedRecv::new(ctl_recv, Limits::default());
+    // Until the token is checked, frames can be no larger than the largest possible hello: an
+    // unauthenticated peer must not make the receiver buffer a chunk's worth per connection.
+    let mut ctl_rx = FramedRecv::new(
+        ctl_recv,
+        Limits {
+            max_frame: HELLO_FRAME_LIMIT,
+            ..Limits::default()
+        },
+    );
     let mut session = ServerSession::new(Limits::default());
 
     // Handshake: nothing is created under the root before the token is checked.
-    let first = ctl_rx.next().await?.ok_or_else(|| {
-        EngineError::Protocol("the client closed the connection before saying hello".into())
-    })?;
+    let first = tokio::time::timeout(HELLO_TIMEOUT, ctl_rx.next())
+        .await
+        .map_err(|_| EngineError::Protocol("no hello within 10 s".into()))??
+        .ok_or_else(|| {
+            EngineError::Protocol("the client closed the connection before saying hello".into())
+        })?;
     let hello = match session.handle(first)? {
         ServerEvent::Hello(hello) => hello,
         _ => return Err(EngineError::Protocol("expected a hello".into())),
@@ -247,12 +262,25 @@ pub async fn receive(
         while let Some(msg) = ctl_rx.next().await? {
             // Take every message already buffered and handle them in one blocking task: a
             // million small files must not cost a thread hand-off each.
-            let mut batch = vec![lock(&session).handle(msg)?];
-            while batch.len() < 512 {
-                match ctl_rx.try_next()? {
-                    Some(msg) => batch.push(lock(&session).handle(msg)?),
-                    None => break,
+            let mut batch = Vec::new();
+            let mut next = Some(msg);
+            while let Some(msg) = next {
+                let mut session = lock(&session);
+                // The sender may still finish a file this receiver already failed.
+                let late = match &msg {
+                    Message::FileDone(m) => session.is_failed(m.id),
+                    Message::SourceFailed(m) => session.is_failed(m.id),
+                    _ => false,
+                };
+                if !late {
+                    batch.push(session.handle(msg)?);
                 }
+                drop(session);
+                next = if batch.len() < 512 {
+                    ctl_rx.try_next()?
+                } else {
+                    None
+                };
             }
             for event in &batch {
                 match event {
@@ -370,15 +398,20 @@ async fn control_writer(
             match outcome {
                 Outcome::Plain(msg) => ctl_tx.queue(&msg),
                 Outcome::Resolved(id, msg) => {
-                    match &msg {
+                    let mut session = lock(&session);
+                    finished |= match &msg {
                         Message::Installed(i) => {
                             installed += 1;
                             written += i.bytes_written;
+                            session.resolve(id)
                         }
-                        _ => failed += 1,
-                    }
+                        _ => {
+                            failed += 1;
+                            session.resolve_failed(id)
+                        }
+                    };
+                    drop(session);
                     ctl_tx.queue(&msg);
-                    finished |= lock(&session).resolve(id);
                 }
                 Outcome::EndOfEntries => {
                     end_seen = true;
@@ -439,6 +472,9 @@ async fn accept_data(
 ) {
     let mut tasks = tokio::task::JoinSet::new();
     while let Ok(Some(recv)) = link.accept_data().await {
+        // Reap finished stream tasks as we go: a client opening stream after stream must not
+        // make the session hold one task per stream it ever opened.
+        while tasks.try_join_next().is_some() {}
         let (link, session, files, limits) =
             (link.clone(), session.clone(), files.clone(), limits.clone());
         tasks.spawn(async move {
@@ -471,9 +507,15 @@ async fn data_stream(
                     msg.name()
                 )));
             };
-            lock(session).check_chunk(&chunk)?;
-            bytes += chunk.data.len();
-            batch.push(chunk);
+            {
+                let session = lock(session);
+                // Chunks of a file this receiver already failed may still be in flight.
+                if !session.is_failed(chunk.id) {
+                    session.check_chunk(&chunk)?;
+                    bytes += chunk.data.len();
+                    batch.push(chunk);
+                }
+            }
             next = if bytes < (8 << 20) && batch.len() < 256 {
                 framed.try_next()?
             } else {
