@@ -1,12 +1,11 @@
 //! Chunk-level resume after kills and a full disk, driven through the real binary.
 
 use std::ffi::OsStr;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use haul_testing::{Haul, TreeBuilder, assert_same_tree, summary_of};
+use haul_testing::{Haul, TreeBuilder, assert_same_tree, partial_bytes, summary_of};
 
 fn haul() -> Haul {
     Haul::new(env!("CARGO_BIN_EXE_haul"))
@@ -20,19 +19,6 @@ const MIB: u64 = 1 << 20;
 /// What a killed run may have had in flight and not yet journaled: the partial journal's
 /// checkpoint interval (64 MiB) plus the sender's and QUIC's buffers.
 const WINDOW: u64 = 224 * MIB;
-
-/// Data bytes on disk in the receiver's partial files under `root`.
-fn partial_bytes(root: &Path) -> u64 {
-    std::fs::read_dir(root.join(".haul/partial"))
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".data"))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.blocks() * 512)
-                .sum()
-        })
-        .unwrap_or(0)
-}
 
 /// Waits until the receiver holds at least `bytes` of partial data, then kills `child` with
 /// SIGKILL. Returns the partial bytes seen at the kill.

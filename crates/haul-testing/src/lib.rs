@@ -16,4 +16,4 @@ pub mod sim;
 pub mod tree;
 
 pub use cmd::{Haul, Server, summary_of};
-pub use tree::{TreeBuilder, assert_same_tree, sparse_blocks};
+pub use tree::{TreeBuilder, assert_same_tree, partial_bytes, sparse_blocks};

@@ -106,6 +106,19 @@ impl TreeBuilder {
     }
 }
 
+/// Data bytes on disk in a receiver's partial files under `root` (its resume state).
+pub fn partial_bytes(root: &Path) -> u64 {
+    fs::read_dir(root.join(".haul/partial"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".data"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.blocks() * 512)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Blocks (512-byte units) a file occupies on disk.
 pub fn sparse_blocks(path: &Path) -> u64 {
     fs::metadata(path).expect("stat").blocks()

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use haul_engine::{Link, Progress, ReceiverConfig, SendRequest, TransferOptions, no_events};
-use haul_testing::TreeBuilder;
 use haul_testing::sim::{SimConfig, pair};
+use haul_testing::{TreeBuilder, partial_bytes};
 
 fn token() -> haul_net::Token {
     haul_net::Token::from_bytes(b"sim-token")
@@ -213,20 +213,6 @@ async fn a_wrong_token_writes_nothing() {
         vec![std::ffi::OsString::from(".haul")],
         "only the receiver's state dir"
     );
-}
-
-/// Data bytes in the receiver's partial files.
-fn partial_bytes(dst: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::read_dir(dst.join(".haul/partial"))
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".data"))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.blocks() * 512)
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
