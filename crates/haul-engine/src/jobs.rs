@@ -198,6 +198,7 @@ pub async fn copy(
     let fingerprint = identity.fingerprint;
     let token = Token::from_bytes(random_token().as_bytes());
     let config = Arc::new(ReceiverConfig::new(root, vec![token.clone()]));
+    let state = config.clone();
     let endpoint =
         haul_net::server_endpoint(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &identity)?;
     let addr = endpoint
@@ -240,44 +241,13 @@ pub async fn copy(
         let _ = std::fs::remove_dir_all(dir);
     } else if complete || !had_state_dir {
         // The embedded receiver's state is only worth keeping to resume an unfinished copy.
-        remove_state_dir(&root_dir);
+        state.root().remove_state_dir();
     }
     let summary = sent?;
     if let Ok(Err(e @ EngineError::Store(_))) = received {
         return Err(e);
     }
     Ok(summary)
-}
-
-/// Removes the embedded receiver's state directory when nothing in it is needed to resume
-/// (no partial files, no staging), keeping the root's mtime
-/// as the transfer set it (removing an entry would otherwise bump it).
-fn remove_state_dir(root_dir: &Path) {
-    let Ok(before) = rustix::fs::stat(root_dir) else {
-        return;
-    };
-    let state = root_dir.join(".haul");
-    let _ = std::fs::remove_dir(state.join("staging"));
-    let _ = std::fs::remove_dir(state.join("partial"));
-    let _ = std::fs::remove_file(state.join("history"));
-    if std::fs::remove_dir(&state).is_ok() {
-        let times = rustix::fs::Timestamps {
-            last_access: rustix::fs::Timespec {
-                tv_sec: before.st_atime,
-                tv_nsec: before.st_atime_nsec as _,
-            },
-            last_modification: rustix::fs::Timespec {
-                tv_sec: before.st_mtime,
-                tv_nsec: before.st_mtime_nsec as _,
-            },
-        };
-        let _ = rustix::fs::utimensat(
-            rustix::fs::CWD,
-            root_dir,
-            &times,
-            rustix::fs::AtFlags::empty(),
-        );
-    }
 }
 
 /// Works out the embedded receiver's root and the destination path under it.

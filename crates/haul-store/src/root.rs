@@ -225,6 +225,42 @@ impl Root {
         })
     }
 
+    /// Removes this root's `.haul` state directory if nothing in it is needed any more (no
+    /// staging or partial files; the throughput history goes with it), keeping the root's own
+    /// mtime. For `haul copy`, whose state lives inside the user's destination only until the
+    /// copy completes. Works through the directory handles opened at [`Root::open`], so a
+    /// `.haul` swapped for a symlink meanwhile can never make it remove anything elsewhere.
+    /// Returns true if the state directory is gone.
+    pub fn remove_state_dir(&self) -> bool {
+        if !self.prefix.is_root() {
+            return false;
+        }
+        let Ok(before) = rustix::fs::fstat(&*self.dir) else {
+            return false;
+        };
+        let haul = &self.top.haul;
+        let _ = rustix::fs::unlinkat(haul, "staging", AtFlags::REMOVEDIR);
+        let _ = rustix::fs::unlinkat(haul, "partial", AtFlags::REMOVEDIR);
+        let _ = rustix::fs::unlinkat(haul, "history", AtFlags::empty());
+        // By name in the root: if `.haul` is now a symlink this fails (ENOTDIR) and nothing
+        // outside is touched; a non-empty directory is left alone (ENOTEMPTY).
+        if rustix::fs::unlinkat(&*self.dir, ".haul", AtFlags::REMOVEDIR).is_err() {
+            return false;
+        }
+        let times = Timestamps {
+            last_access: Timespec {
+                tv_sec: before.st_atime,
+                tv_nsec: before.st_atime_nsec as _,
+            },
+            last_modification: Timespec {
+                tv_sec: before.st_mtime,
+                tv_nsec: before.st_mtime_nsec as _,
+            },
+        };
+        let _ = rustix::fs::futimens(&*self.dir, &times);
+        true
+    }
+
     /// Removes staging files left behind by receivers that are no longer running (a killed
     /// process cannot clean up after itself). Returns how many were removed.
     pub fn sweep_staging(&self) -> Result<u64, StoreError> {
