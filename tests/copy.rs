@@ -5,7 +5,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::Command;
 
-use haul_testing::{Haul, TreeBuilder, assert_same_tree, sparse_blocks, summary_of};
+use haul_testing::{Haul, Tmpfs, TreeBuilder, assert_same_tree, sparse_blocks, summary_of};
 
 fn haul() -> Haul {
     Haul::new(env!("CARGO_BIN_EXE_haul"))
@@ -246,31 +246,6 @@ fn an_unreadable_source_file_is_reported_and_the_rest_is_copied() {
     );
 }
 
-/// A tmpfs mounted for the test, unmounted on drop.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .expect("run mount");
-        assert!(
-            ok.success(),
-            "mounting a tmpfs needs root (the tests run as root in CI)"
-        );
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_full_target_stops_with_exit_3_and_says_what_is_needed() {
     let tmp = tempfile::tempdir().unwrap();
@@ -280,7 +255,7 @@ fn a_full_target_stops_with_exit_3_and_says_what_is_needed() {
         t.file(format!("offiles/fd{i:x}/blob"), 3 * MIB);
     }
     let disk = Tmpfs::mount(&tmp.path().join("disk"), "8m");
-    let dst = disk.0.join("po1");
+    let dst = disk.path().join("po1");
     let out = haul().run(&cfg, &[os("copy"), src.as_os_str(), dst.as_os_str()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");

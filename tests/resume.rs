@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use haul_testing::{Haul, TreeBuilder, assert_same_tree, partial_bytes, summary_of};
+use haul_testing::{Haul, Tmpfs, TreeBuilder, assert_same_tree, partial_bytes, summary_of};
 
 fn haul() -> Haul {
     Haul::new(env!("CARGO_BIN_EXE_haul"))
@@ -199,39 +199,6 @@ fn push_resumes_after_the_sender_or_the_receiver_is_killed() {
     );
 }
 
-/// A tmpfs mounted for the test, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .expect("run mount");
-        assert!(
-            ok.success(),
-            "mounting a tmpfs needs root (the tests run as root in CI)"
-        );
-        Tmpfs(dir.to_path_buf())
-    }
-    fn grow(&self, size: &str) {
-        let ok = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .expect("run mount");
-        assert!(ok.success());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_full_disk_pauses_and_the_same_command_continues_after_expansion() {
     let tmp = tempfile::tempdir().unwrap();
@@ -243,7 +210,7 @@ fn a_full_disk_pauses_and_the_same_command_continues_after_expansion() {
     t.file("wphost.db", 12345);
     let data = 120 * MIB + 12345;
     let disk = Tmpfs::mount(&tmp.path().join("disk"), "64m");
-    let dst = disk.0.join("po1");
+    let dst = disk.path().join("po1");
 
     // --require-space refuses up front and writes nothing.
     let out = haul().run(
@@ -270,7 +237,7 @@ fn a_full_disk_pauses_and_the_same_command_continues_after_expansion() {
         "{err}"
     );
     assert!(
-        err.contains(&disk.0.display().to_string()),
+        err.contains(&disk.path().display().to_string()),
         "names what filled up: {err}"
     );
     let first: serde_json::Value = String::from_utf8_lossy(&out.stdout)

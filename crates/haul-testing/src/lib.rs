@@ -4,6 +4,7 @@
 //!   read its `--json` summary.
 //! - [`tree`]: build source trees with odd names, modes, mtimes, symlinks and sparse files
 //!   ([`TreeBuilder`]), and compare two trees entry by entry ([`assert_same_tree`]).
+//! - [`disk`]: a tmpfs to fill up for real and grow again ([`Tmpfs`]).
 //! - [`sim`]: an in-memory [`Link`](haul_engine::Link) pair whose splits, delays, kill point
 //!   and corruption are chosen by a seed, so protocol and failure cases replay exactly.
 //!
@@ -11,9 +12,11 @@
 //! Nothing in the product depends on this crate; it is a dev-dependency only.
 
 pub mod cmd;
+pub mod disk;
 pub mod hostile;
 pub mod sim;
 pub mod tree;
 
 pub use cmd::{Haul, Server, summary_of};
+pub use disk::Tmpfs;
 pub use tree::{TreeBuilder, assert_same_tree, partial_bytes, sparse_blocks};
