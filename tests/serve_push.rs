@@ -57,67 +57,46 @@ fn user_entries(root: &Path) -> Vec<String> {
 fn push_to_serve_copies_the_tree_under_the_root() {
     let s = setup();
     let server = haul().serve(&s.root, &s.server_cfg, Some(&s.token));
-    let out = haul().run(
-        &s.client_cfg,
-        &[
-            os("push"),
-            os("--json"),
-            s.src.as_os_str(),
-            os(&server.url("migrations/po1")),
-            os("--fingerprint"),
-            os(&server.fingerprint),
-            os("--token-file"),
-            s.token.as_os_str(),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = push_pinned(&s, &server, "migrations/po1", &[os("--json")]);
     assert_same_tree(&s.src, &s.root.join("migrations/po1"));
     assert_eq!(summary_of(&out)["files_transferred"], 3);
 
     // A trailing slash copies into the directory under the source's own name.
-    let out = haul().run(
-        &s.client_cfg,
-        &[
-            os("push"),
-            s.src.as_os_str(),
-            os(&server.url("into/")),
-            os("--fingerprint"),
-            os(&server.fingerprint),
-            os("--token-file"),
-            s.token.as_os_str(),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    push_pinned(&s, &server, "into/", &[]);
     assert_same_tree(&s.src, &s.root.join("into/po1"));
 
     // Removing a copy and pushing it again recreates it (the receiver kept running).
     std::fs::remove_dir_all(s.root.join("migrations")).unwrap();
-    let out = haul().run(
-        &s.client_cfg,
-        &[
-            os("push"),
-            s.src.as_os_str(),
-            os(&server.url("migrations/po1")),
-            os("--fingerprint"),
-            os(&server.fingerprint),
-            os("--token-file"),
-            s.token.as_os_str(),
-        ],
-    );
+    push_pinned(&s, &server, "migrations/po1", &[]);
+    assert_same_tree(&s.src, &s.root.join("migrations/po1"));
+}
+
+/// Pushes the setup's tree to `dest` on `server`, pinning its fingerprint and presenting the
+/// setup's token; asserts success.
+fn push_pinned(
+    s: &Setup,
+    server: &haul_testing::Server,
+    dest: &str,
+    extra: &[&OsStr],
+) -> std::process::Output {
+    let url = server.url(dest);
+    let mut args = vec![os("push")];
+    args.extend_from_slice(extra);
+    args.extend([
+        s.src.as_os_str(),
+        os(&url),
+        os("--fingerprint"),
+        os(&server.fingerprint),
+        os("--token-file"),
+        s.token.as_os_str(),
+    ]);
+    let out = haul().run(&s.client_cfg, &args);
     assert!(
         out.status.success(),
-        "{}",
+        "push to {dest}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_same_tree(&s.src, &s.root.join("migrations/po1"));
+    out
 }
 
 #[test]
