@@ -296,3 +296,47 @@ fn send_have_and_need(files: &Files, id: u64, held: &[Option<[u8; 32]>]) {
     }
     files.send(Outcome::Plain(Message::Need(Need { id, ranges })));
 }
+
+/// Renames each named directory under the destination aside (`DIR` to the first free
+/// `DIR.N`) so it can be copied anew; in a dry run, only works out the names.
+pub(super) fn rename_aside(
+    root: &haul_store::Root,
+    dest: &RelPath,
+    dirs: &[bytes::Bytes],
+    dry_run: bool,
+) -> Result<Vec<(RelPath, RelPath)>, String> {
+    let mut renamed = Vec::new();
+    for dir in dirs {
+        let rel = RelPath::parse(dir).map_err(|e| {
+            format!(
+                "--rename-aside {:?} refused: {e}",
+                String::from_utf8_lossy(dir)
+            )
+        })?;
+        if rel.is_root() {
+            return Err("--rename-aside needs directories under the destination, not the destination itself".into());
+        }
+        let rel = dest.join(&rel);
+        let moved = if dry_run {
+            match root.kind_of(&rel) {
+                Ok(Some(_)) => {
+                    let taken = root.list_aside(&rel).map_err(|e| e.to_string())?.len();
+                    let (parent, name) = rel.parent_and_name().ok_or("no name")?;
+                    let mut next = parent;
+                    let mut name = name.to_vec();
+                    name.extend_from_slice(format!(".{}", taken + 1).as_bytes());
+                    next.push(&name).map_err(|e| e.to_string())?;
+                    Some(next)
+                }
+                Ok(None) => None,
+                Err(e) => return Err(e.to_string()),
+            }
+        } else {
+            root.rename_aside(&rel).map_err(|e| e.to_string())?
+        };
+        if let Some(moved) = moved {
+            renamed.push((rel, moved));
+        }
+    }
+    Ok(renamed)
+}

@@ -4,11 +4,12 @@
 //! control writer (answers, coalesced), and one reader per data stream. Chunk verification,
 //! writes and installs run on blocking threads; the async threads only move bytes.
 
+mod data;
 mod entry;
 mod files;
 mod target;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -22,9 +23,10 @@ use tokio::sync::mpsc;
 
 use crate::error::EngineError;
 use crate::progress::{Event, EventSink};
-use crate::transport::{BoxRecv, Link};
+use crate::transport::Link;
 use crate::wire::{FramedRecv, FramedSend};
-use entry::{EntryRules, handle_entry};
+use data::accept_data;
+use entry::{EntryRules, handle_entry, rename_aside};
 use files::{Files, Outcome};
 
 /// Running sessions by destination path: (session id, its connection).
@@ -96,7 +98,7 @@ pub struct SessionReport {
     pub failed: u64,
 }
 
-const PROTOCOL_ERROR: u32 = 2;
+pub(super) const PROTOCOL_ERROR: u32 = 2;
 /// The largest hello: a token, a destination path and 256 rename-aside paths, with headers.
 const HELLO_FRAME_LIMIT: u32 = (1 << 20) + (64 << 10);
 /// A client that connects and says nothing is dropped after this long.
@@ -368,7 +370,7 @@ pub async fn receive(
     result.map(|(installed, failed)| SessionReport { installed, failed })
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -461,125 +463,4 @@ async fn control_writer(
     Err(EngineError::Protocol(
         "the session ended before every entry was resolved".into(),
     ))
-}
-
-/// Accepts data streams and runs a reader for each.
-async fn accept_data(
-    link: Arc<dyn Link>,
-    session: Arc<Mutex<ServerSession>>,
-    files: Arc<Files>,
-    limits: Limits,
-) {
-    let mut tasks = tokio::task::JoinSet::new();
-    while let Ok(Some(recv)) = link.accept_data().await {
-        // Reap finished stream tasks as we go: a client opening stream after stream must not
-        // make the session hold one task per stream it ever opened.
-        while tasks.try_join_next().is_some() {}
-        let (link, session, files, limits) =
-            (link.clone(), session.clone(), files.clone(), limits.clone());
-        tasks.spawn(async move {
-            if let Err(e) = data_stream(recv, &session, &files, limits).await {
-                link.close(PROTOCOL_ERROR, &e.to_string());
-            }
-        });
-    }
-    tasks.shutdown().await;
-}
-
-/// Reads chunks from one data stream, checks each against the session, and verifies and writes
-/// them on blocking threads, at most two batches in flight per stream.
-async fn data_stream(
-    recv: BoxRecv,
-    session: &Mutex<ServerSession>,
-    files: &Arc<Files>,
-    limits: Limits,
-) -> Result<(), EngineError> {
-    let mut framed = FramedRecv::new(recv, limits);
-    let mut inflight = VecDeque::new();
-    while let Some(first) = framed.next().await? {
-        let mut batch = Vec::new();
-        let mut bytes = 0usize;
-        let mut next = Some(first);
-        while let Some(msg) = next {
-            let Message::Chunk(chunk) = msg else {
-                return Err(EngineError::Protocol(format!(
-                    "{} on a data stream (only chunks belong there)",
-                    msg.name()
-                )));
-            };
-            {
-                let session = lock(session);
-                // Chunks of a file this receiver already failed may still be in flight.
-                if !session.is_failed(chunk.id) {
-                    session.check_chunk(&chunk)?;
-                    bytes += chunk.data.len();
-                    batch.push(chunk);
-                }
-            }
-            next = if bytes < (8 << 20) && batch.len() < 256 {
-                framed.try_next()?
-            } else {
-                None
-            };
-        }
-        let files = files.clone();
-        inflight.push_back(tokio::task::spawn_blocking(move || {
-            for chunk in batch {
-                files.receive(chunk);
-            }
-        }));
-        if inflight.len() >= 2
-            && let Some(oldest) = inflight.pop_front()
-        {
-            let _ = oldest.await;
-        }
-    }
-    for task in inflight {
-        let _ = task.await;
-    }
-    Ok(())
-}
-
-/// Renames each named directory under the destination aside (`DIR` to the first free
-/// `DIR.N`) so it can be copied anew; in a dry run, only works out the names.
-fn rename_aside(
-    root: &Root,
-    dest: &RelPath,
-    dirs: &[bytes::Bytes],
-    dry_run: bool,
-) -> Result<Vec<(RelPath, RelPath)>, String> {
-    let mut renamed = Vec::new();
-    for dir in dirs {
-        let rel = RelPath::parse(dir).map_err(|e| {
-            format!(
-                "--rename-aside {:?} refused: {e}",
-                String::from_utf8_lossy(dir)
-            )
-        })?;
-        if rel.is_root() {
-            return Err("--rename-aside needs directories under the destination, not the destination itself".into());
-        }
-        let rel = dest.join(&rel);
-        let moved = if dry_run {
-            match root.kind_of(&rel) {
-                Ok(Some(_)) => {
-                    let taken = root.list_aside(&rel).map_err(|e| e.to_string())?.len();
-                    let (parent, name) = rel.parent_and_name().ok_or("no name")?;
-                    let mut next = parent;
-                    let mut name = name.to_vec();
-                    name.extend_from_slice(format!(".{}", taken + 1).as_bytes());
-                    next.push(&name).map_err(|e| e.to_string())?;
-                    Some(next)
-                }
-                Ok(None) => None,
-                Err(e) => return Err(e.to_string()),
-            }
-        } else {
-            root.rename_aside(&rel).map_err(|e| e.to_string())?
-        };
-        if let Some(moved) = moved {
-            renamed.push((rel, moved));
-        }
-    }
-    Ok(renamed)
 }
