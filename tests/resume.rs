@@ -41,13 +41,14 @@ fn kill_when(child: &mut Child, root: &Path, bytes: u64) -> u64 {
 
 fn source(dir: &Path) -> u64 {
     let mut t = TreeBuilder::new(dir, 99);
-    t.file("layers/base.vhdx", (700 * MIB) as usize);
-    t.file("layers/app.vhdx", (150 * MIB + 77) as usize);
+    // A multi-GiB tree: two layer disks and some small files.
+    t.file("layers/base.vhdx", (1800 * MIB) as usize);
+    t.file("layers/app.vhdx", (300 * MIB + 77) as usize);
     for i in 0..50 {
         t.file(format!("small/f{i}"), 10_000 + i);
     }
     t.mtime("layers/base.vhdx", 1_600_000_000, 7);
-    700 * MIB + 150 * MIB + 77 + (0..50).map(|i| 10_000 + i as u64).sum::<u64>()
+    1800 * MIB + 300 * MIB + 77 + (0..50).map(|i| 10_000 + i as u64).sum::<u64>()
 }
 
 fn spawn_copy(cfg: &Path, src: &Path, dst: &Path) -> Child {
@@ -70,7 +71,7 @@ fn copy_killed_three_times_resumes_from_verified_chunks() {
     );
     let total = source(&src);
     let mut seen = 0;
-    for stop in [100 * MIB, 350 * MIB, 600 * MIB] {
+    for stop in [300 * MIB, 900 * MIB, 1500 * MIB] {
         let mut child = spawn_copy(&cfg, &src, &dst);
         seen = kill_when(&mut child, &dst, stop);
         assert!(
@@ -151,7 +152,7 @@ fn push_resumes_after_the_sender_or_the_receiver_is_killed() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let seen_sender = kill_when(&mut push, &root, 200 * MIB);
+    let seen_sender = kill_when(&mut push, &root, 500 * MIB);
     // The receiver notices and keeps the verified chunks; it goes on serving.
     std::thread::sleep(Duration::from_millis(300));
 
@@ -165,7 +166,7 @@ fn push_resumes_after_the_sender_or_the_receiver_is_killed() {
         .unwrap();
     let mut server = server;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while partial_bytes(&root) < 500 * MIB {
+    while partial_bytes(&root) < 1200 * MIB {
         assert!(Instant::now() < deadline && server.is_running());
         std::thread::sleep(Duration::from_millis(5));
     }
