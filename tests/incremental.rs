@@ -121,7 +121,18 @@ fn a_copy_made_with_cp_is_adopted_with_checksum() {
     scribble(&src.join("offiles/fd3/b3"), 10, 20, 9);
     keep_mtime(&mut t, "ofuser/user.db");
     keep_mtime(&mut t, "offiles/fd3/b3");
+    let inode = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).unwrap().ino()
+    };
+    let unchanged_before = inode(&dst.join("ofmsg/msg.db"));
     let adopted = copy_json(&cfg, &["--checksum"], &src, &dst);
+    assert_eq!(
+        inode(&dst.join("ofmsg/msg.db")),
+        unchanged_before,
+        "an unchanged multi-chunk file is adopted in place, not rewritten"
+    );
+    assert_eq!(adopted["files_unchanged"], 200, "{adopted}");
     let sent = adopted["bytes_sent"].as_u64().unwrap();
     assert_eq!(adopted["chunks_sent"], 2, "{adopted}");
     assert!(sent <= 4 * MIB + 3203, "sent {sent}");

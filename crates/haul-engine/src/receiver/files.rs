@@ -356,10 +356,12 @@ impl Files {
     ) -> Result<bool, (String, bool)> {
         let shown = || self.root.display_path(&slot.rel).display().to_string();
         let missing = hashes.iter().filter(|h| h.is_none()).count();
-        // The destination itself already holds every chunk: only metadata may need fixing.
+        // The destination itself already holds every chunk (nothing was sent, nothing came
+        // from an interrupted run): only metadata may need fixing, and the fresh partial
+        // opened for the file is not needed. Adopting an unchanged 50 GiB disk must not
+        // rewrite it.
         if let Some(reuse) = &slot.reuse
             && reuse.in_place
-            && target.is_none()
             && received == 0
             && missing == hashes.len()
         {
@@ -367,6 +369,9 @@ impl Files {
             if let Some(offered) = offered
                 && haul_manifest::file_hash(&slot.layout, &offered) == Some(client)
             {
+                if let Some(target) = target {
+                    target.discard();
+                }
                 return match self.root.set_file_meta(&slot.rel, &slot.meta) {
                     Ok(()) => Ok(true),
                     Err(e) => Err((e.to_string(), e.is_no_space())),
