@@ -72,7 +72,9 @@ async fn data_stream(
             };
         }
         let files = files.clone();
+        let busy = files.busy();
         inflight.push_back(tokio::task::spawn_blocking(move || {
+            let _busy = busy;
             for chunk in batch {
                 files.receive(chunk);
             }

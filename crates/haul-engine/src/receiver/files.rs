@@ -75,6 +75,17 @@ pub(crate) struct Files {
     out: UnboundedSender<Outcome>,
     /// Chunks of all files in flight, against [`super::entry::MAX_CHUNKS_IN_FLIGHT`].
     chunks_in_flight: AtomicU64,
+    /// Blocking tasks working on this session's files right now.
+    busy: Arc<AtomicU64>,
+}
+
+/// Marks a blocking task as working on a session's files until dropped.
+pub(crate) struct Busy(Arc<AtomicU64>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -101,11 +112,26 @@ impl Files {
             slots: Mutex::new(HashMap::new()),
             out,
             chunks_in_flight: AtomicU64::new(0),
+            busy: Arc::new(AtomicU64::new(0)),
         }
     }
 
     pub(crate) fn root(&self) -> &Root {
         &self.root
+    }
+
+    /// Counts a blocking task as working on these files until the guard is dropped.
+    pub(crate) fn busy(&self) -> Busy {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(self.busy.clone())
+    }
+
+    /// Waits (up to a minute) until no blocking task is working on these files.
+    pub(crate) async fn wait_idle(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self.busy.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     /// Accounts for a file's chunks before it is opened; false if that would exceed the budget.

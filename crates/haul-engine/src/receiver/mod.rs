@@ -298,7 +298,9 @@ pub async fn receive(
             let files = files.clone();
             let dirs = dirs.clone();
             let rules = rules.clone();
+            let busy = files.busy();
             tokio::task::spawn_blocking(move || {
+                let _busy = busy;
                 for event in batch {
                     match event {
                         ServerEvent::Entry(entry) => handle_entry(&files, &rules, &dirs, entry),
@@ -350,6 +352,9 @@ pub async fn receive(
         },
     };
     data.abort();
+    // Blocking work already handed out runs to its end even when its task is dropped: let it
+    // finish before abandoning files, so nothing is created after the session has cleaned up.
+    files.wait_idle().await;
     files.abandon_all();
     {
         let mut active = lock(&config.active);
