@@ -48,15 +48,8 @@ pub(crate) enum Command {
         src: PathBuf,
         /// quic://HOST[:PORT]/PATH
         dest: OsString,
-        /// The server's certificate fingerprint, as `haul serve` prints it (sha256:...).
-        #[arg(long)]
-        fingerprint: Option<String>,
-        /// Known-hosts file used when no --fingerprint is given [default: CONFIG_DIR/known_hosts].
-        #[arg(long)]
-        known_hosts: Option<PathBuf>,
-        /// File holding the token the receiver expects (or set HAUL_TOKEN).
-        #[arg(long)]
-        token_file: Option<PathBuf>,
+        #[command(flatten)]
+        remote: RemoteArgs,
         #[command(flatten)]
         transfer: TransferArgs,
     },
@@ -104,15 +97,8 @@ pub(crate) enum Command {
         src: PathBuf,
         /// A local path or quic://HOST[:PORT]/PATH.
         dst: OsString,
-        /// The server's certificate fingerprint (for a quic:// destination).
-        #[arg(long)]
-        fingerprint: Option<String>,
-        /// Known-hosts file (for a quic:// destination).
-        #[arg(long)]
-        known_hosts: Option<PathBuf>,
-        /// Token file (for a quic:// destination; or set HAUL_TOKEN).
-        #[arg(long)]
-        token_file: Option<PathBuf>,
+        #[command(flatten)]
+        remote: RemoteArgs,
         #[command(flatten)]
         transfer: TransferArgs,
     },
@@ -122,6 +108,20 @@ pub(crate) enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+/// How to reach and trust a receiver (push, and plan with a quic:// destination).
+#[derive(Debug, Args)]
+pub(crate) struct RemoteArgs {
+    /// The server's certificate fingerprint, as `haul serve` prints it (sha256:...).
+    #[arg(long)]
+    pub(crate) fingerprint: Option<String>,
+    /// Known-hosts file used when no --fingerprint is given [default: CONFIG_DIR/known_hosts].
+    #[arg(long)]
+    pub(crate) known_hosts: Option<PathBuf>,
+    /// File holding the token the receiver expects (or set HAUL_TOKEN).
+    #[arg(long)]
+    pub(crate) token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

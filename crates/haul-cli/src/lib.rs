@@ -24,7 +24,7 @@ use haul_engine::jobs::{self, PushTarget, ServeOptions};
 use haul_engine::{EngineError, Grant, Progress, Summary, TransferOptions};
 use haul_net::{Fingerprint, Identity, Token, Trust};
 
-use args::{Cli, Command, TransferArgs};
+use args::{Cli, Command, RemoteArgs, TransferArgs};
 use output::Mode;
 
 /// Runs the `haul` command line and returns the process exit code.
@@ -68,30 +68,16 @@ async fn run(cli: Cli) -> u8 {
         Command::Push {
             src,
             dest,
-            fingerprint,
-            known_hosts,
-            token_file,
+            remote,
             transfer,
-        } => {
-            let mode = Mode::pick(transfer.json);
-            match push_target(&src, &dest, fingerprint, known_hosts, token_file).await {
-                Ok(target) => transfer_command(src, Destination::Remote(target), transfer).await,
-                Err(e) => {
-                    output::fatal(mode, &e, 1);
-                    1
-                }
-            }
-        }
+        } => remote_command(src, &dest, remote, transfer).await,
         Command::Plan {
             src,
             dst,
-            fingerprint,
-            known_hosts,
-            token_file,
+            remote,
             mut transfer,
         } => {
             transfer.dry_run = true;
-            let mode = Mode::pick(transfer.json);
             if !dst.as_bytes().starts_with(b"quic://") {
                 let dest = Destination::Local {
                     dst: dst.into(),
@@ -99,13 +85,7 @@ async fn run(cli: Cli) -> u8 {
                 };
                 return transfer_command(src, dest, transfer).await;
             }
-            match push_target(&src, &dst, fingerprint, known_hosts, token_file).await {
-                Ok(target) => transfer_command(src, Destination::Remote(target), transfer).await,
-                Err(e) => {
-                    output::fatal(mode, &e, 1);
-                    1
-                }
-            }
+            remote_command(src, &dst, remote, transfer).await
         }
         Command::Serve {
             root,
@@ -133,6 +113,31 @@ async fn run(cli: Cli) -> u8 {
         }
         Command::Hash { files } => hash(&files),
     }
+}
+
+/// A transfer to a running receiver: resolve and authenticate, then run it.
+async fn remote_command(
+    src: PathBuf,
+    dest: &OsStr,
+    remote: RemoteArgs,
+    transfer: TransferArgs,
+) -> u8 {
+    match push_target(&src, dest, remote).await {
+        Ok(target) => transfer_command(src, Destination::Remote(target), transfer).await,
+        Err(e) => {
+            output::fatal(Mode::pick(transfer.json), &e, 1);
+            1
+        }
+    }
+}
+
+/// The token from `--token-file`, else from a non-empty `HAUL_TOKEN`.
+fn given_token(token_file: Option<PathBuf>) -> anyhow::Result<Option<Token>> {
+    Ok(match (token_file, std::env::var_os("HAUL_TOKEN")) {
+        (Some(file), _) => Some(Token::load(&file)?),
+        (None, Some(value)) if !value.is_empty() => Some(Token::from_bytes(value.as_bytes())),
+        _ => None,
+    })
 }
 
 /// Where a transfer goes.
@@ -251,13 +256,12 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 }
 
 /// Parses quic://HOST[:PORT]/PATH and works out how to trust and authenticate.
-async fn push_target(
-    src: &Path,
-    dest: &OsStr,
-    fingerprint: Option<String>,
-    known_hosts: Option<PathBuf>,
-    token_file: Option<PathBuf>,
-) -> anyhow::Result<PushTarget> {
+async fn push_target(src: &Path, dest: &OsStr, remote: RemoteArgs) -> anyhow::Result<PushTarget> {
+    let RemoteArgs {
+        fingerprint,
+        known_hosts,
+        token_file,
+    } = remote;
     let raw = dest.as_bytes();
     let rest = raw.strip_prefix(b"quic://").ok_or_else(|| {
         anyhow!(
@@ -299,13 +303,11 @@ async fn push_target(
             known_hosts.unwrap_or_else(|| haul_net::default_config_dir().join("known_hosts")),
         ),
     };
-    let token = match (token_file, std::env::var_os("HAUL_TOKEN")) {
-        (Some(file), _) => Token::load(&file)?,
-        (None, Some(value)) if !value.is_empty() => Token::from_bytes(value.as_bytes()),
-        _ => bail!(
+    let Some(token) = given_token(token_file)? else {
+        bail!(
             "no token: pass --token-file FILE (the token file `haul serve` printed) or set \
              HAUL_TOKEN"
-        ),
+        );
     };
     Ok(PushTarget {
         addr,
@@ -360,11 +362,10 @@ async fn serve(
             subdir,
         });
     }
-    let whole_root = match (token_file, std::env::var_os("HAUL_TOKEN")) {
-        (Some(file), _) => Some(Token::load(&file)?),
-        (None, Some(value)) if !value.is_empty() => Some(Token::from_bytes(value.as_bytes())),
-        _ if !grants.is_empty() => None,
-        _ => {
+    let whole_root = match given_token(token_file)? {
+        Some(token) => Some(token),
+        None if !grants.is_empty() => None,
+        None => {
             let path = config_dir.join("token");
             let (token, generated) = Token::load_or_generate(&path)?;
             let verb = if generated {
