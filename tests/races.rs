@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use haul_testing::{Haul, Server, TreeBuilder, assert_same_tree};
+use haul_testing::{Haul, Server, TreeBuilder, assert_same_tree, partial_bytes};
 
 fn haul() -> Haul {
     Haul::new(env!("CARGO_BIN_EXE_haul"))
@@ -805,7 +805,7 @@ fn resume_from_partials_while_directories_are_swapped() {
             &args,
             &b.path(&format!("log{i}-a")),
             Some(&racer),
-            || partial_data_bytes(&partial) >= 3 << 20,
+            || partial_bytes(&b.root()) >= 3 << 20,
         );
         resumed += u64::from(killed.status.is_none());
         tally.add(&killed);
@@ -823,19 +823,6 @@ fn resume_from_partials_while_directories_are_swapped() {
     eprintln!("race tally [resume]: {resumed} of 3 first runs were killed with partials on disk");
     tally.report("resume");
     b.finish(server, "resume");
-}
-
-/// Data bytes in `.haul/partial/*.data` (0 while the racer has the directory swapped out).
-fn partial_data_bytes(dir: &Path) -> u64 {
-    fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".data"))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.blocks() * 512)
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// `haul copy SRC DST`: the embedded receiver's root is DST, and the racer swaps DST's

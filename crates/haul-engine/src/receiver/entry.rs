@@ -4,10 +4,10 @@
 
 use std::sync::Mutex;
 
-use haul_proto::{ChunkLayout, Entry, EntryKind, Have, Installed, Message, Meta, Need};
+use haul_proto::{ChunkLayout, Entry, EntryKind, Have, Message, Meta, Need};
 use haul_store::{ExistingFile, RelPath, SourceIdentity};
 
-use super::files::{Files, Outcome, Plan, Reuse};
+use super::files::{Files, Outcome, Plan, Reuse, failed, installed};
 use super::target::Target;
 
 /// Most chunks one file may have: 16 TiB at the default 4 MiB chunk size.
@@ -49,27 +49,9 @@ impl EntryRules {
     }
 }
 
+/// An entry that needed no data: installed with nothing written.
 fn done(id: u64, hash: [u8; 32], unchanged: bool) -> Outcome {
-    Outcome::Resolved(
-        id,
-        Message::Installed(Installed {
-            id,
-            hash,
-            bytes_written: 0,
-            unchanged,
-        }),
-    )
-}
-
-fn failed(id: u64, message: String, no_space: bool) -> Outcome {
-    Outcome::Resolved(
-        id,
-        Message::Failed(haul_proto::Failed {
-            id,
-            message,
-            no_space,
-        }),
-    )
+    installed(id, hash, 0, unchanged)
 }
 
 /// Handles one entry. Directories are recorded in `dirs` so their metadata can be set last.

@@ -358,14 +358,7 @@ impl Files {
         );
         match result {
             Ok(unchanged) => self.send(installed(slot.id, client, bytes_written, unchanged)),
-            Err((message, no_space)) => self.send(Outcome::Resolved(
-                slot.id,
-                Message::Failed(Failed {
-                    id: slot.id,
-                    message,
-                    no_space,
-                }),
-            )),
+            Err((message, no_space)) => self.send(failed(slot.id, message, no_space)),
         }
     }
 
@@ -518,27 +511,13 @@ impl Files {
             Disposal::Discard
         };
         if self.finish(slot, disposal) {
-            self.send(Outcome::Resolved(
-                slot.id,
-                Message::Failed(Failed {
-                    id: slot.id,
-                    message: e.to_string(),
-                    no_space,
-                }),
-            ));
+            self.send(failed(slot.id, e.to_string(), no_space));
         }
     }
 
     fn fail(&self, slot: &Slot, message: String, disposal: Disposal) {
         if self.finish(slot, disposal) {
-            self.send(Outcome::Resolved(
-                slot.id,
-                Message::Failed(Failed {
-                    id: slot.id,
-                    message,
-                    no_space: false,
-                }),
-            ));
+            self.send(failed(slot.id, message, false));
         }
     }
 
@@ -572,7 +551,8 @@ impl Files {
     }
 }
 
-fn installed(id: u64, hash: Hash, bytes_written: u64, unchanged: bool) -> Outcome {
+/// The outcome that resolves entry `id` as installed.
+pub(super) fn installed(id: u64, hash: Hash, bytes_written: u64, unchanged: bool) -> Outcome {
     Outcome::Resolved(
         id,
         Message::Installed(Installed {
@@ -580,6 +560,18 @@ fn installed(id: u64, hash: Hash, bytes_written: u64, unchanged: bool) -> Outcom
             hash,
             bytes_written,
             unchanged,
+        }),
+    )
+}
+
+/// The outcome that resolves entry `id` as failed.
+pub(super) fn failed(id: u64, message: String, no_space: bool) -> Outcome {
+    Outcome::Resolved(
+        id,
+        Message::Failed(Failed {
+            id,
+            message,
+            no_space,
         }),
     )
 }
