@@ -143,6 +143,20 @@ pub async fn push(
         options,
     };
     let result = send(link.clone(), request, progress, events).await;
+    let stats = connected.connection.stats();
+    // What an expert tuning a link wants to see first (HAUL_LOG=haul_engine=debug).
+    tracing::debug!(
+        mtu = stats.path.current_mtu,
+        rtt_us = stats.path.rtt.as_micros() as u64,
+        datagrams = stats.udp_tx.datagrams,
+        transmits = stats.udp_tx.ios,
+        lost = stats.path.lost_packets,
+        cwnd = stats.path.cwnd,
+        probes = stats.path.sent_plpmtud_probes,
+        lost_probes = stats.path.lost_plpmtud_probes,
+        black_holes = stats.path.black_holes_detected,
+        "connection statistics"
+    );
     link.close(
         0,
         if result.is_ok() {
