@@ -8,6 +8,18 @@
 //! All integers little-endian. Why a checksum per record: a power cut in the middle of an
 //! append can leave a torn record or garbage (blocks allocated but not written) at the tail.
 //! Reading stops at the first record whose checksum fails, and everything before it stands.
+//!
+//! Records are appended in batches, each opened by a *marker* record (index `u64::MAX`, never
+//! a chunk index; hash byte 0 the kind, bytes 1..17 the boot id):
+//! - a **durable** batch is written after `fdatasync` of the data file and synced itself, so
+//!   it, and every batch before it, survives a power cut;
+//! - a **light** batch is written with no sync at all. It survives the death of the process
+//!   (the page cache outlives it), not a power cut, so it is trusted only when the journal is
+//!   read in the same boot that wrote it. Syncing 64 MiB at a time halved a local copy's
+//!   speed; light batches keep resume at chunk granularity after a kill, and durable ones
+//!   every 30 s bound what a power cut costs.
+//!
+//! Records before any marker are durable (journals of the first version had no markers).
 
 use crate::partial::SourceIdentity;
 
@@ -97,7 +109,95 @@ pub(crate) fn encode_record(index: u64, hash: &[u8; 32]) -> [u8; RECORD_LEN] {
 
 /// The records at the start of `bytes` (in file order), up to the first torn or corrupt one,
 /// and how many bytes they span (where the next append must go).
-pub(crate) fn decode_records(bytes: &[u8]) -> (Vec<(u64, [u8; 32])>, usize) {
+/// The index of a batch marker.
+const MARKER: u64 = u64::MAX;
+
+/// How a batch of records was made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Batch {
+    /// Not synced: valid while the boot that wrote it lasts.
+    Light,
+    /// Synced after the data file was: valid across power cuts.
+    Durable,
+}
+
+/// A 16-byte identity of the running boot (Linux's random boot id); `None` where unknown,
+/// which makes every light batch untrusted.
+pub(crate) type BootId = [u8; 16];
+
+/// The marker that opens a batch.
+pub(crate) fn encode_marker(batch: Batch, boot: Option<BootId>) -> [u8; RECORD_LEN] {
+    let mut hash = [0u8; 32];
+    hash[0] = match batch {
+        Batch::Light => 1,
+        Batch::Durable => 2,
+    };
+    hash[1..17].copy_from_slice(&boot.unwrap_or_default());
+    encode_record(MARKER, &hash)
+}
+
+/// This boot's id, read once from `/proc/sys/kernel/random/boot_id`.
+pub(crate) fn current_boot() -> Option<BootId> {
+    static BOOT: std::sync::OnceLock<Option<BootId>> = std::sync::OnceLock::new();
+    *BOOT.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        parse_boot_id(&text)
+    })
+}
+
+fn parse_boot_id(text: &str) -> Option<BootId> {
+    let hex: Vec<u8> = text.trim().bytes().filter(|b| *b != b'-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (byte, pair) in id.iter_mut().zip(hex.chunks_exact(2)) {
+        let digits = std::str::from_utf8(pair).ok()?;
+        *byte = u8::from_str_radix(digits, 16).ok()?;
+    }
+    // All zeros is what an unknown boot writes; never let it match.
+    (id != [0; 16]).then_some(id)
+}
+
+/// The trusted records of a journal body (after the header) read in boot `boot`, and how
+/// many bytes they span: the next append goes there, overwriting anything untrusted.
+pub(crate) fn decode_records(bytes: &[u8], boot: Option<BootId>) -> (Vec<(u64, [u8; 32])>, usize) {
+    let mut trusted = Vec::with_capacity(bytes.len() / RECORD_LEN);
+    // Records of light batches from another boot: trusted only if a durable marker follows.
+    let mut tentative = Vec::new();
+    let mut in_untrusted_batch = false;
+    let mut good = 0usize;
+    for (n, (index, hash)) in decode_all(bytes).into_iter().enumerate() {
+        let end = (n + 1) * RECORD_LEN;
+        if index == MARKER {
+            match hash[0] {
+                2 => {
+                    trusted.append(&mut tentative);
+                    in_untrusted_batch = false;
+                    good = end;
+                }
+                _ => {
+                    let from: BootId = hash[1..17].try_into().unwrap_or_default();
+                    in_untrusted_batch = boot.is_none() || boot != Some(from);
+                    if !in_untrusted_batch && tentative.is_empty() {
+                        good = end;
+                    }
+                }
+            }
+            continue;
+        }
+        if in_untrusted_batch || !tentative.is_empty() {
+            tentative.push((index, hash));
+        } else {
+            trusted.push((index, hash));
+            good = end;
+        }
+    }
+    (trusted, good)
+}
+
+/// Every record up to the first whose checksum fails.
+fn decode_all(bytes: &[u8]) -> Vec<(u64, [u8; 32])> {
     let mut records = Vec::with_capacity(bytes.len() / RECORD_LEN);
     for record in bytes.chunks_exact(RECORD_LEN) {
         let (body, sum) = record.split_at(40);
@@ -110,8 +210,7 @@ pub(crate) fn decode_records(bytes: &[u8]) -> (Vec<(u64, [u8; 32])>, usize) {
         hash.copy_from_slice(&body[8..]);
         records.push((u64::from_le_bytes(index), hash));
     }
-    let good = records.len() * RECORD_LEN;
-    (records, good)
+    records
 }
 
 #[cfg(test)]
@@ -151,14 +250,84 @@ mod tests {
         }
         let mut torn = bytes.clone();
         torn.extend_from_slice(&encode_record(9, &[9; 32])[..30]);
-        let (records, good) = decode_records(&torn);
+        let (records, good) = decode_records(&torn, None);
         assert_eq!(records.len(), 3);
         assert_eq!(good, 3 * RECORD_LEN);
         let mut garbage = bytes.clone();
         garbage.extend_from_slice(&[0u8; RECORD_LEN]);
         garbage.extend_from_slice(&encode_record(4, &[4; 32]));
-        let (records, good) = decode_records(&garbage);
+        let (records, good) = decode_records(&garbage, None);
         assert_eq!(records, vec![(0, [0; 32]), (1, [1; 32]), (2, [2; 32])]);
         assert_eq!(good, 3 * RECORD_LEN);
+    }
+
+    const BOOT: Option<BootId> = Some([5; 16]);
+    const OTHER_BOOT: Option<BootId> = Some([6; 16]);
+
+    fn batch(kind: Batch, boot: Option<BootId>, indexes: &[u64]) -> Vec<u8> {
+        let mut out = encode_marker(kind, boot).to_vec();
+        for &i in indexes {
+            out.extend_from_slice(&encode_record(i, &[i as u8; 32]));
+        }
+        out
+    }
+
+    fn indexes(records: &[(u64, [u8; 32])]) -> Vec<u64> {
+        records.iter().map(|r| r.0).collect()
+    }
+
+    #[test]
+    fn light_batches_count_only_in_the_boot_that_wrote_them() {
+        let mut bytes = batch(Batch::Durable, BOOT, &[0, 1]);
+        let durable_end = bytes.len();
+        bytes.extend(batch(Batch::Light, BOOT, &[2, 3]));
+        bytes.extend(batch(Batch::Light, BOOT, &[4]));
+        // Same boot (a killed process): everything stands.
+        let (records, good) = decode_records(&bytes, BOOT);
+        assert_eq!(indexes(&records), [0, 1, 2, 3, 4]);
+        assert_eq!(good, bytes.len());
+        // After a reboot (maybe a power cut): only what a durable marker covers.
+        let (records, good) = decode_records(&bytes, OTHER_BOOT);
+        assert_eq!(indexes(&records), [0, 1]);
+        assert_eq!(
+            good, durable_end,
+            "the next append must overwrite the untrusted tail"
+        );
+        // Unknown boot: light batches are never trusted.
+        let (records, _) = decode_records(&bytes, None);
+        assert_eq!(indexes(&records), [0, 1]);
+    }
+
+    #[test]
+    fn a_durable_marker_vouches_for_the_light_batches_before_it() {
+        let mut bytes = batch(Batch::Light, OTHER_BOOT, &[0, 1]);
+        bytes.extend(batch(Batch::Durable, OTHER_BOOT, &[2]));
+        let (records, good) = decode_records(&bytes, BOOT);
+        assert_eq!(indexes(&records), [0, 1, 2]);
+        assert_eq!(good, bytes.len());
+    }
+
+    #[test]
+    fn records_without_markers_are_durable() {
+        let mut bytes = Vec::new();
+        for i in 0..2u64 {
+            bytes.extend_from_slice(&encode_record(i, &[i as u8; 32]));
+        }
+        let (records, good) = decode_records(&bytes, BOOT);
+        assert_eq!(indexes(&records), [0, 1]);
+        assert_eq!(good, bytes.len());
+    }
+
+    #[test]
+    fn boot_ids_parse_like_the_kernel_writes_them() {
+        let id = parse_boot_id("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0\n").unwrap();
+        assert_eq!(id[0], 0x0f);
+        assert_eq!(id[15], 0xf0);
+        assert!(parse_boot_id("not-a-boot-id").is_none());
+        assert!(parse_boot_id("00000000-0000-0000-0000-000000000000").is_none());
+        assert!(
+            current_boot().is_some(),
+            "this is Linux: /proc has a boot id"
+        );
     }
 }

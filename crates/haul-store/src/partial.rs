@@ -5,9 +5,11 @@
 //! `<key>.data` (the file's bytes, sized up front, holes where nothing has arrived) and
 //! `<key>.journal` (which chunks are verified; format in `journal`).
 //!
-//! The one invariant: a record in the journal describes data already on disk. A checkpoint
-//! therefore syncs the data file *before* appending the records, and syncs the journal after.
-//! A crash can lose recent records (those chunks are resent) but never claim an unwritten one.
+//! The one invariant: a record trusted from the journal describes data that survived. A
+//! durable checkpoint syncs the data file *before* appending the records, and syncs the
+//! journal after; a light checkpoint syncs nothing and is trusted only in the boot that wrote
+//! it, when the page cache holding the data survived too (see `journal`). A crash can lose
+//! recent records (those chunks are resent) but never claim an unwritten one.
 //!
 //! Exclusion: the journal is `flock`ed while open, so two receivers (or two sessions of one)
 //! never write the same destination at once; the lock dies with the process.
@@ -20,15 +22,19 @@ use std::time::{Duration, Instant};
 
 use crate::error::StoreError;
 use crate::fileio::{Ops, Target, Zeros, pwrite_all};
-use crate::journal::{self, RECORD_LEN};
+use crate::journal::{self, Batch, RECORD_LEN};
 use crate::partial_open::PartialDir;
 use crate::path::RelPath;
 use crate::root::{Root, mode_bits, mtime};
 
-/// A checkpoint is taken once this much recorded chunk data is not yet durable...
+/// A checkpoint is taken once this much recorded chunk data is not yet in the journal...
 const CHECKPOINT_BYTES: u64 = 64 << 20;
-/// ...or this long after the previous one: at most this much work is redone after a crash.
+/// ...or this long after the previous one: at most this much work is redone after a kill.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// A checkpoint is durable (synced, survives a power cut) if the last durable one is this old;
+/// the others are light (see `journal`). The kernel writes dirty pages back after 30 s on its
+/// own, so by then the data sync finds little left to write.
+const DURABLE_INTERVAL: Duration = Duration::from_secs(30);
 
 const OPS: Ops = Ops {
     write: "write to partial file",
@@ -70,6 +76,10 @@ pub(crate) struct Pending {
     pub(crate) records: Vec<(u64, [u8; 32])>,
     pub(crate) bytes: u64,
     pub(crate) since: Instant,
+    /// When the last durable checkpoint was taken.
+    pub(crate) durable_since: Instant,
+    /// Light batches were written since the last durable checkpoint.
+    pub(crate) light_unsynced: bool,
 }
 
 impl Pending {
@@ -191,7 +201,7 @@ impl Partial {
     }
 
     /// Makes every recorded chunk durable: `fdatasync` of the data file first, then the
-    /// records are appended to the journal and it is `fdatasync`ed. No-op if nothing is pending.
+    /// records are appended to the journal and it is `fdatasync`ed.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         self.checkpoint_inner(true)
     }
@@ -200,32 +210,50 @@ impl Partial {
     /// on the journal lock, and only the first still finds it due.
     fn checkpoint_inner(&self, force: bool) -> Result<(), StoreError> {
         let mut journal = lock(&self.journal);
-        let taken = {
+        let (taken, batch) = {
             let mut pending = lock(&self.pending);
-            if pending.records.is_empty() || !(force || pending.due()) {
+            let nothing_to_sync = pending.records.is_empty() && !pending.light_unsynced;
+            if nothing_to_sync || !(force || pending.due()) {
                 return Ok(());
             }
+            let batch = if force || pending.durable_since.elapsed() >= DURABLE_INTERVAL {
+                pending.durable_since = Instant::now();
+                pending.light_unsynced = false;
+                Batch::Durable
+            } else {
+                pending.light_unsynced = true;
+                Batch::Light
+            };
             pending.bytes = 0;
             pending.since = Instant::now();
-            std::mem::take(&mut pending.records)
+            (std::mem::take(&mut pending.records), batch)
         };
-        let result = self.append(&mut journal, &taken);
+        let result = self.append(&mut journal, &taken, batch);
         if result.is_err() {
             // Not durable: keep them for the next checkpoint, ahead of newer records so that
             // "last wins" still holds for an index recorded twice.
             let mut pending = lock(&self.pending);
+            pending.light_unsynced = true;
             let newer = std::mem::replace(&mut pending.records, taken);
             pending.records.extend(newer);
         }
         result
     }
 
-    fn append(&self, journal: &mut Journal, records: &[(u64, [u8; 32])]) -> Result<(), StoreError> {
-        rustix::fs::fdatasync(&self.data).map_err(|e| {
-            self.dir
-                .err(e, &self.data_name(), "flush (fdatasync) partial file")
-        })?;
-        let mut buf = Vec::with_capacity(records.len() * RECORD_LEN);
+    fn append(
+        &self,
+        journal: &mut Journal,
+        records: &[(u64, [u8; 32])],
+        batch: Batch,
+    ) -> Result<(), StoreError> {
+        if batch == Batch::Durable {
+            rustix::fs::fdatasync(&self.data).map_err(|e| {
+                self.dir
+                    .err(e, &self.data_name(), "flush (fdatasync) partial file")
+            })?;
+        }
+        let mut buf = Vec::with_capacity((records.len() + 1) * RECORD_LEN);
+        buf.extend_from_slice(&journal::encode_marker(batch, journal::current_boot()));
         for (index, hash) in records {
             buf.extend_from_slice(&journal::encode_record(*index, hash));
         }
@@ -238,7 +266,9 @@ impl Partial {
             let _ = rustix::fs::ftruncate(&journal.fd, journal.len);
             return Err(jerr(e));
         }
-        rustix::fs::fdatasync(&journal.fd).map_err(jerr)?;
+        if batch == Batch::Durable {
+            rustix::fs::fdatasync(&journal.fd).map_err(jerr)?;
+        }
         journal.len += buf.len() as u64;
         Ok(())
     }

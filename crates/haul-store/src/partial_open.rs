@@ -180,11 +180,13 @@ impl Root {
         let was_resumed = resumed.is_some();
         let (data, journal_len, verified) = match resumed {
             Some((data, header_len)) => {
-                let (records, good) = journal::decode_records(&bytes[header_len..]);
+                let (records, good) =
+                    journal::decode_records(&bytes[header_len..], journal::current_boot());
                 let journal_len = (header_len + good) as u64;
                 if journal_len < bytes.len() as u64 {
-                    // A torn or garbage tail (power cut mid-append): cut it off now, so the
-                    // next append does not land behind bytes that end every future read.
+                    // A torn or garbage tail (power cut mid-append), or light batches from
+                    // before a reboot: cut it off now, so the next append does not land behind
+                    // bytes that end every future read.
                     rustix::fs::ftruncate(&journal_fd, journal_len)
                         .and_then(|()| rustix::fs::fdatasync(&journal_fd))
                         .map_err(|e| jerr(e, "truncate partial journal"))?;
@@ -220,6 +222,8 @@ impl Root {
                     records: Vec::new(),
                     bytes: 0,
                     since: Instant::now(),
+                    durable_since: Instant::now(),
+                    light_unsynced: false,
                 }),
                 dir,
                 key,

@@ -339,6 +339,18 @@ impl Root {
         StagingFile::create(Arc::clone(&self.staging), size)
     }
 
+    /// A staging file of `size` bytes for `rel`, anonymous in `rel`'s directory where the file
+    /// system allows (see the `staging` module), else a named one in `.haul/staging`. The
+    /// parent must already exist.
+    pub fn create_staging_for(&self, rel: &RelPath, size: u64) -> Result<StagingFile, StoreError> {
+        let (parent, _) = self.parent_of(rel)?;
+        let name = format!("{} (being received)", self.display_path(rel).display());
+        match StagingFile::create_anonymous(Arc::clone(&self.staging), parent, size, name)? {
+            Some(file) => Ok(file),
+            None => self.create_staging(size),
+        }
+    }
+
     /// Sets the mode (permission bits and sticky; setuid/setgid dropped) and the mtime (ns) of
     /// `file`, then renames it over `rel`, replacing a file or symlink there; a directory
     /// there is [`StoreError::IsADirectory`]. The parent must already exist.
@@ -354,11 +366,63 @@ impl Root {
             .map_err(|e| staged(e, "set the mode of"))?;
         rustix::fs::futimens(&file.fd, &mtime(meta))
             .map_err(|e| staged(e, "set the modification time of"))?;
+        if file.anonymous_in.is_some() {
+            self.link_anonymous(&file.fd, &parent, rel, name)?;
+            file.finished = true;
+            return Ok(());
+        }
         rustix::fs::renameat(&file.staging.dir, file.name.as_str(), &*parent, name)
             .map_err(|e| self.err(e, rel, "install (rename into place)"))?;
         // Installed: the name in staging no longer exists, so Drop must not remove anything.
         file.finished = true;
         Ok(())
+    }
+
+    /// Gives an anonymous staging file its final name in `parent` (resolved again, confined
+    /// like every path; normally the directory it was made in). `linkat` never replaces, so an existing file is replaced by linking under a
+    /// temporary name first and renaming that over it (atomic for readers, as always).
+    fn link_anonymous(
+        &self,
+        fd: &OwnedFd,
+        parent: &OwnedFd,
+        rel: &RelPath,
+        name: &[u8],
+    ) -> Result<(), StoreError> {
+        let link = |to: &[u8]| {
+            // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; /proc/self/fd works for anyone.
+            rustix::fs::linkat(fd, "", parent, to, AtFlags::EMPTY_PATH).or_else(|_| {
+                let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd));
+                rustix::fs::linkat(
+                    rustix::fs::CWD,
+                    proc.as_str(),
+                    parent,
+                    to,
+                    AtFlags::SYMLINK_FOLLOW,
+                )
+            })
+        };
+        match link(name) {
+            Ok(()) => return Ok(()),
+            Err(Errno::EXIST) => {}
+            Err(errno) => return Err(self.err(errno, rel, "install (link into place)")),
+        }
+        let pid = rustix::process::getpid().as_raw_nonzero();
+        for n in 0u32..1000 {
+            let temp = format!(".haul-install-{pid}-{n}");
+            match link(temp.as_bytes()) {
+                Ok(()) => {
+                    return rustix::fs::renameat(parent, temp.as_str(), parent, name).map_err(
+                        |e| {
+                            let _ = rustix::fs::unlinkat(parent, temp.as_str(), AtFlags::empty());
+                            self.err(e, rel, "install (rename into place)")
+                        },
+                    );
+                }
+                Err(Errno::EXIST) => continue,
+                Err(errno) => return Err(self.err(errno, rel, "install (link into place)")),
+            }
+        }
+        Err(self.err(Errno::EXIST, rel, "install (link into place)"))
     }
 
     /// Creates a symlink to `target` (raw bytes, never followed or checked) in staging, sets

@@ -232,7 +232,7 @@ impl Files {
                 );
             }
             if st.target.is_none() {
-                match self.root.create_staging(slot.layout.size()) {
+                match self.root.create_staging_for(&slot.rel, slot.layout.size()) {
                     Ok(file) => st.target = Some(Arc::new(Target::Staging(file))),
                     Err(e) => {
                         drop(st);
