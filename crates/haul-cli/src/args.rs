@@ -21,8 +21,9 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Copy a file or tree to a local destination, through an embedded receiver over loopback
-    /// QUIC (the same code path as a remote push; no server to start).
+    /// Copy a file or tree to a local destination, through an embedded receiver in this
+    /// process (the same protocol, checks and verification as a remote push, without the
+    /// network; no server to start).
     ///
     /// A directory SRC makes DST a copy of it (created if missing, merged into if present).
     /// A file SRC is copied to DST, or into DST when DST is an existing directory.
@@ -34,6 +35,10 @@ pub(crate) enum Command {
         /// Keep setuid and setgid bits (dropped by default, as by any haul receiver).
         #[arg(long)]
         preserve_special_bits: bool,
+        /// Run the embedded receiver over loopback QUIC with TLS, exactly as a push to a
+        /// remote `haul serve` would travel (slower; for testing the network path).
+        #[arg(long)]
+        via_quic: bool,
         #[command(flatten)]
         transfer: TransferArgs,
     },

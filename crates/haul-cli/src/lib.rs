@@ -57,11 +57,13 @@ async fn run(cli: Cli) -> u8 {
             src,
             dst,
             preserve_special_bits,
+            via_quic,
             transfer,
         } => {
             let dest = Destination::Local {
                 dst,
                 preserve_special_bits,
+                via_quic,
             };
             transfer_command(src, dest, transfer).await
         }
@@ -82,6 +84,7 @@ async fn run(cli: Cli) -> u8 {
                 let dest = Destination::Local {
                     dst: dst.into(),
                     preserve_special_bits: false,
+                    via_quic: false,
                 };
                 return transfer_command(src, dest, transfer).await;
             }
@@ -146,6 +149,7 @@ enum Destination {
     Local {
         dst: PathBuf,
         preserve_special_bits: bool,
+        via_quic: bool,
     },
     /// `haul push`: a running receiver.
     Remote(PushTarget),
@@ -178,9 +182,11 @@ async fn run_job(
         Destination::Local {
             dst,
             preserve_special_bits,
+            via_quic,
         } => {
             let options = TransferOptions {
                 preserve_special_bits: *preserve_special_bits,
+                via_quic: *via_quic,
                 ..options
             };
             jobs::copy(src, dst.clone(), options, progress, events).await

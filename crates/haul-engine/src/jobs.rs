@@ -13,8 +13,9 @@ use haul_net::{Identity, Token, Trust};
 use haul_store::Root;
 
 use crate::error::EngineError;
+use crate::local_link;
 use crate::progress::{Event, EventSink, Progress, Summary};
-use crate::receiver::{Grant, ReceiverConfig, receive};
+use crate::receiver::{Grant, ReceiverConfig, SessionReport, receive};
 use crate::sender::{SendRequest, TransferOptions, send};
 use crate::transport::{Link, QuicLink};
 
@@ -168,7 +169,8 @@ pub async fn push(
     result
 }
 
-/// Copies `source` to the local path `dest` through an embedded receiver over loopback QUIC.
+/// Copies `source` to the local path `dest` through an embedded receiver in this process
+/// ([`local_link`]: no network, no encryption; `--via-quic` uses loopback QUIC instead).
 ///
 /// A directory source makes `dest` a copy of it (created if missing, merged if present). A
 /// file source is copied to `dest`, or into it when `dest` is an existing directory.
@@ -208,18 +210,75 @@ pub async fn copy(
     let root = Root::open(&root_dir)?.preserve_special_bits(options.preserve_special_bits);
     root.sweep_staging()?;
 
-    let identity = Identity::ephemeral()?;
-    let fingerprint = identity.fingerprint;
     let token = Token::from_bytes(random_token().as_bytes());
     let config = Arc::new(ReceiverConfig::new(root, vec![token.clone()]));
     let state = config.clone();
+    let (sent, received) = if options.via_quic {
+        copy_over_quic(source, rel, token, config, options, progress, events).await?
+    } else {
+        // The embedded receiver's session events would only repeat the sender's; its
+        // failures come back as its result.
+        let (client, server) = local_link::pair();
+        let receiver = tokio::spawn(async move {
+            let link: Arc<dyn Link> = Arc::new(server);
+            receive(
+                link,
+                config,
+                "embedded sender".into(),
+                crate::progress::no_events(),
+            )
+            .await
+        });
+        let link = Arc::new(client);
+        let request = SendRequest {
+            source,
+            dest: rel,
+            token: token.as_bytes().to_vec(),
+            options,
+        };
+        let sent = send(link.clone(), request, progress, events).await;
+        link.close(
+            0,
+            if sent.is_ok() {
+                "done"
+            } else {
+                "sender stopped"
+            },
+        );
+        (sent, receiver.await)
+    };
+    let complete = matches!(&sent, Ok(s) if s.errors.is_empty() && s.files_failed == 0);
+    if let Some(dir) = &scratch {
+        let _ = std::fs::remove_dir_all(dir);
+    } else if complete || !had_state_dir {
+        // The embedded receiver's state is only worth keeping to resume an unfinished copy.
+        state.root().remove_state_dir();
+    }
+    let summary = sent?;
+    if let Ok(Err(e @ EngineError::Store(_))) = received {
+        return Err(e);
+    }
+    Ok(summary)
+}
+
+/// `copy --via-quic`: the embedded receiver listens on loopback QUIC with an ephemeral
+/// certificate, and the sender pushes to it as to a remote `haul serve`.
+async fn copy_over_quic(
+    source: PathBuf,
+    rel: Vec<u8>,
+    token: Token,
+    config: Arc<ReceiverConfig>,
+    options: TransferOptions,
+    progress: Arc<Progress>,
+    events: EventSink,
+) -> Result<CopyOutcome, EngineError> {
+    let identity = Identity::ephemeral()?;
+    let fingerprint = identity.fingerprint;
     let endpoint =
         haul_net::server_endpoint(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &identity)?;
     let addr = endpoint
         .local_addr()
         .map_err(|e| EngineError::connection("cannot read the embedded receiver's address", e))?;
-    // The embedded receiver's session events would only repeat the sender's; its failures come
-    // back as its result.
     let server = tokio::spawn(async move {
         let incoming = endpoint.accept().await.ok_or_else(|| {
             EngineError::Protocol("the embedded receiver closed before the transfer".into())
@@ -249,20 +308,14 @@ pub async fn copy(
         token,
     };
     let sent = push(source, target, options, progress, events).await;
-    let received = server.await;
-    let complete = matches!(&sent, Ok(s) if s.errors.is_empty() && s.files_failed == 0);
-    if let Some(dir) = &scratch {
-        let _ = std::fs::remove_dir_all(dir);
-    } else if complete || !had_state_dir {
-        // The embedded receiver's state is only worth keeping to resume an unfinished copy.
-        state.root().remove_state_dir();
-    }
-    let summary = sent?;
-    if let Ok(Err(e @ EngineError::Store(_))) = received {
-        return Err(e);
-    }
-    Ok(summary)
+    Ok((sent, server.await))
 }
+
+/// What the sender reported, and how the embedded receiver's task ended.
+type CopyOutcome = (
+    Result<Summary, EngineError>,
+    Result<Result<SessionReport, EngineError>, tokio::task::JoinError>,
+);
 
 /// Works out the embedded receiver's root and the destination path under it.
 fn split_destination(

@@ -5,13 +5,14 @@
 //! confine → verify → write → install ([`receive`]). Both run over any [`Link`], so the same
 //! code runs over QUIC ([`QuicLink`]) and over the simulated link of `haul-testing`. The
 //! [`jobs`] module assembles the user-facing operations: `serve`, `push` and `copy` (a push to
-//! an embedded receiver over loopback QUIC).
+//! an embedded receiver in the same process, over [`local_link`]).
 //!
 //! The engine never prints: it updates [`Progress`] counters, emits [`Event`]s and returns a
 //! [`Summary`] or an [`EngineError`].
 //!
 //! # Layout
-//! - [`transport`]: the [`Link`] abstraction and its QUIC implementation.
+//! - [`transport`]: the [`Link`] abstraction and its QUIC implementation; [`local_link`]: the
+//!   in-process link `copy` uses.
 //! - `sender`: the sending pipeline. `receiver`: the receiving pipeline.
 //! - [`jobs`]: serve / push / copy.
 //! - [`progress`]: counters, events, summary. `error`: [`EngineError`].
@@ -22,6 +23,7 @@
 
 mod error;
 pub mod jobs;
+pub mod local_link;
 pub mod progress;
 mod receiver;
 mod sender;

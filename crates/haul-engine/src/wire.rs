@@ -57,7 +57,7 @@ impl FramedRecv {
             // Ask for what the current frame still lacks, so a 4 MiB chunk arrives in few reads.
             let want = self.decoder.wanted().clamp(64 << 10, 16 << 20);
             match self.recv.read_some(want).await? {
-                Some(bytes) => self.decoder.push(&bytes),
+                Some(bytes) => self.decoder.push_bytes(bytes),
                 None => {
                     self.decoder.finish()?;
                     return Ok(None);

@@ -18,6 +18,10 @@ pub struct Frame {
     pub kind: u8,
     /// The body, without the header.
     pub body: Bytes,
+    /// The rest of the body, when it arrived as one large buffer that was kept by reference
+    /// instead of copied after `body` (see [`FrameDecoder::push_bytes`]). Usually empty; the
+    /// whole body is always `body` followed by `tail`.
+    pub tail: Bytes,
 }
 
 /// A frame that cannot be accepted.
@@ -47,7 +51,15 @@ pub enum FrameError {
 pub struct FrameDecoder {
     buf: BytesMut,
     limits: Limits,
+    /// The end of the frame in `buf`, kept by reference.
+    tail: Option<Bytes>,
+    /// Bytes that arrived after `tail`, for the frames that follow it.
+    after: BytesMut,
 }
+
+/// A frame's missing part is kept by reference rather than copied from this size on; below
+/// it, copying costs less than keeping a buffer alive.
+const ZERO_COPY_MIN: usize = 16 << 10;
 
 impl FrameDecoder {
     /// A decoder enforcing `limits.max_frame`.
@@ -55,6 +67,8 @@ impl FrameDecoder {
         FrameDecoder {
             buf: BytesMut::new(),
             limits,
+            tail: None,
+            after: BytesMut::new(),
         }
     }
 
@@ -65,12 +79,32 @@ impl FrameDecoder {
 
     /// Appends bytes read from the stream.
     pub fn push(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
+        if self.tail.is_some() {
+            self.after.extend_from_slice(bytes);
+        } else {
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+
+    /// Appends a buffer read from the stream, like [`push`](Self::push), except that when it
+    /// holds all that the frame being assembled lacks, and that is large (a chunk's data after
+    /// its fields), that part is kept by reference and returned as the frame's
+    /// [`tail`](Frame::tail) instead of being copied.
+    pub fn push_bytes(&mut self, bytes: Bytes) {
+        if self.tail.is_none() && self.buf.len() >= HEADER_LEN {
+            let wanted = self.wanted();
+            if wanted >= ZERO_COPY_MIN && bytes.len() >= wanted {
+                self.tail = Some(bytes.slice(..wanted));
+                self.after.extend_from_slice(&bytes[wanted..]);
+                return;
+            }
+        }
+        self.push(&bytes);
     }
 
     /// Bytes buffered but not yet returned as frames.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.tail.as_ref().map_or(0, Bytes::len) + self.after.len()
     }
 
     /// How many more bytes are needed before [`next_frame`](Self::next_frame) can return a frame.
@@ -104,6 +138,19 @@ impl FrameDecoder {
                 limit: self.limits.max_frame,
             });
         }
+        if let Some(tail) = self.tail.take() {
+            // `buf` holds exactly the frame's head (push_bytes measured the tail to fit).
+            let mut frame = self.buf.split();
+            frame.advance(4);
+            let kind = frame.get_u8();
+            self.buf.extend_from_slice(&self.after);
+            self.after.clear();
+            return Ok(Some(Frame {
+                kind,
+                body: frame.freeze(),
+                tail,
+            }));
+        }
         let total = 4 + declared as usize;
         if self.buf.len() < total {
             return Ok(None);
@@ -114,17 +161,15 @@ impl FrameDecoder {
         Ok(Some(Frame {
             kind,
             body: frame.freeze(),
+            tail: Bytes::new(),
         }))
     }
 
     /// Called when the stream ends: an error if a partial frame is left over.
     pub fn finish(&self) -> Result<(), FrameError> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            Err(FrameError::Truncated {
-                buffered: self.buf.len(),
-            })
+        match self.buffered() {
+            0 => Ok(()),
+            buffered => Err(FrameError::Truncated { buffered }),
         }
     }
 }
@@ -154,7 +199,8 @@ mod tests {
                     got,
                     Some(Frame {
                         kind: 9,
-                        body: Bytes::from_static(b"abc")
+                        body: Bytes::from_static(b"abc"),
+                        tail: Bytes::new(),
                     })
                 );
             }
@@ -175,5 +221,36 @@ mod tests {
         dec.push(&header(1, 10));
         assert_eq!(dec.next_frame(), Ok(None));
         assert!(dec.finish().is_err());
+    }
+
+    #[test]
+    fn a_large_missing_part_is_kept_by_reference() {
+        let body_len = 3 + (64 << 10);
+        let mut head = header(9, body_len).to_vec();
+        head.extend_from_slice(b"abc");
+        let mut rest = vec![7u8; 64 << 10];
+        rest.extend_from_slice(&header(2, 1));
+        rest.push(b'z');
+        let rest = Bytes::from(rest);
+        let mut dec = FrameDecoder::new(Limits::default());
+        dec.push_bytes(Bytes::from(head));
+        dec.push_bytes(rest.clone());
+        let frame = dec.next_frame().unwrap().unwrap();
+        assert_eq!(frame.kind, 9);
+        assert_eq!(&frame.body[..], b"abc");
+        assert_eq!(frame.tail.len(), 64 << 10);
+        assert_eq!(frame.tail.as_ptr(), rest.as_ptr(), "kept, not copied");
+        // What followed the tail is the next frame.
+        let next = dec.next_frame().unwrap().unwrap();
+        assert_eq!((next.kind, &next.body[..]), (2, &b"z"[..]));
+        dec.finish().unwrap();
+    }
+
+    #[test]
+    fn a_tail_still_honours_the_frame_limit() {
+        let mut dec = FrameDecoder::new(Limits::for_chunk_size(64 << 10));
+        dec.push_bytes(Bytes::from(header(9, 100 << 20).to_vec()));
+        dec.push_bytes(Bytes::from(vec![0u8; 100 << 20]));
+        assert!(matches!(dec.next_frame(), Err(FrameError::TooLarge { .. })));
     }
 }

@@ -457,7 +457,10 @@ impl Message {
 
     /// Decodes one frame, checking every declared length against `limits`.
     pub fn decode(frame: Frame, limits: &Limits) -> Result<Message, DecodeError> {
-        let mut r = Reader { buf: frame.body };
+        let mut r = Reader {
+            buf: frame.body,
+            tail: frame.tail,
+        };
         let msg = match frame.kind {
             kind::HELLO => Message::Hello(Hello {
                 version: r.u16("version")?,
@@ -611,8 +614,8 @@ impl Message {
             }),
             other => return Err(DecodeError::UnknownType(other)),
         };
-        if r.buf.has_remaining() {
-            return Err(DecodeError::Trailing(r.buf.remaining()));
+        if r.buf.has_remaining() || !r.tail.is_empty() {
+            return Err(DecodeError::Trailing(r.buf.remaining() + r.tail.len()));
         }
         Ok(msg)
     }
@@ -658,10 +661,19 @@ fn put_bytes(buf: &mut BytesMut, bytes: &[u8]) {
 
 struct Reader {
     buf: Bytes,
+    /// The frame's [`Frame::tail`]: read after `buf`, by reference when a field is exactly it.
+    tail: Bytes,
 }
 
 impl Reader {
-    fn need(&self, n: usize, field: &'static str) -> Result<(), DecodeError> {
+    fn need(&mut self, n: usize, field: &'static str) -> Result<(), DecodeError> {
+        if self.buf.remaining() < n && !self.tail.is_empty() {
+            // A field straddles the split: join the two (a copy, but only for odd splits).
+            let mut joined = BytesMut::with_capacity(self.buf.len() + self.tail.len());
+            joined.extend_from_slice(&self.buf);
+            joined.extend_from_slice(&std::mem::take(&mut self.tail));
+            self.buf = joined.freeze();
+        }
         if self.buf.remaining() < n {
             Err(DecodeError::Truncated { field })
         } else {
@@ -724,6 +736,10 @@ impl Reader {
                 declared: len.into(),
                 limit: limit.into(),
             });
+        }
+        if self.buf.is_empty() && self.tail.len() == len as usize {
+            // A chunk's data that arrived as one buffer: no copy.
+            return Ok(std::mem::take(&mut self.tail));
         }
         self.need(len as usize, field)?;
         Ok(self.buf.split_to(len as usize))

@@ -88,6 +88,47 @@ fn message() -> impl Strategy<Value = Message> {
 }
 
 proptest! {
+    /// Buffers handed over whole (`push_bytes`, as the in-process link does) decode the same as
+    /// copied bytes, wherever they are cut, including chunk data large enough to be kept by
+    /// reference and cuts inside a chunk's fields.
+    #[test]
+    fn round_trip_of_owned_buffers_in_any_split(
+        msgs in proptest::collection::vec(message(), 0..4),
+        big in 16usize << 10..80 << 10,
+        cuts in proptest::collection::vec(1usize..100_000, 1..6),
+    ) {
+        let mut msgs = msgs;
+        msgs.push(Message::Chunk(Chunk {
+            id: 1,
+            index: 0,
+            hash: [3; 32],
+            zero: false,
+            data: Bytes::from(vec![9u8; big]),
+        }));
+        let mut wire = Vec::new();
+        for m in &msgs {
+            let (head, payload) = m.encode_parts();
+            wire.extend_from_slice(&head);
+            wire.extend_from_slice(&payload);
+        }
+        let wire = Bytes::from(wire);
+        let limits = Limits::default();
+        let mut dec = FrameDecoder::new(limits.clone());
+        let mut got = Vec::new();
+        let mut at = 0;
+        let mut cuts = cuts.into_iter().cycle();
+        while at < wire.len() {
+            let end = (at + cuts.next().unwrap_or(1)).min(wire.len());
+            dec.push_bytes(wire.slice(at..end));
+            at = end;
+            while let Some(frame) = dec.next_frame().unwrap() {
+                got.push(Message::decode(frame, &limits).unwrap());
+            }
+        }
+        dec.finish().unwrap();
+        prop_assert_eq!(got, msgs);
+    }
+
     #[test]
     fn round_trip_in_any_split(msgs in proptest::collection::vec(message(), 1..8), split in 1usize..97) {
         let mut wire = Vec::new();

@@ -15,6 +15,7 @@
 
 mod pool;
 mod read;
+mod uring;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -57,6 +58,9 @@ pub struct TransferOptions {
     /// `copy` only: let the embedded receiver apply setuid/setgid bits. A remote receiver
     /// decides this itself (`haul serve --preserve-special-bits`).
     pub preserve_special_bits: bool,
+    /// `copy` only: run the embedded receiver over loopback QUIC (with TLS) instead of in
+    /// this process, to measure or test the network path without a server.
+    pub via_quic: bool,
 }
 
 impl Default for TransferOptions {
@@ -73,6 +77,7 @@ impl Default for TransferOptions {
             dry_run: false,
             rename_aside: Vec::new(),
             preserve_special_bits: false,
+            via_quic: false,
         }
     }
 }

@@ -6,16 +6,17 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
 
 use bytes::Bytes;
 use haul_manifest::SparseMap;
 use haul_proto::{Chunk, ChunkLayout, FileDone, Hash, Message};
 
 use super::pool::BufferPool;
+use super::uring::ChunkReader;
 use crate::progress::Progress;
 
 /// A file the receiver asked about, shared by the jobs that cover its chunk ranges.
@@ -109,11 +110,15 @@ enum Decision {
 
 impl Worker {
     pub(crate) fn run(self) {
+        // One reader (and so at most one io_uring) per worker thread, for all its chunks.
+        let mut reader = ChunkReader::new();
+        static CHOSEN: Once = Once::new();
+        CHOSEN.call_once(|| tracing::debug!(backend = reader.kind(), "sender chunk reads"));
         while let Ok(job) = self.jobs.recv_blocking() {
             if job.file.failed.load(Ordering::Relaxed) {
                 continue;
             }
-            if let Err(e) = self.read_job(&job) {
+            if let Err(e) = self.read_job(&mut reader, &job) {
                 if e.kind() == io::ErrorKind::BrokenPipe {
                     return; // the writers are gone: the session is over
                 }
@@ -133,7 +138,7 @@ impl Worker {
         });
     }
 
-    fn read_job(&self, job: &ReadJob) -> io::Result<()> {
+    fn read_job(&self, reader: &mut ChunkReader, job: &ReadJob) -> io::Result<()> {
         let file = &job.file;
         // O_NOFOLLOW: if the file was swapped for a symlink since the scan, refuse rather than
         // send whatever the link points at.
@@ -174,7 +179,7 @@ impl Worker {
                 )
             } else {
                 let mut buf = self.buffers.take(len as usize);
-                handle.read_exact_at(buf.as_mut_slice(), offset)?;
+                reader.read_exact_at(&handle, buf.as_mut_slice(), offset)?;
                 (
                     haul_manifest::chunk_hash(&file.layout, index, buf.as_ref()),
                     buf.into_bytes(),
