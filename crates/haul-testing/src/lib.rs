@@ -7,6 +7,9 @@
 //! - [`disk`]: a tmpfs to fill up for real and grow again ([`Tmpfs`]).
 //! - [`sim`]: an in-memory [`Link`](haul_engine::Link) pair whose splits, delays, kill point
 //!   and corruption are chosen by a seed, so protocol and failure cases replay exactly.
+//! - [`linkemu`]: a user-space WAN link ([`LinkEmu`]) between a UDP client and a real
+//!   `haul serve`: rate, drop-tail queue, delay, jitter, loss and MTU per direction
+//!   ([`LinkSpec`]), since the test kernel has no netem. The `haul-linkemu` binary wraps it.
 //!
 //! # Must not depend on
 //! Nothing in the product depends on this crate; it is a dev-dependency only.
@@ -14,9 +17,11 @@
 pub mod cmd;
 pub mod disk;
 pub mod hostile;
+pub mod linkemu;
 pub mod sim;
 pub mod tree;
 
 pub use cmd::{Haul, Server, summary_of};
 pub use disk::Tmpfs;
+pub use linkemu::{DirStats, LinkEmu, LinkSpec, LinkStats};
 pub use tree::{TreeBuilder, assert_same_tree, partial_bytes, sparse_blocks};

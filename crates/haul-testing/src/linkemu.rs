@@ -1,0 +1,670 @@
+//! A user-space WAN link: a UDP relay between one client and one upstream address that applies
+//! a bottleneck rate, a drop-tail queue, one-way delay, jitter, random loss and an MTU to each
+//! direction independently.
+//!
+//! Why user space: the test machines' kernels have no `netem` qdisc, and a relay needs no
+//! privileges. The model per direction is the classic serialisation one: a packet of `n` bytes
+//! leaves the bottleneck at `max(arrival, previous departure) + n * 8 / rate`, waits in a
+//! drop-tail queue whose occupancy is exactly the backlog of not-yet-departed bytes, may be lost
+//! on the wire after the bottleneck (so a lost packet still used its share of the rate), and is
+//! delivered `delay ± jitter` after departure. Without jitter nothing is ever reordered.
+//!
+//! Each direction runs on one std thread over blocking sockets: it sleeps in `poll` until a
+//! packet arrives or the next delivery is due, reads what is waiting without blocking, and sends
+//! whatever is due. Buffers are recycled so the steady state allocates nothing.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::net::RecvFlags;
+
+/// The largest UDP payload on a 1500-byte Ethernet IPv4 path (1500 - 20 IP - 8 UDP), so QUIC
+/// path-MTU discovery settles where it would on a real network rather than at loopback's 64 KiB.
+pub const ETHERNET_UDP_PAYLOAD: usize = 1472;
+/// Longest sleep between checks of the stop flag.
+const IDLE_WAIT: Duration = Duration::from_millis(20);
+/// Packets read per wake-up before due deliveries get their turn, so a flood cannot starve them.
+const READ_BATCH: usize = 64;
+/// Kernel buffer asked for on both relay sockets: bursts at 1 Gbit/s overflow the default.
+const SOCKET_BUFFER: usize = 32 * 1024 * 1024;
+/// Spare buffers kept for reuse; more than this are freed.
+const POOL_MAX: usize = 8192;
+
+/// What one direction of the link does to the packets crossing it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinkSpec {
+    /// Bottleneck rate in bits per second; 0 means unlimited (no queueing at all).
+    pub rate_bits_per_s: u64,
+    /// One-way propagation delay added after the bottleneck (the round trip is the sum of both
+    /// directions' delays).
+    pub delay: Duration,
+    /// Each packet's delay is drawn uniformly from `delay ± jitter` (floored at 0); packets may
+    /// then be reordered, as on a real jittery path.
+    pub jitter: Duration,
+    /// Probability in `0..=1` that a packet is lost after the bottleneck.
+    pub loss: f64,
+    /// Drop-tail queue limit in bytes of backlog; `None` means one round trip at the rate
+    /// (`rate * 2 * delay`) plus 128 KiB, see [`queue_limit`](Self::queue_limit).
+    pub queue_bytes: Option<usize>,
+    /// Packets with a UDP payload larger than this are dropped, like an IP path without
+    /// fragmentation.
+    pub mtu: usize,
+    /// Seed for the loss and jitter draws: the same seed and traffic lose the same packets.
+    pub seed: u64,
+}
+
+impl Default for LinkSpec {
+    /// A perfect Ethernet-MTU link: unlimited rate, no delay, no loss.
+    fn default() -> Self {
+        LinkSpec {
+            rate_bits_per_s: 0,
+            delay: Duration::ZERO,
+            jitter: Duration::ZERO,
+            loss: 0.0,
+            queue_bytes: None,
+            mtu: ETHERNET_UDP_PAYLOAD,
+            seed: 0,
+        }
+    }
+}
+
+impl LinkSpec {
+    /// A link with this rate, one-way delay and loss probability; the rest is the default.
+    pub fn wan(rate_bits_per_s: u64, delay: Duration, loss: f64) -> Self {
+        LinkSpec {
+            rate_bits_per_s,
+            delay,
+            loss,
+            ..LinkSpec::default()
+        }
+    }
+
+    /// The drop-tail limit in bytes: `queue_bytes`, or a round trip's worth of bytes at the
+    /// rate plus 128 KiB (a bandwidth-delay product of buffering, the usual router rule).
+    pub fn queue_limit(&self) -> usize {
+        if let Some(limit) = self.queue_bytes {
+            return limit;
+        }
+        let bdp = u128::from(self.rate_bits_per_s) * 2 * self.delay.as_nanos() / 8_000_000_000;
+        usize::try_from(bdp)
+            .unwrap_or(usize::MAX)
+            .saturating_add(128 * 1024)
+    }
+}
+
+/// Counters of one direction since the link started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirStats {
+    /// Packets delivered out of the far side.
+    pub packets: u64,
+    /// UDP payload bytes delivered.
+    pub bytes: u64,
+    /// Packets lost at random (`loss`).
+    pub dropped_loss: u64,
+    /// Packets dropped because the bottleneck queue was full.
+    pub dropped_queue: u64,
+    /// Packets dropped for being larger than the MTU.
+    pub dropped_mtu: u64,
+    /// Packets whose final `send` failed (the far side went away, or a full kernel buffer).
+    pub send_errors: u64,
+}
+
+/// Counters of both directions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Client to upstream.
+    pub up: DirStats,
+    /// Upstream to client.
+    pub down: DirStats,
+}
+
+impl fmt::Display for DirStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "packets={} bytes={} dropped_loss={} dropped_queue={} dropped_mtu={} send_errors={}",
+            self.packets,
+            self.bytes,
+            self.dropped_loss,
+            self.dropped_queue,
+            self.dropped_mtu,
+            self.send_errors
+        )
+    }
+}
+
+impl fmt::Display for LinkStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "up: {}; down: {}", self.up, self.down)
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    packets: AtomicU64,
+    bytes: AtomicU64,
+    dropped_loss: AtomicU64,
+    dropped_queue: AtomicU64,
+    dropped_mtu: AtomicU64,
+    send_errors: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> DirStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        DirStats {
+            packets: get(&self.packets),
+            bytes: get(&self.bytes),
+            dropped_loss: get(&self.dropped_loss),
+            dropped_queue: get(&self.dropped_queue),
+            dropped_mtu: get(&self.dropped_mtu),
+            send_errors: get(&self.send_errors),
+        }
+    }
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// A running relay; both threads stop (and are joined) on drop.
+pub struct LinkEmu {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    up: Arc<Counters>,
+    down: Arc<Counters>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl fmt::Debug for LinkEmu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinkEmu")
+            .field("addr", &self.addr)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl LinkEmu {
+    /// Relays between a client and `upstream`, listening on a free loopback port; `up` shapes
+    /// client-to-upstream packets, `down` the replies.
+    pub fn start(upstream: SocketAddr, up: LinkSpec, down: LinkSpec) -> io::Result<LinkEmu> {
+        let listen = match upstream.ip() {
+            IpAddr::V4(_) => SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            IpAddr::V6(_) => SocketAddr::from((Ipv6Addr::LOCALHOST, 0)),
+        };
+        LinkEmu::start_on(listen, upstream, up, down)
+    }
+
+    /// Like [`start`](Self::start), listening on `listen`. The first address that sends to it
+    /// becomes the client; datagrams from any other address are ignored.
+    pub fn start_on(
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        up: LinkSpec,
+        down: LinkSpec,
+    ) -> io::Result<LinkEmu> {
+        let client_side = Arc::new(bind_big(listen)?);
+        let wildcard = match upstream.ip() {
+            IpAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            IpAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+        };
+        let upstream_side = Arc::new(bind_big(wildcard)?);
+        // Connected, so only the upstream's datagrams reach this socket.
+        upstream_side.connect(upstream)?;
+        let addr = client_side.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let client = Arc::new(OnceLock::new());
+        let (up_counters, down_counters) = (Arc::default(), Arc::default());
+        let mut threads = Vec::new();
+        for (to_upstream, spec, counters) in
+            [(true, up, &up_counters), (false, down, &down_counters)]
+        {
+            let (from, to) = if to_upstream {
+                (client_side.clone(), upstream_side.clone())
+            } else {
+                (upstream_side.clone(), client_side.clone())
+            };
+            let dir = Direction {
+                queue_limit: spec.queue_limit(),
+                // Different streams per direction even with the same seed.
+                rng: Rng::new(spec.seed ^ if to_upstream { 0x5555 } else { 0xaaaa }),
+                spec,
+                to_upstream,
+                from,
+                to,
+                client: client.clone(),
+                counters: Arc::clone(counters),
+                stop: stop.clone(),
+                free_at: Instant::now(),
+                in_flight: VecDeque::new(),
+                pool: Vec::new(),
+            };
+            let name = if to_upstream {
+                "linkemu-up"
+            } else {
+                "linkemu-down"
+            };
+            let spawned = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || dir.run());
+            match spawned {
+                Ok(handle) => threads.push(handle),
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(LinkEmu {
+            addr,
+            stop,
+            up: up_counters,
+            down: down_counters,
+            threads,
+        })
+    }
+
+    /// The address clients send to instead of the upstream.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> LinkStats {
+        LinkStats {
+            up: self.up.snapshot(),
+            down: self.down.snapshot(),
+        }
+    }
+}
+
+impl Drop for LinkEmu {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Binds a UDP socket with large kernel buffers (forced when privileged), so the relay itself
+/// does not lose packets the model did not choose to lose.
+fn bind_big(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use rustix::net::sockopt;
+    let socket = UdpSocket::bind(addr)?;
+    // Best effort: a smaller buffer still works, it just overflows sooner.
+    let _ = sockopt::set_socket_recv_buffer_size_force(&socket, SOCKET_BUFFER)
+        .or_else(|_| sockopt::set_socket_recv_buffer_size(&socket, SOCKET_BUFFER));
+    let _ = sockopt::set_socket_send_buffer_size_force(&socket, SOCKET_BUFFER)
+        .or_else(|_| sockopt::set_socket_send_buffer_size(&socket, SOCKET_BUFFER));
+    Ok(socket)
+}
+
+/// A packet on its way: payload and the instant it leaves the far side.
+struct Scheduled {
+    at: Instant,
+    payload: Vec<u8>,
+}
+
+/// One direction's state, owned by its thread.
+struct Direction {
+    spec: LinkSpec,
+    queue_limit: usize,
+    rng: Rng,
+    to_upstream: bool,
+    from: Arc<UdpSocket>,
+    to: Arc<UdpSocket>,
+    client: Arc<OnceLock<SocketAddr>>,
+    counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+    /// When the bottleneck finishes serialising the last admitted packet.
+    free_at: Instant,
+    /// Sorted by `at`; without jitter every packet goes to the back.
+    in_flight: VecDeque<Scheduled>,
+    pool: Vec<Vec<u8>>,
+}
+
+impl Direction {
+    fn run(mut self) {
+        // Large enough for any UDP datagram, so oversize packets are seen whole and counted.
+        let mut scratch = vec![0u8; 65536];
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            self.deliver_due(now);
+            let wait = self
+                .in_flight
+                .front()
+                .map_or(IDLE_WAIT, |p| p.at.saturating_duration_since(now))
+                .min(IDLE_WAIT);
+            if !wait.is_zero() {
+                let mut fds = [PollFd::new(&*self.from, PollFlags::IN)];
+                let timeout = Timespec::try_from(wait).unwrap_or(Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 20_000_000,
+                });
+                // An interrupted or failed poll just means another turn of the loop.
+                let _ = rustix::event::poll(&mut fds, Some(&timeout));
+            }
+            for _ in 0..READ_BATCH {
+                match self.receive(&mut scratch) {
+                    Ok(Some(len)) => self.admit(&scratch[..len]),
+                    Ok(None) => {}
+                    // WouldBlock ends the batch; so does a refused upstream (an ICMP error
+                    // reported once), which the next turn of the loop gets past.
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    /// Reads one datagram without blocking; `None` for one from a stranger.
+    fn receive(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        if !self.to_upstream {
+            let (len, _) = rustix::net::recv(&*self.from, buf, RecvFlags::DONTWAIT)?;
+            return Ok(Some(len));
+        }
+        let (len, _, from) = rustix::net::recvfrom(&*self.from, buf, RecvFlags::DONTWAIT)?;
+        let Some(from) = from.and_then(|a| SocketAddr::try_from(a).ok()) else {
+            return Ok(None);
+        };
+        Ok((*self.client.get_or_init(|| from) == from).then_some(len))
+    }
+
+    /// Runs one arriving packet through MTU, queue, rate, loss and delay.
+    fn admit(&mut self, packet: &[u8]) {
+        if packet.len() > self.spec.mtu {
+            bump(&self.counters.dropped_mtu, 1);
+            return;
+        }
+        let now = Instant::now();
+        let mut departure = now;
+        if self.spec.rate_bits_per_s > 0 {
+            let start = self.free_at.max(now);
+            let rate = u128::from(self.spec.rate_bits_per_s);
+            let backlog = (start - now).as_nanos() * rate / 8_000_000_000;
+            if backlog + packet.len() as u128 > self.queue_limit as u128 {
+                bump(&self.counters.dropped_queue, 1);
+                return;
+            }
+            let serialise = packet.len() as u128 * 8_000_000_000 / rate;
+            self.free_at = start + Duration::from_nanos(serialise as u64);
+            departure = self.free_at;
+        }
+        // Lost on the wire after the bottleneck: it used its share of the rate regardless.
+        if self.spec.loss > 0.0 && self.rng.unit() < self.spec.loss {
+            bump(&self.counters.dropped_loss, 1);
+            return;
+        }
+        let mut delay = self.spec.delay;
+        if !self.spec.jitter.is_zero() {
+            let span = self.spec.jitter.as_nanos() as f64;
+            let offset = (self.rng.unit() * 2.0 - 1.0) * span;
+            delay = Duration::from_nanos((delay.as_nanos() as f64 + offset).max(0.0) as u64);
+        }
+        let at = departure + delay;
+        let mut payload = self.pool.pop().unwrap_or_default();
+        payload.clear();
+        payload.extend_from_slice(packet);
+        let mut slot = self.in_flight.len();
+        while slot > 0 && self.in_flight[slot - 1].at > at {
+            slot -= 1;
+        }
+        self.in_flight.insert(slot, Scheduled { at, payload });
+    }
+
+    /// Sends every packet whose time has come.
+    fn deliver_due(&mut self, now: Instant) {
+        while self.in_flight.front().is_some_and(|p| p.at <= now) {
+            let Some(packet) = self.in_flight.pop_front() else {
+                break;
+            };
+            let sent = if self.to_upstream {
+                self.to.send(&packet.payload)
+            } else {
+                match self.client.get() {
+                    Some(client) => self.to.send_to(&packet.payload, client),
+                    None => Err(io::ErrorKind::NotConnected.into()),
+                }
+            };
+            match sent {
+                Ok(_) => {
+                    bump(&self.counters.packets, 1);
+                    bump(&self.counters.bytes, packet.payload.len() as u64);
+                }
+                Err(_) => bump(&self.counters.send_errors, 1),
+            }
+            if self.pool.len() < POOL_MAX {
+                self.pool.push(packet.payload);
+            }
+        }
+    }
+}
+
+/// splitmix64: tiny, fast, and good enough to decide which packets are lost.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A receiving socket standing in for the upstream, with a big buffer so the test itself
+    /// drops nothing.
+    fn upstream() -> UdpSocket {
+        let socket = bind_big("127.0.0.1:0".parse().unwrap()).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        socket
+    }
+
+    fn client() -> UdpSocket {
+        bind_big("127.0.0.1:0".parse().unwrap()).unwrap()
+    }
+
+    /// Receives until the socket stays quiet for its read timeout; returns the arrival times.
+    fn drain(socket: &UdpSocket) -> Vec<(Instant, usize)> {
+        let mut buf = [0u8; 65536];
+        let mut got = Vec::new();
+        while let Ok(len) = socket.recv(&mut buf) {
+            got.push((Instant::now(), len));
+        }
+        got
+    }
+
+    #[test]
+    fn loss_follows_the_probability_and_the_seed() {
+        let run = |seed| {
+            let server = upstream();
+            let spec = LinkSpec {
+                loss: 0.1,
+                seed,
+                ..LinkSpec::default()
+            };
+            let link =
+                LinkEmu::start(server.local_addr().unwrap(), spec, LinkSpec::default()).unwrap();
+            let c = client();
+            for i in 0..5000u32 {
+                c.send_to(&i.to_be_bytes(), link.addr()).unwrap();
+            }
+            let got = drain(&server).len() as u64;
+            let stats = link.stats().up;
+            assert_eq!(stats.packets, got);
+            assert_eq!(stats.packets + stats.dropped_loss, 5000, "{stats}");
+            stats.dropped_loss
+        };
+        let lost = run(7);
+        assert!((400..=600).contains(&lost), "lost {lost} of 5000 at 10%");
+        assert_eq!(run(7), lost, "the same seed loses the same packets");
+    }
+
+    #[test]
+    fn the_rate_limits_delivery() {
+        let server = upstream();
+        let spec = LinkSpec {
+            rate_bits_per_s: 20_000_000,
+            queue_bytes: Some(8 << 20),
+            ..LinkSpec::default()
+        };
+        let link = LinkEmu::start(server.local_addr().unwrap(), spec, LinkSpec::default()).unwrap();
+        let c = client();
+        let packet = [7u8; 1400];
+        let count = 1500;
+        for _ in 0..count {
+            c.send_to(&packet, link.addr()).unwrap();
+        }
+        let got = drain(&server);
+        assert_eq!(got.len(), count, "{}", link.stats());
+        // The first packet left after one serialisation time; count-1 more followed it.
+        let span = got[count - 1].0 - got[0].0;
+        let bits = (count - 1) as f64 * 1400.0 * 8.0;
+        let rate = bits / span.as_secs_f64();
+        assert!(
+            (17_000_000.0..=23_000_000.0).contains(&rate),
+            "delivered at {rate:.0} bit/s, want 20 Mbit/s ±15%"
+        );
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_tail() {
+        let server = upstream();
+        let spec = LinkSpec {
+            rate_bits_per_s: 1_000_000,
+            queue_bytes: Some(20_000),
+            ..LinkSpec::default()
+        };
+        let link = LinkEmu::start(server.local_addr().unwrap(), spec, LinkSpec::default()).unwrap();
+        let c = client();
+        for _ in 0..100 {
+            c.send_to(&[1u8; 1000], link.addr()).unwrap();
+        }
+        let got = drain(&server);
+        let stats = link.stats().up;
+        assert_eq!(stats.packets, got.len() as u64);
+        // 20 KB of backlog plus the packet in service, give or take the send loop's own time.
+        assert!((20..=30).contains(&got.len()), "{stats}");
+        assert_eq!(stats.dropped_queue + stats.packets, 100, "{stats}");
+    }
+
+    #[test]
+    fn delay_applies_each_way() {
+        let server = upstream();
+        let spec = LinkSpec::wan(0, Duration::from_millis(40), 0.0);
+        let link = LinkEmu::start(server.local_addr().unwrap(), spec.clone(), spec).unwrap();
+        let c = client();
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let sent = Instant::now();
+        c.send_to(b"ping", link.addr()).unwrap();
+        let mut buf = [0u8; 64];
+        let (len, from) = server.recv_from(&mut buf).unwrap();
+        let one_way = sent.elapsed();
+        server.send_to(&buf[..len], from).unwrap();
+        let (len, reply_from) = c.recv_from(&mut buf).unwrap();
+        let rtt = sent.elapsed();
+        assert_eq!(&buf[..len], b"ping");
+        assert_eq!(reply_from, link.addr(), "replies come from the relay");
+        assert!(
+            one_way >= Duration::from_millis(40) && one_way < Duration::from_millis(70),
+            "{one_way:?}"
+        );
+        assert!(
+            rtt >= Duration::from_millis(80) && rtt < Duration::from_millis(130),
+            "{rtt:?}"
+        );
+    }
+
+    /// Sends 300 numbered packets through a link with `jitter` and returns the order they came.
+    fn arrival_order(jitter: Duration) -> Vec<u32> {
+        let server = upstream();
+        let spec = LinkSpec {
+            jitter,
+            ..LinkSpec::wan(50_000_000, Duration::from_millis(30), 0.0)
+        };
+        let link = LinkEmu::start(server.local_addr().unwrap(), spec, LinkSpec::default()).unwrap();
+        let c = client();
+        for i in 0..300u32 {
+            c.send_to(&i.to_be_bytes(), link.addr()).unwrap();
+        }
+        let mut buf = [0u8; 64];
+        let mut order = Vec::new();
+        while let Ok(4) = server.recv(&mut buf) {
+            order.push(u32::from_be_bytes(buf[..4].try_into().unwrap()));
+        }
+        order
+    }
+
+    #[test]
+    fn only_jitter_reorders() {
+        let steady = arrival_order(Duration::ZERO);
+        assert_eq!(steady, (0..300).collect::<Vec<_>>());
+        let mut jittery = arrival_order(Duration::from_millis(20));
+        assert_ne!(
+            jittery, steady,
+            "20 ms of jitter never reordered 300 packets"
+        );
+        jittery.sort_unstable();
+        assert_eq!(jittery, steady, "jitter must not lose or duplicate");
+    }
+
+    #[test]
+    fn oversize_packets_and_strangers_do_not_pass() {
+        let server = upstream();
+        let link = LinkEmu::start(
+            server.local_addr().unwrap(),
+            LinkSpec::default(),
+            LinkSpec::default(),
+        )
+        .unwrap();
+        let c = client();
+        c.send_to(&[0u8; ETHERNET_UDP_PAYLOAD + 1], link.addr())
+            .unwrap();
+        c.send_to(&[0u8; ETHERNET_UDP_PAYLOAD], link.addr())
+            .unwrap();
+        // A second sender is not the client, so it is ignored.
+        client().send_to(b"stranger", link.addr()).unwrap();
+        let got = drain(&server);
+        assert_eq!(
+            got.iter().map(|g| g.1).collect::<Vec<_>>(),
+            [ETHERNET_UDP_PAYLOAD]
+        );
+        let stats = link.stats().up;
+        assert_eq!((stats.dropped_mtu, stats.packets), (1, 1), "{stats}");
+    }
+
+    #[test]
+    fn the_default_queue_holds_a_round_trip() {
+        let spec = LinkSpec::wan(1_000_000_000, Duration::from_millis(20), 0.0);
+        assert_eq!(spec.queue_limit(), 5_000_000 + 128 * 1024);
+        let fixed = LinkSpec {
+            queue_bytes: Some(9),
+            ..spec
+        };
+        assert_eq!(fixed.queue_limit(), 9);
+    }
+}
