@@ -196,10 +196,13 @@ pub(crate) fn summary(mode: Mode, summary: &Summary) {
                 0.0
             };
             eprintln!(
-                "haul: {} of {} files copied ({}), {} dirs, {} symlinks; {} sent in {} chunks; \
-                 {:.1} s, {}/s",
-                summary.files_transferred,
+                "haul: {} of {} files copied, {} already up to date ({}), {} dirs, {} symlinks; \
+                 {} sent in {} chunks; {:.1} s, {}/s",
+                summary
+                    .files_transferred
+                    .saturating_sub(summary.files_unchanged),
                 summary.files_total,
+                summary.files_unchanged,
                 indicatif::HumanBytes(summary.bytes_total),
                 summary.dirs,
                 summary.symlinks,
@@ -214,10 +217,9 @@ pub(crate) fn summary(mode: Mode, summary: &Summary) {
                     r.from, r.to
                 );
             }
-            if summary.files_unchanged > 0 || summary.chunks_reused > 0 {
+            if summary.chunks_reused > 0 {
                 eprintln!(
-                    "haul: {} files were already up to date; {} chunks ({}) reused from the target",
-                    summary.files_unchanged,
+                    "haul: {} chunks ({}) reused from the target instead of sent",
                     summary.chunks_reused,
                     indicatif::HumanBytes(summary.bytes_reused),
                 );

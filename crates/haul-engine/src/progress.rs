@@ -123,7 +123,8 @@ pub struct FileProblem {
 pub struct Summary {
     /// Regular files in the source.
     pub files_total: u64,
-    /// Regular files installed on the target.
+    /// Regular files the target now holds as in the source: those copied plus those already
+    /// up to date (`files_unchanged`).
     pub files_transferred: u64,
     /// Regular files that could not be copied.
     pub files_failed: u64,

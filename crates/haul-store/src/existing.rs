@@ -26,6 +26,19 @@ pub struct ExistingFile {
     pub mode: u32,
 }
 
+/// What [`Root::stat_existing`] reports of a regular file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStat {
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its modification time, seconds since the epoch.
+    pub mtime_sec: i64,
+    /// Nanoseconds part of the modification time.
+    pub mtime_nsec: u32,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+}
+
 fn is_file(st: &Stat) -> bool {
     FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
 }
@@ -45,6 +58,30 @@ impl Root {
             mtime_nsec: u32::try_from(st.st_mtime_nsec).unwrap_or(0),
             mode: st.st_mode & 0o7777,
         }))
+    }
+
+    /// Size, mtime and mode of the regular file at `rel` from one `statat`, without opening it:
+    /// what a re-run's quick check needs for every file of the tree. `Ok(None)` as for
+    /// [`Root::open_existing`].
+    pub fn stat_existing(&self, rel: &RelPath) -> Result<Option<FileStat>, StoreError> {
+        let Some((parent, name)) = rel.parent_and_name() else {
+            return Ok(None);
+        };
+        let parent = match self.resolve_dir(&parent, crate::root::Missing::Absent) {
+            Ok(Some(fd)) => fd,
+            Ok(None) | Err(StoreError::NotADirectory { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match rustix::fs::statat(&*parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if is_file(&st) => Ok(Some(FileStat {
+                size: u64::try_from(st.st_size).unwrap_or(0),
+                mtime_sec: st.st_mtime,
+                mtime_nsec: u32::try_from(st.st_mtime_nsec).unwrap_or(0),
+                mode: st.st_mode & 0o7777,
+            })),
+            Ok(_) | Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(self.err(e, rel, "inspect existing file")),
+        }
     }
 
     /// Sets the mode (same rules as [`Root::install_file`]: setuid/setgid dropped) and mtime

@@ -72,7 +72,7 @@ mod root;
 mod staging;
 
 pub use error::StoreError;
-pub use existing::ExistingFile;
+pub use existing::{ExistingFile, FileStat};
 pub use partial::{Partial, SourceIdentity};
 pub use partial_open::OpenedPartial;
 pub use path::{MAX_NAME, MAX_PATH, PathError, RESERVED, RelPath};

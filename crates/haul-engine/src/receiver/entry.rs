@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 
 use haul_proto::{ChunkLayout, Entry, EntryKind, Have, Message, Meta, Need};
-use haul_store::{ExistingFile, RelPath, SourceIdentity};
+use haul_store::{ExistingFile, FileStat, RelPath, SourceIdentity};
 
 use super::files::{Files, Outcome, Plan, Reuse, failed, installed};
 use super::target::Target;
@@ -77,7 +77,7 @@ pub(crate) fn handle_entry(
         let unchanged = entry.kind == EntryKind::File
             && entry.size > 0
             && !rules.checksum
-            && quick_match(root.open_existing(&rel).ok().flatten().as_ref(), &entry);
+            && quick_match(root.stat_existing(&rel).ok().flatten().as_ref(), &entry);
         if entry.kind == EntryKind::File && entry.size > 0 && !unchanged {
             return plan_file(files, rules, entry, rel);
         }
@@ -106,7 +106,7 @@ pub(crate) fn handle_entry(
             .map(|()| files.send(done(id, *blake3::hash(b"").as_bytes(), false))),
         EntryKind::File => {
             if !rules.checksum {
-                match root.open_existing(&rel) {
+                match root.stat_existing(&rel) {
                     Ok(Some(existing)) if quick_match(Some(&existing), &entry) => {
                         // rsync's quick check: same size and mtime. Fix the mode if needed.
                         let fixed = if existing.mode & 0o7777 != entry.meta.mode & 0o1777 {
@@ -149,7 +149,7 @@ fn open_partial_waiting(
     }
 }
 
-fn quick_match(existing: Option<&ExistingFile>, entry: &Entry) -> bool {
+fn quick_match(existing: Option<&FileStat>, entry: &Entry) -> bool {
     existing.is_some_and(|e| {
         e.size == entry.size
             && e.mtime_sec == entry.meta.mtime_sec

@@ -301,21 +301,7 @@ pub async fn receive(
             let busy = files.busy();
             tokio::task::spawn_blocking(move || {
                 let _busy = busy;
-                for event in batch {
-                    match event {
-                        ServerEvent::Entry(entry) => handle_entry(&files, &rules, &dirs, entry),
-                        ServerEvent::FileDone {
-                            id,
-                            hash,
-                            chunks_sent,
-                        } => files.file_done(id, hash, chunks_sent),
-                        ServerEvent::SourceFailed { id, message } => {
-                            files.source_failed(id, message)
-                        }
-                        ServerEvent::EndOfEntries => files.send(Outcome::EndOfEntries),
-                        ServerEvent::Abort(_) | ServerEvent::Hello(_) => {}
-                    }
-                }
+                handle_batch(&files, &rules, &dirs, batch);
             })
             .await
             .map_err(|e| EngineError::Protocol(format!("entry task failed: {e}")))?;
@@ -468,4 +454,82 @@ async fn control_writer(
     Err(EngineError::Protocol(
         "the session ended before every entry was resolved".into(),
     ))
+}
+
+/// Handles a batch of control events on several threads: a receiver doing one `stat` or
+/// `create` at a time cannot keep up with a sender announcing a million small files.
+///
+/// Order matters only per entry and for directories: directories are created first, in
+/// order (a directory's parent comes before it), then the other events are split by entry id,
+/// so an entry's `FileDone` runs on the same thread after the entry itself. The end of the
+/// entries is passed on last.
+fn handle_batch(
+    files: &Files,
+    rules: &EntryRules,
+    dirs: &Mutex<Vec<(RelPath, haul_proto::Meta)>>,
+    batch: Vec<ServerEvent>,
+) {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
+    let mut lanes: Vec<Vec<ServerEvent>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut end = false;
+    for event in batch {
+        let id = match &event {
+            ServerEvent::Entry(entry) if entry.kind == haul_proto::EntryKind::Dir => {
+                // At once, before any file of this batch that may live in it.
+                run_event(files, rules, dirs, event);
+                continue;
+            }
+            ServerEvent::Entry(entry) => entry.id,
+            ServerEvent::FileDone { id, .. } | ServerEvent::SourceFailed { id, .. } => *id,
+            ServerEvent::EndOfEntries => {
+                end = true;
+                continue;
+            }
+            ServerEvent::Abort(_) | ServerEvent::Hello(_) => continue,
+        };
+        lanes[(id % threads as u64) as usize].push(event);
+    }
+    let busy_lanes = lanes.iter().filter(|l| !l.is_empty()).count();
+    if busy_lanes <= 1 || lanes.iter().map(Vec::len).sum::<usize>() < 32 {
+        // Not worth a thread.
+        for event in lanes.into_iter().flatten() {
+            run_event(files, rules, dirs, event);
+        }
+    } else {
+        std::thread::scope(|scope| {
+            let mut lanes = lanes.into_iter();
+            let mine = lanes.next().unwrap_or_default();
+            for lane in lanes.filter(|l| !l.is_empty()) {
+                scope.spawn(move || {
+                    for event in lane {
+                        run_event(files, rules, dirs, event);
+                    }
+                });
+            }
+            for event in mine {
+                run_event(files, rules, dirs, event);
+            }
+        });
+    }
+    if end {
+        files.send(Outcome::EndOfEntries);
+    }
+}
+
+fn run_event(
+    files: &Files,
+    rules: &EntryRules,
+    dirs: &Mutex<Vec<(RelPath, haul_proto::Meta)>>,
+    event: ServerEvent,
+) {
+    match event {
+        ServerEvent::Entry(entry) => handle_entry(files, rules, dirs, entry),
+        ServerEvent::FileDone {
+            id,
+            hash,
+            chunks_sent,
+        } => files.file_done(id, hash, chunks_sent),
+        ServerEvent::SourceFailed { id, message } => files.source_failed(id, message),
+        ServerEvent::EndOfEntries | ServerEvent::Abort(_) | ServerEvent::Hello(_) => {}
+    }
 }
