@@ -7,12 +7,13 @@
 #
 #   --quick          scaled-down data sets, 1 repetition: a few minutes (CI)
 #   --no-build       do not run `cargo build --release` (the binary must exist)
-#   --only SETS      comma-separated sets to run [all]: big small many rerun delta sparse resume
+#   --only SETS      comma-separated sets to run [all]: big small many rerun delta sparse resume wan
 #   --reps N         repetitions per tool; the best (shortest) run counts [3; --quick: 1;
 #                    the heavy full-size `many` set runs once unless --reps is given]
 #
 # Environment: HAUL_BENCH_DIR (work dir, default benches/work, git-ignored),
-# HAUL_BIN (the haul binary, default target/release/haul).
+# HAUL_BIN (the haul binary, default target/release/haul), LINKEMU_BIN (the WAN emulator,
+# default target/release/haul-linkemu).
 #
 # Runs as root (it starts a throwaway sshd and rsync daemon on loopback ports, and installs
 # missing tools with apt-get). Everything it starts is killed on exit.
@@ -22,14 +23,13 @@ usage() { sed -n '6,16p' "$0" | sed 's/^# \{0,1\}//'; }
 log() { printf '[compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf '[compare] error: %s\n' "$*" >&2; exit 1; }
 
-ALL_SETS=(big small many rerun delta sparse resume)
-# `wan` is reserved: see bench_wan below.
+ALL_SETS=(big small many rerun delta sparse resume wan)
 parse_only() {
     local s
     IFS=, read -r -a ONLY <<<"$1"
     ((${#ONLY[@]})) || die "--only takes a comma-separated list of sets: ${ALL_SETS[*]}"
     for s in "${ONLY[@]}"; do
-        [[ " ${ALL_SETS[*]} wan " == *" $s "* ]] || die "unknown set '$s'; sets: ${ALL_SETS[*]}"
+        [[ " ${ALL_SETS[*]} " == *" $s "* ]] || die "unknown set '$s'; sets: ${ALL_SETS[*]}"
     done
 }
 
@@ -57,15 +57,19 @@ if ((QUICK)); then
     MANY_FILES=20000 MANY_FLAT_FILES=2000 RERUN_FILES=10000
     DELTA_BYTES=$((64 * MiB)) DELTA_OFFSET=$((30 * MiB + MiB / 2))
     SPARSE_BYTES=$((1 * GiB)) SPARSE_EXTENTS=4
-    RESUME_BYTES=$((512 * MiB))
+    RESUME_BYTES=$((512 * MiB)) WAN_BYTES=$((64 * MiB))
 else
     MODE=full MANY_REPS=${REPS:-1} REPS=${REPS:-3}
     BIG_BYTES=$((2 * GiB)) SMALL_FILES=20000
     MANY_FILES=1000000 MANY_FLAT_FILES=100000 RERUN_FILES=100000
     DELTA_BYTES=$((1 * GiB)) DELTA_OFFSET=$((301 * MiB + MiB / 2))
     SPARSE_BYTES=$((10 * GiB)) SPARSE_EXTENTS=25
-    RESUME_BYTES=$((4 * GiB))
+    RESUME_BYTES=$((4 * GiB)) WAN_BYTES=$((2 * GiB))
 fi
+# The emulated WAN: 1 Gbit/s, 40 ms round trip, 0.1% random loss each way, and a drop-tail
+# queue of two bandwidth-delay products (10 MB), as a router sized for such a path would have.
+WAN_RATE_MBIT=1000 WAN_DELAY=20ms WAN_LOSS=0.1% WAN_QUEUE=10MB
+WAN_DESC="1 Gbit/s, 40 ms RTT, 0.1% loss (haul-linkemu)"
 SETS=("${ALL_SETS[@]}")
 ((${#ONLY[@]})) && SETS=("${ONLY[@]}")
 want() { [[ " ${SETS[*]} " == *" $1 "* ]]; }
@@ -95,7 +99,11 @@ fi
 
 if ((BUILD)); then
     log "cargo build --release"
-    (cd "$REPO" && cargo build --release --quiet)
+    (cd "$REPO" && cargo build --release --quiet && cargo build --release --quiet -p haul-testing --bin haul-linkemu)
+fi
+LINKEMU=${LINKEMU_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/release/haul-linkemu}
+if [[ " ${SETS[*]} " == *" wan "* && ! -x $LINKEMU ]]; then
+    die "no haul-linkemu at $LINKEMU; build it: cargo build --release -p haul-testing --bin haul-linkemu"
 fi
 # The binary may be replaced by a rebuild at any moment on a shared machine: wait a little.
 for _ in {1..60}; do [[ -x $HAUL ]] && break; sleep 5; done
@@ -270,6 +278,7 @@ want delta && dataset delta delta "delta-$((DELTA_BYTES / MiB))MiB-at$DELTA_OFFS
 want sparse && dataset sparse sparse "sparse-$((SPARSE_BYTES / MiB))MiB-x$SPARSE_EXTENTS" \
     "$SPARSE_BYTES" "$SPARSE_EXTENTS"
 want resume && dataset resume big "big-$((RESUME_BYTES / MiB))MiB" "$RESUME_BYTES"
+want wan && dataset wan big "big-$((WAN_BYTES / MiB))MiB" "$WAN_BYTES"
 
 # --- rsync daemon -----------------------------------------------------------------------
 RSYNC_PORT=$(free_port tcp)
@@ -638,7 +647,28 @@ bench_resume() {
 # section 2, then implement this function and call it from the loop below; the report picks
 # up any set/tool rows written to $RAW and $METRICS. Not implemented on purpose.
 bench_wan() {
-    die "the wan set is not implemented yet (it waits for haul-linkemu; see bench_wan in $0)"
+    local src=${SRC[wan]} rep emu_port emu_pid
+    start_serve wan
+    emu_port=$(free_port udp)
+    "$LINKEMU" --listen "127.0.0.1:$emu_port" --to "127.0.0.1:$QUIC_PORT" --rate "${WAN_RATE_MBIT}mbit" \
+        --delay "$WAN_DELAY" --loss "$WAN_LOSS" --queue "$WAN_QUEUE" >"$WORK/logs/linkemu.out" 2>&1 &
+    emu_pid=$!
+    PIDS+=("$emu_pid")
+    wait_until 10 "haul-linkemu" grep -q 'listening on' "$WORK/logs/linkemu.out"
+    log "wan: haul push of ${BYTES[wan]} bytes through $WAN_DESC; best of $REPS"
+    for ((rep = 1; rep <= REPS; rep++)); do
+        DST=$SERVE_ROOT/wan-$rep
+        CMD=("$HAUL" push "$src" "quic://127.0.0.1:$emu_port/wan-$rep" --fingerprint "$FINGERPRINT"
+            --token-file "$TOKEN" --json)
+        run_one wan haul-push "$rep" "$src" "$DST" "${CMD[@]}"
+        summary_metrics wan haul-push
+        if ((rep == 1)); then verify wan haul-push "$src" "$DST"; fi
+        rm -rf -- "$DST"
+    done
+    kill -INT "$emu_pid" 2>/dev/null || true
+    wait "$emu_pid" 2>/dev/null || true
+    log "wan: $(tail -n1 "$WORK/logs/linkemu.out")"
+    stop_serve wan
 }
 # ---------------------------------------------------------------------------------------
 
@@ -687,12 +717,13 @@ SETS_META=""
 for s in "${!SRC[@]}"; do SETS_META+="$s ${BYTES[$s]} ${FILES[$s]} ${DATA[$s]:-0};"; done
 export RAW METRICS MODE REPS MANY_REPS OUT_MD DAMON_NOTE LATEST_MD LATEST_SVG HOST_NPROC HOST_KERNEL
 export HOST_DATE HOST_CPU HOST_MEM HAUL_REV V_RSYNC V_SSH SETS_META DELTA_OFFSET DELTA_CHANGE
+export WAN_RATE_MBIT WAN_DESC
 
 python3 - <<'PY'
 import collections, html, os
 
 env = os.environ
-ORDER = ["big", "small", "many", "many-flat", "rerun", "delta", "sparse", "resume"]
+ORDER = ["big", "small", "many", "many-flat", "rerun", "delta", "sparse", "resume", "wan"]
 TITLES = {
     "big": "big: one file, fresh copy",
     "small": "small: many 1-16 KiB files, fresh copy",
@@ -773,6 +804,21 @@ def ratio_target(s, h, p, limit, suffix=""):
         check(s, f"{label(s, h)}{suffix} / {label(s, p)}{suffix}, durable time",
               f"{r:.2f}x ({bh['durable']:.2f} s vs {bp['durable']:.2f} s)", f"<= {limit}x", r <= limit)
 
+if "big" in meta:
+    # ">= 2.0x rsync-over-ssh throughput" is push time <= 0.5x, ">= 1.6x daemon" <= 0.625x.
+    ratio_target("big", "haul-push", "rsync-ssh", 0.5)
+    ratio_target("big", "haul-push", "rsync-daemon", 0.625)
+    ratio_target("big", "haul-copy", "cp", 1.2)
+if "small" in meta:
+    ratio_target("small", "haul-push", "rsync-ssh", 0.5)
+    ratio_target("small", "haul-push", "tar-ssh", 0.8)
+if "wan" in meta:
+    b = best("wan", "haul-push")
+    if b:
+        mbit = meta["wan"][0] * 8 / b["wall"] / 1e6
+        rate = int(env["WAN_RATE_MBIT"])
+        check("wan", f"haul push through {env['WAN_DESC']}: payload rate / link rate",
+              f"{mbit / rate:.0%} ({mbit:,.0f} Mbit/s of {rate:,})", ">= 90%", mbit >= 0.9 * rate)
 if "many" in meta:
     n1, n0 = meta["many"][1], meta.get("many-flat", (0, 0, 0))[1]
     ratio_target("many", "haul-push", "rsync-daemon", 0.35)

@@ -38,6 +38,7 @@ fn chunk_message(c: &mut Criterion) {
         index: 3,
         hash: [1; 32],
         zero: false,
+        compressed: false,
         data: data.into(),
     });
     let limits = Limits::for_chunk_size(DEFAULT_CHUNK_SIZE);

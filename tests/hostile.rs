@@ -252,6 +252,7 @@ impl Client {
                 index,
                 hash,
                 zero: false,
+                compressed: false,
                 data,
             })
             .collect();
@@ -649,6 +650,7 @@ async fn bad_chunks_and_vanishing_clients_leave_nothing_under_a_final_name() {
         index: 0,
         hash: [0x55; 32],
         zero: false,
+        compressed: false,
         data: Bytes::from(data.clone()),
     }])
     .await;
@@ -666,6 +668,7 @@ async fn bad_chunks_and_vanishing_clients_leave_nothing_under_a_final_name() {
         index,
         hash,
         zero: false,
+        compressed: false,
         data: bytes,
     }])
     .await;
@@ -703,6 +706,7 @@ async fn bad_chunks_and_vanishing_clients_leave_nothing_under_a_final_name() {
         index,
         hash,
         zero: false,
+        compressed: false,
         data: bytes,
     };
     c.chunks(&[first.clone(), first]).await;
@@ -742,6 +746,7 @@ async fn bad_chunks_and_vanishing_clients_leave_nothing_under_a_final_name() {
             index,
             hash: haul_manifest::chunk_hash(&layout, 0, &data),
             zero: false,
+            compressed: false,
             data: Bytes::from(data),
         }])
         .await;
@@ -755,6 +760,7 @@ async fn bad_chunks_and_vanishing_clients_leave_nothing_under_a_final_name() {
             index: 0,
             hash: [0; 32],
             zero: false,
+            compressed: false,
             data: Bytes::from_static(b"x"),
         }])
         .await;
@@ -775,6 +781,7 @@ async fn bad_chunks_and_vanishing_clients_leave_nothing_under_a_final_name() {
             index: *index,
             hash: *hash,
             zero: false,
+            compressed: false,
             data: data.clone(),
         })
         .collect();
@@ -803,6 +810,7 @@ async fn bad_chunks_and_vanishing_clients_leave_nothing_under_a_final_name() {
             index: *index,
             hash: *hash,
             zero: false,
+            compressed: false,
             data: data.clone(),
         })
         .collect();

@@ -161,6 +161,7 @@ fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
             index: 0,
             hash: [1; 32],
             zero: false,
+            compressed: false,
             data: Bytes::from((0..=255u8).collect::<Vec<_>>()),
         }),
         Message::Chunk(Chunk {
@@ -168,6 +169,7 @@ fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
             index: 1,
             hash: [2; 32],
             zero: true,
+            compressed: false,
             data: Bytes::new(),
         }),
     ];

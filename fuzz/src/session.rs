@@ -265,6 +265,7 @@ impl Harness {
             index,
             hash: [0; 32],
             zero,
+            compressed: false,
             data: Bytes::from(vec![0; data_len]),
         };
         let active = matches!(self.model.state, State::Active | State::Draining);
@@ -433,6 +434,7 @@ impl Harness {
                 index: 0,
                 hash: [0; 32],
                 zero: false,
+                compressed: false,
                 data: Bytes::from_static(&[0; 16]),
             }),
         }

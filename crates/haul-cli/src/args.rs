@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// haul copies large directory trees fast, verified end to end, over QUIC.
 ///
@@ -127,6 +127,29 @@ pub(crate) struct RemoteArgs {
     /// File holding the token the receiver expects (or set HAUL_TOKEN).
     #[arg(long)]
     pub(crate) token_file: Option<PathBuf>,
+    /// Congestion controller for the data this side sends. bbr paces to the measured link
+    /// rate and keeps a long path with a little random loss (WAN, VPN) full; cubic backs off
+    /// on every loss, like TCP, and shares a congested link more politely.
+    #[arg(long, value_enum, default_value_t = CongestionArg::Bbr)]
+    pub(crate) congestion: CongestionArg,
+}
+
+/// `--congestion` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum CongestionArg {
+    /// BBR (default).
+    Bbr,
+    /// CUBIC.
+    Cubic,
+}
+
+impl From<CongestionArg> for haul_net::Congestion {
+    fn from(arg: CongestionArg) -> Self {
+        match arg {
+            CongestionArg::Bbr => haul_net::Congestion::Bbr,
+            CongestionArg::Cubic => haul_net::Congestion::Cubic,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +184,23 @@ pub(crate) struct TransferArgs {
     /// written. Without it, haul warns and pauses with exit 3 when the disk fills.
     #[arg(long)]
     pub(crate) require_space: bool,
+    /// Compress chunk data with zstd on the wire. auto: compress a chunk when a quick sample
+    /// of it shrinks, so random or already-compressed data costs almost nothing; on: try every
+    /// chunk; off: never. A chunk travels compressed only if that saves 10% or more. The
+    /// BLAKE3 chunk hash always covers the uncompressed data, so verification is unchanged.
+    #[arg(long, value_enum, default_value_t = CompressMode::Auto)]
+    pub(crate) compress: CompressMode,
+}
+
+/// The values of `--compress`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum CompressMode {
+    /// Compress chunks whose sample shrinks.
+    Auto,
+    /// Try every chunk.
+    On,
+    /// Never compress.
+    Off,
 }
 
 fn parse_size(s: &str) -> Result<u32, String> {

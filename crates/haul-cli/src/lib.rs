@@ -167,6 +167,11 @@ fn options(args: &TransferArgs) -> TransferOptions {
             .iter()
             .map(|d| d.as_os_str().as_bytes().to_vec())
             .collect(),
+        compress: match args.compress {
+            args::CompressMode::Auto => haul_engine::compress::Compression::Auto,
+            args::CompressMode::On => haul_engine::compress::Compression::On,
+            args::CompressMode::Off => haul_engine::compress::Compression::Off,
+        },
         ..TransferOptions::default()
     }
 }
@@ -267,6 +272,7 @@ async fn push_target(src: &Path, dest: &OsStr, remote: RemoteArgs) -> anyhow::Re
         fingerprint,
         known_hosts,
         token_file,
+        congestion,
     } = remote;
     let raw = dest.as_bytes();
     let rest = raw.strip_prefix(b"quic://").ok_or_else(|| {
@@ -321,6 +327,7 @@ async fn push_target(src: &Path, dest: &OsStr, remote: RemoteArgs) -> anyhow::Re
         dest: dest_path,
         trust,
         token,
+        congestion: congestion.into(),
     })
 }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use haul_net::{Identity, Token, Trust};
 use haul_store::Root;
 
+use crate::compress::Compression;
 use crate::error::EngineError;
 use crate::local_link;
 use crate::progress::{Event, EventSink, Progress, Summary};
@@ -116,6 +117,8 @@ pub struct PushTarget {
     pub dest: Vec<u8>,
     /// How the server's certificate is trusted.
     pub trust: Trust,
+    /// The congestion controller for what the sender sends.
+    pub congestion: haul_net::Congestion,
     /// The client's token.
     pub token: Token,
 }
@@ -128,7 +131,13 @@ pub async fn push(
     progress: Arc<Progress>,
     events: EventSink,
 ) -> Result<Summary, EngineError> {
-    let connected = haul_net::connect(target.addr, &target.host_key, &target.trust).await?;
+    let connected = haul_net::connect_with(
+        target.addr,
+        &target.host_key,
+        &target.trust,
+        target.congestion,
+    )
+    .await?;
     if let (Some(fp), Trust::KnownHosts(file)) = (connected.first_use, &target.trust) {
         events(Event::TrustedOnFirstUse {
             host: target.host_key.clone(),
@@ -216,6 +225,15 @@ pub async fn copy(
     let (sent, received) = if options.via_quic {
         copy_over_quic(source, rel, token, config, options, progress, events).await?
     } else {
+        // Nothing crosses a network in-process: compressing would only cost CPU (an explicit
+        // `--compress on` is still honoured).
+        let options = TransferOptions {
+            compress: match options.compress {
+                Compression::Auto => Compression::Off,
+                other => other,
+            },
+            ..options
+        };
         // The embedded receiver's session events would only repeat the sender's; its
         // failures come back as its result.
         let (client, server) = local_link::pair();
@@ -306,6 +324,7 @@ async fn copy_over_quic(
         dest: rel,
         trust: Trust::Pinned(fingerprint),
         token,
+        congestion: haul_net::Congestion::default(),
     };
     let sent = push(source, target, options, progress, events).await;
     Ok((sent, server.await))

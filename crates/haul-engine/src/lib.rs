@@ -21,6 +21,7 @@
 //! Anything that renders output (clap, indicatif) or the workflow crates. It uses `haul-net`,
 //! `haul-store`, `haul-manifest` and `haul-proto`, never the other way round.
 
+pub mod compress;
 mod error;
 pub mod jobs;
 pub mod local_link;

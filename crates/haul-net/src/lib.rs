@@ -60,7 +60,10 @@ mod tests;
 use std::env;
 use std::path::PathBuf;
 
-pub use endpoint::{Connected, Trust, connect, server_endpoint, transport_config};
+pub use endpoint::{
+    Congestion, Connected, Trust, connect, connect_with, server_endpoint, transport_config,
+    transport_config_with,
+};
 pub use error::NetError;
 pub use fingerprint::Fingerprint;
 pub use identity::Identity;

@@ -195,6 +195,22 @@ fn transport_config_is_tuned() {
     }
 }
 
+#[tokio::test]
+async fn the_congestion_controller_is_the_one_asked_for() {
+    let identity = Identity::ephemeral().unwrap();
+    let (_server, addr) = echo_server(&identity);
+    let trust = Trust::Pinned(identity.fingerprint);
+    let key = addr.to_string();
+    let bbr = connect(addr, &key, &trust).await.unwrap();
+    let state = bbr.connection.congestion_state().into_any();
+    assert!(state.is::<quinn::congestion::Bbr>(), "BBR is the default");
+    let cubic = crate::connect_with(addr, &key, &trust, crate::Congestion::Cubic)
+        .await
+        .unwrap();
+    let state = cubic.connection.congestion_state().into_any();
+    assert!(state.is::<quinn::congestion::Cubic>());
+}
+
 #[test]
 fn default_config_dir_prefers_haul_config_dir() {
     // Only read the environment: tests run in parallel, and changing it would race others.

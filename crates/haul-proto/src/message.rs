@@ -50,7 +50,7 @@ pub struct Hello {
     pub dest: Bytes,
     /// Chunk size the client will use; a power of two within the limits.
     pub chunk_size: u32,
-    /// Options ([`Hello::CHECKSUM`], [`Hello::DRY_RUN`]).
+    /// Options ([`Hello::CHECKSUM`], [`Hello::DRY_RUN`], [`Hello::COMPRESS`]).
     pub flags: u32,
     /// Directories under the destination to rename aside (`DIR` becomes `DIR.N`) and copy anew.
     pub rename_aside: Vec<Bytes>,
@@ -61,6 +61,9 @@ impl Hello {
     pub const CHECKSUM: u32 = 1;
     /// Plan only: report what would be sent, change nothing on the target.
     pub const DRY_RUN: u32 = 2;
+    /// The client may send zstd-compressed chunks ([`Chunk::compressed`]). Without it the
+    /// receiver refuses them, so a receiver never decompresses what it did not agree to.
+    pub const COMPRESS: u32 = 4;
 
     /// True if `flag` is set.
     pub fn has(&self, flag: u32) -> bool {
@@ -226,8 +229,19 @@ pub struct Chunk {
     pub hash: Hash,
     /// True when the chunk is all zeros and `data` is empty (a hole in a sparse file).
     pub zero: bool,
-    /// The chunk's bytes (empty when `zero`).
+    /// True when `data` is one zstd frame holding the chunk's bytes (only in a session whose
+    /// hello set [`Hello::COMPRESS`]). `hash` still covers the uncompressed bytes, so
+    /// verification does not depend on compression. Never set together with `zero`.
+    pub compressed: bool,
+    /// The chunk's bytes (empty when `zero`; zstd-compressed when `compressed`).
     pub data: Bytes,
+}
+
+impl Chunk {
+    /// Wire values of the chunk's encoding byte.
+    const RAW: u8 = 0;
+    const ZERO: u8 = 1;
+    const ZSTD: u8 = 2;
 }
 
 /// A fatal error: the sender closes the session after this.
@@ -439,7 +453,13 @@ impl Message {
                 body.put_u64(m.id);
                 body.put_u64(m.index);
                 body.put_slice(&m.hash);
-                body.put_u8(u8::from(m.zero));
+                body.put_u8(if m.zero {
+                    Chunk::ZERO
+                } else if m.compressed {
+                    Chunk::ZSTD
+                } else {
+                    Chunk::RAW
+                });
                 body.put_u32(m.data.len() as u32);
                 payload = m.data.clone();
                 kind::CHUNK
@@ -584,12 +604,13 @@ impl Message {
                 let id = r.u64("id")?;
                 let index = r.u64("index")?;
                 let hash = r.hash()?;
-                let zero = match r.u8("zero")? {
-                    0 => false,
-                    1 => true,
+                let (zero, compressed) = match r.u8("chunk encoding")? {
+                    Chunk::RAW => (false, false),
+                    Chunk::ZERO => (true, false),
+                    Chunk::ZSTD => (false, true),
                     other => {
                         return Err(DecodeError::Invalid {
-                            field: "zero",
+                            field: "chunk encoding",
                             value: other.into(),
                         });
                     }
@@ -601,11 +622,19 @@ impl Message {
                         value: data.len() as u64,
                     });
                 }
+                if compressed && data.is_empty() {
+                    // A zstd frame is never empty.
+                    return Err(DecodeError::Invalid {
+                        field: "compressed chunk length",
+                        value: 0,
+                    });
+                }
                 Message::Chunk(Chunk {
                     id,
                     index,
                     hash,
                     zero,
+                    compressed,
                     data,
                 })
             }

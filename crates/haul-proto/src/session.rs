@@ -94,6 +94,8 @@ pub struct ServerSession {
     state: ServerState,
     limits: Limits,
     chunk_size: u32,
+    /// The hello set [`Hello::COMPRESS`]: compressed chunks are legal.
+    compress: bool,
     last_id: Option<u64>,
     outstanding: BTreeMap<u64, Outstanding>,
     /// Entries the server failed while the client may still be sending for them: their late
@@ -139,6 +141,7 @@ impl ServerSession {
             state: ServerState::AwaitHello,
             limits,
             chunk_size: crate::DEFAULT_CHUNK_SIZE,
+            compress: false,
             last_id: None,
             outstanding: BTreeMap::new(),
             failed: BTreeSet::new(),
@@ -270,6 +273,7 @@ impl ServerSession {
         }
         self.check_hello(hello)?;
         self.chunk_size = hello.chunk_size;
+        self.compress = hello.has(Hello::COMPRESS);
         self.limits.max_frame = hello.chunk_size.saturating_add(4096);
         self.limits.max_chunk = hello.chunk_size;
         self.state = ServerState::Active;
@@ -290,7 +294,15 @@ impl ServerSession {
         matches!(self.state, ServerState::Active | ServerState::Draining)
     }
 
+    /// True if the client may send compressed chunks (its hello set [`Hello::COMPRESS`]).
+    pub fn compression_allowed(&self) -> bool {
+        self.compress
+    }
+
     /// Checks a chunk from a data stream against the entry it names; returns the file layout.
+    /// A compressed chunk must be allowed by the hello and no longer than the chunk it holds
+    /// (the sender only compresses what shrinks); that it decompresses to exactly
+    /// `layout.len(index)` bytes is for the engine to check when it decompresses.
     pub fn check_chunk(&self, chunk: &Chunk) -> Result<ChunkLayout, ProtocolError> {
         if !self.is_active() {
             return Err(ProtocolError::Unexpected {
@@ -307,7 +319,16 @@ impl ServerSession {
         let Some(len) = layout.len(chunk.index) else {
             return Err(bad("index past the end of the file"));
         };
-        if !chunk.zero && chunk.data.len() != len as usize {
+        if chunk.compressed {
+            if !self.compress {
+                return Err(bad(
+                    "compressed, but the client's hello did not offer compression",
+                ));
+            }
+            if chunk.data.len() > len as usize {
+                return Err(bad("compressed data is longer than the chunk"));
+            }
+        } else if !chunk.zero && chunk.data.len() != len as usize {
             return Err(bad("length differs from the announced file size"));
         }
         Ok(layout)
@@ -545,6 +566,7 @@ mod tests {
             index,
             hash: [0; 32],
             zero: false,
+            compressed: false,
             data: Bytes::from(vec![0; len]),
         };
         assert!(s.check_chunk(&chunk(0, 1 << 20)).is_ok());
@@ -557,6 +579,51 @@ mod tests {
         let mut other = chunk(0, 1 << 20);
         other.id = 6;
         assert!(s.check_chunk(&other).is_err(), "unknown entry");
+    }
+
+    fn compressed(index: u64, len: usize) -> Chunk {
+        Chunk {
+            id: 1,
+            index,
+            hash: [0; 32],
+            zero: false,
+            compressed: true,
+            data: Bytes::from(vec![7; len]),
+        }
+    }
+
+    #[test]
+    fn compressed_chunks_need_the_hello_flag() {
+        let mut s = active();
+        assert!(!s.compression_allowed());
+        let _ = s.handle(entry(1, 1 << 20)).unwrap();
+        assert!(
+            matches!(
+                s.check_chunk(&compressed(0, 100)),
+                Err(ProtocolError::BadChunk { why, .. }) if why.contains("did not offer")
+            ),
+            "compressed chunks are refused unless the hello offered compression"
+        );
+    }
+
+    #[test]
+    fn compressed_chunks_are_bounded_by_the_chunk_length() {
+        let mut s = ServerSession::new(Limits::default());
+        let mut h = hello();
+        h.flags = Hello::COMPRESS;
+        let _ = s.handle(Message::Hello(h.clone())).unwrap();
+        assert!(s.accept(&h, welcome()).is_ok());
+        assert!(s.compression_allowed());
+        // One full 1 MiB chunk and a 10-byte tail.
+        let _ = s.handle(entry(1, (1 << 20) + 10)).unwrap();
+        assert!(s.check_chunk(&compressed(0, 100)).is_ok());
+        assert!(s.check_chunk(&compressed(0, 1 << 20)).is_ok());
+        assert!(s.check_chunk(&compressed(1, 10)).is_ok());
+        assert!(
+            s.check_chunk(&compressed(1, 11)).is_err(),
+            "longer than the chunk it holds"
+        );
+        assert!(s.check_chunk(&compressed(2, 5)).is_err(), "past the end");
     }
 
     #[test]

@@ -21,7 +21,7 @@ fn message() -> impl Strategy<Value = Message> {
                     token,
                     dest,
                     chunk_size: cs,
-                    flags: 3,
+                    flags: Hello::CHECKSUM | Hello::DRY_RUN | Hello::COMPRESS,
                     rename_aside: vec![Bytes::from_static(b"ofuser")],
                 })
             }
@@ -58,17 +58,29 @@ fn message() -> impl Strategy<Value = Message> {
             proptest::collection::vec((any::<u64>(), any::<u64>()), 0..20)
         )
             .prop_map(|(id, ranges)| Message::Need(Need { id, ranges })),
-        (any::<u64>(), any::<u64>(), any::<[u8; 32]>(), bytes(5000)).prop_map(
-            |(id, index, hash, data)| {
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<[u8; 32]>(),
+            0u8..3,
+            bytes(5000)
+        )
+            .prop_map(|(id, index, hash, encoding, data)| {
+                // 0 raw, 1 a hole (no data), 2 zstd (never empty).
+                let data = match encoding {
+                    1 => Bytes::new(),
+                    2 if data.is_empty() => Bytes::from_static(b"\x28\xb5\x2f\xfd"),
+                    _ => data,
+                };
                 Message::Chunk(Chunk {
                     id,
                     index,
                     hash,
-                    zero: false,
+                    zero: encoding == 1,
+                    compressed: encoding == 2,
                     data,
                 })
-            }
-        ),
+            }),
         ".{0,80}".prop_map(|message| Message::Refused(Refused {
             reason: RefuseReason::BadToken,
             message
@@ -103,6 +115,7 @@ proptest! {
             index: 0,
             hash: [3; 32],
             zero: false,
+            compressed: big % 2 == 0,
             data: Bytes::from(vec![9u8; big]),
         }));
         let mut wire = Vec::new();
@@ -182,4 +195,48 @@ fn lossy_text_stays_within_its_limit() {
     again.push(&msg.encode());
     let round = Message::decode(again.next_frame().unwrap().unwrap(), &limits).unwrap();
     assert_eq!(round, msg);
+}
+
+/// The chunk encoding byte: 0 raw, 1 zero, 2 zstd. Anything else, a compressed chunk with no
+/// data, or a hole with data is refused.
+#[test]
+fn chunk_encodings_are_checked() {
+    let limits = Limits::default();
+    let decode = |wire: &[u8]| {
+        let mut dec = FrameDecoder::new(limits.clone());
+        dec.push(wire);
+        Message::decode(dec.next_frame().unwrap().unwrap(), &limits)
+    };
+    let chunk = |zero, compressed, data: &'static [u8]| {
+        Message::Chunk(Chunk {
+            id: 1,
+            index: 2,
+            hash: [5; 32],
+            zero,
+            compressed,
+            data: Bytes::from_static(data),
+        })
+    };
+    // Frame header (length, type), then id, index and hash: the encoding byte follows.
+    let at = 5 + 8 + 8 + 32;
+    let zstd = chunk(false, true, b"frame");
+    let wire = zstd.encode().to_vec();
+    assert_eq!(wire[at], 2);
+    assert_eq!(decode(&wire).unwrap(), zstd);
+    let mut bad = wire.clone();
+    bad[at] = 3;
+    assert!(matches!(
+        decode(&bad),
+        Err(haul_proto::DecodeError::Invalid {
+            field: "chunk encoding",
+            value: 3
+        })
+    ));
+    bad[at] = 1;
+    assert!(decode(&bad).is_err(), "a hole carries no data");
+    let empty = chunk(false, true, b"").encode();
+    assert_eq!(empty[at], 2);
+    assert!(decode(&empty).is_err(), "a zstd frame is never empty");
+    assert_eq!(chunk(true, false, b"").encode()[at], 1);
+    assert_eq!(chunk(false, false, b"raw").encode()[at], 0);
 }

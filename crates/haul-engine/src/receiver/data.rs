@@ -1,13 +1,16 @@
 //! The receiver's data streams: each one is read on its own task, its chunks checked against
-//! the session and handed in batches to blocking threads that verify and write them.
+//! the session and handed in batches to blocking threads that decompress (when the sender
+//! compressed them), verify and write them.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use haul_proto::{Limits, Message, ServerSession};
+use bytes::Bytes;
+use haul_proto::{Chunk, Limits, Message, ServerSession};
 
 use super::files::Files;
 use super::{PROTOCOL_ERROR, lock};
+use crate::compress;
 use crate::error::EngineError;
 use crate::transport::{BoxRecv, Link};
 use crate::wire::FramedRecv;
@@ -36,7 +39,9 @@ pub(super) async fn accept_data(
 }
 
 /// Reads chunks from one data stream, checks each against the session, and verifies and writes
-/// them on blocking threads, at most two batches in flight per stream.
+/// them on blocking threads, at most two batches in flight per stream. A compressed chunk that
+/// does not decompress to exactly its chunk's length is a protocol error: the sender is faulty
+/// or hostile, and the session is closed as for any malformed data.
 async fn data_stream(
     recv: BoxRecv,
     session: &Mutex<ServerSession>,
@@ -60,9 +65,16 @@ async fn data_stream(
                 let session = lock(session);
                 // Chunks of a file this receiver already failed may still be in flight.
                 if !session.is_failed(chunk.id) {
-                    session.check_chunk(&chunk)?;
-                    bytes += chunk.data.len();
-                    batch.push(chunk);
+                    let layout = session.check_chunk(&chunk)?;
+                    // The chunk's length once decompressed, checked by `check_chunk`; batches
+                    // are sized by it, since that is the work they carry.
+                    let len = layout.len(chunk.index).unwrap_or(0) as usize;
+                    bytes += if chunk.compressed {
+                        len
+                    } else {
+                        chunk.data.len()
+                    };
+                    batch.push((chunk, len));
                 }
             }
             next = if bytes < (8 << 20) && batch.len() < 256 {
@@ -75,18 +87,76 @@ async fn data_stream(
         let busy = files.busy();
         inflight.push_back(tokio::task::spawn_blocking(move || {
             let _busy = busy;
-            for chunk in batch {
-                files.receive(chunk);
+            for (chunk, len) in batch {
+                files.receive(decompressed(chunk, len)?);
             }
+            Ok::<_, EngineError>(())
         }));
         if inflight.len() >= 2
             && let Some(oldest) = inflight.pop_front()
+            && let Ok(Err(e)) = oldest.await
         {
-            let _ = oldest.await;
+            return Err(e);
         }
     }
     for task in inflight {
-        let _ = task.await;
+        if let Ok(Err(e)) = task.await {
+            return Err(e);
+        }
     }
     Ok(())
+}
+
+/// The chunk as the sender read it: a compressed chunk is decompressed (to at most `len`
+/// bytes, its length in the file) so that verification and writing see raw data.
+fn decompressed(chunk: Chunk, len: usize) -> Result<Chunk, EngineError> {
+    if !chunk.compressed {
+        return Ok(chunk);
+    }
+    let data = compress::decompress(&chunk.data, len).map_err(|e| {
+        EngineError::Protocol(format!(
+            "compressed chunk {} of entry {} was refused: {e}; the sender is faulty or not a \
+             compatible haul (try --compress off on the sending side)",
+            chunk.index, chunk.id
+        ))
+    })?;
+    Ok(Chunk {
+        compressed: false,
+        data: Bytes::from(data),
+        ..chunk
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(compressed: bool, data: Vec<u8>) -> Chunk {
+        Chunk {
+            id: 3,
+            index: 1,
+            hash: [0; 32],
+            zero: false,
+            compressed,
+            data: Bytes::from(data),
+        }
+    }
+
+    #[test]
+    fn compressed_chunks_become_raw_and_bad_ones_end_the_session() {
+        let data = b"abc".repeat(50_000);
+        let raw = decompressed(chunk(false, data.clone()), data.len()).unwrap();
+        assert_eq!((raw.compressed, &raw.data[..]), (false, &data[..]));
+        let packed = zstd::bulk::compress(&data, 1).unwrap();
+        let back = decompressed(chunk(true, packed.clone()), data.len()).unwrap();
+        assert_eq!((back.compressed, &back.data[..]), (false, &data[..]));
+        assert_eq!((back.id, back.index), (3, 1));
+        // One byte short of what the frame holds: refused, naming the chunk.
+        let err = decompressed(chunk(true, packed), data.len() - 1).unwrap_err();
+        let EngineError::Protocol(message) = err else {
+            panic!("{err}")
+        };
+        assert!(message.contains("chunk 1 of entry 3"), "{message}");
+        assert!(decompressed(chunk(true, vec![1, 2, 3]), 10).is_err());
+    }
 }

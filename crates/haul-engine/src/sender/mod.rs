@@ -29,6 +29,7 @@ use haul_proto::{
 };
 use tokio::sync::mpsc;
 
+use crate::compress::Compression;
 use crate::error::EngineError;
 use crate::progress::{Event, EventSink, FileProblem, Progress, RenamedAside, Summary};
 use crate::transport::Link;
@@ -61,6 +62,9 @@ pub struct TransferOptions {
     /// `copy` only: run the embedded receiver over loopback QUIC (with TLS) instead of in
     /// this process, to measure or test the network path without a server.
     pub via_quic: bool,
+    /// zstd-compress chunk data on the wire (default [`Compression::Auto`]). Chunk hashes
+    /// always cover the uncompressed data.
+    pub compress: Compression,
 }
 
 impl Default for TransferOptions {
@@ -78,6 +82,7 @@ impl Default for TransferOptions {
             rename_aside: Vec::new(),
             preserve_special_bits: false,
             via_quic: false,
+            compress: Compression::Auto,
         }
     }
 }
@@ -132,7 +137,12 @@ pub async fn send(
             dest: Bytes::from(request.dest.clone()),
             chunk_size: opts.chunk_size,
             flags: if opts.checksum { Hello::CHECKSUM } else { 0 }
-                | if opts.dry_run { Hello::DRY_RUN } else { 0 },
+                | if opts.dry_run { Hello::DRY_RUN } else { 0 }
+                | if opts.compress == Compression::Off {
+                    0
+                } else {
+                    Hello::COMPRESS
+                },
             rename_aside: opts
                 .rename_aside
                 .iter()
@@ -226,6 +236,7 @@ pub async fn send(
             notes: note_tx.clone(),
             progress: progress.clone(),
             buffers: buffers.clone(),
+            compress: opts.compress,
         };
         let handle = std::thread::Builder::new()
             .name(format!("haul-read-{n}"))

@@ -1,8 +1,10 @@
 //! The sender's read/hash workers: blocking threads that read every chunk of the files the
 //! receiver asked about, hash them, and hand the chunks the receiver lacks to the stream
 //! writers. A chunk the receiver already holds with the same hash is not sent (it reuses its
-//! copy); the whole-file hash is computed from all chunks either way. Hashing and disk reads
-//! never run on the async threads that drive QUIC.
+//! copy); the whole-file hash is computed from all chunks either way. Chunks to send are
+//! zstd-compressed here when that pays (see [`crate::compress`]); the hash is always of the
+//! uncompressed bytes. Hashing, compression and disk reads never run on the async threads that
+//! drive QUIC.
 
 use std::fs::File;
 use std::io;
@@ -17,6 +19,7 @@ use haul_proto::{Chunk, ChunkLayout, FileDone, Hash, Message};
 
 use super::pool::BufferPool;
 use super::uring::ChunkReader;
+use crate::compress::{ChunkCompressor, Compression};
 use crate::progress::Progress;
 
 /// A file the receiver asked about, shared by the jobs that cover its chunk ranges.
@@ -101,6 +104,7 @@ pub(crate) struct Worker {
     pub(crate) notes: tokio::sync::mpsc::UnboundedSender<WorkerNote>,
     pub(crate) progress: Arc<Progress>,
     pub(crate) buffers: Arc<BufferPool>,
+    pub(crate) compress: Compression,
 }
 
 enum Decision {
@@ -114,11 +118,13 @@ impl Worker {
         let mut reader = ChunkReader::new();
         static CHOSEN: Once = Once::new();
         CHOSEN.call_once(|| tracing::debug!(backend = reader.kind(), "sender chunk reads"));
+        // One zstd context per worker thread too (None: compression is off).
+        let mut compressor = ChunkCompressor::new(self.compress);
         while let Ok(job) = self.jobs.recv_blocking() {
             if job.file.failed.load(Ordering::Relaxed) {
                 continue;
             }
-            if let Err(e) = self.read_job(&mut reader, &job) {
+            if let Err(e) = self.read_job(&mut reader, compressor.as_mut(), &job) {
                 if e.kind() == io::ErrorKind::BrokenPipe {
                     return; // the writers are gone: the session is over
                 }
@@ -138,7 +144,12 @@ impl Worker {
         });
     }
 
-    fn read_job(&self, reader: &mut ChunkReader, job: &ReadJob) -> io::Result<()> {
+    fn read_job(
+        &self,
+        reader: &mut ChunkReader,
+        mut compressor: Option<&mut ChunkCompressor>,
+        job: &ReadJob,
+    ) -> io::Result<()> {
         let file = &job.file;
         // O_NOFOLLOW: if the file was swapped for a symlink since the scan, refuse rather than
         // send whatever the link points at.
@@ -197,12 +208,22 @@ impl Worker {
                 }
                 Decision::Send if file.dry_run => self.would_send(file, len),
                 Decision::Send => {
+                    // A hole is sent as no data at all; other chunks go compressed when the
+                    // compressed form is worth it (the raw buffer then returns to the pool).
+                    let packed = compressor
+                        .as_deref_mut()
+                        .filter(|_| !hole)
+                        .and_then(|c| c.compress(&data));
+                    let compressed = packed.is_some();
+                    let data = packed.map_or(data, Bytes::from);
+                    // What crosses the network: compressed bytes when compressed.
                     let payload = data.len() as u64;
                     let (head, body) = Message::Chunk(Chunk {
                         id: file.id,
                         index,
                         hash,
                         zero: hole,
+                        compressed,
                         data,
                     })
                     .encode_parts();
