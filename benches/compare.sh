@@ -733,6 +733,7 @@ TITLES = {
     "delta": "delta: a changed range inside one file the target holds the old version of",
     "sparse": "sparse: one sparse file, fresh copy",
     "resume": "resume: full copy vs re-run after kill -9 at 50%",
+    "wan": "wan: one file pushed through an emulated WAN link",
 }
 LABELS = {
     "cp": "cp -a", "cp-sparse": "cp -a --sparse=always",
@@ -747,7 +748,7 @@ SET_LABELS = {
     ("sparse", "rsync-daemon"): "rsync -S (daemon)",
 }
 TOOL_ORDER = list(LABELS)
-THROUGHPUT_SETS = {"big", "small", "many", "many-flat"}
+THROUGHPUT_SETS = {"big", "small", "many", "many-flat", "wan"}
 
 def label(s, t):
     return SET_LABELS.get((s, t), LABELS.get(t, t))
