@@ -23,14 +23,23 @@ pub(super) async fn accept_data(
     limits: Limits,
 ) {
     let mut tasks = tokio::task::JoinSet::new();
+    // Verify-and-write batches in flight across all streams: one per core. More only made
+    // threads evict each other's chunks from the caches on a two-core receiver.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let gate = Arc::new(tokio::sync::Semaphore::new(workers));
     while let Ok(Some(recv)) = link.accept_data().await {
         // Reap finished stream tasks as we go: a client opening stream after stream must not
         // make the session hold one task per stream it ever opened.
         while tasks.try_join_next().is_some() {}
-        let (link, session, files, limits) =
-            (link.clone(), session.clone(), files.clone(), limits.clone());
+        let (link, session, files, limits, gate) = (
+            link.clone(),
+            session.clone(),
+            files.clone(),
+            limits.clone(),
+            gate.clone(),
+        );
         tasks.spawn(async move {
-            if let Err(e) = data_stream(recv, &session, &files, limits).await {
+            if let Err(e) = data_stream(recv, &session, &files, limits, gate).await {
                 link.close(PROTOCOL_ERROR, &e.to_string());
             }
         });
@@ -47,6 +56,7 @@ async fn data_stream(
     session: &Mutex<ServerSession>,
     files: &Arc<Files>,
     limits: Limits,
+    gate: Arc<tokio::sync::Semaphore>,
 ) -> Result<(), EngineError> {
     let mut framed = FramedRecv::new(recv, limits);
     let mut inflight = VecDeque::new();
@@ -85,8 +95,10 @@ async fn data_stream(
         }
         let files = files.clone();
         let busy = files.busy();
+        let permit = gate.clone().acquire_owned().await;
         inflight.push_back(tokio::task::spawn_blocking(move || {
             let _busy = busy;
+            let _permit = permit;
             for (chunk, len) in batch {
                 files.receive(decompressed(chunk, len)?);
             }

@@ -66,6 +66,10 @@ pub(crate) struct Slot {
     dry_run: bool,
     reuse: Option<Reuse>,
     state: Mutex<SlotState>,
+    /// Held while writing to the target. Chunks of one file are verified in parallel but
+    /// written one at a time: concurrent writers of one file spin on its inode lock, and on
+    /// two cores that more than doubled the cost of a 2 GiB write into the page cache.
+    writing: Mutex<()>,
 }
 
 /// Every file of one session that is being received.
@@ -181,6 +185,7 @@ impl Files {
             meta: plan.meta,
             dry_run: plan.dry_run,
             reuse: plan.reuse,
+            writing: Mutex::new(()),
             state: Mutex::new(SlotState {
                 target: plan.target.map(Arc::new),
                 hashes,
@@ -265,6 +270,7 @@ impl Files {
         let written = if chunk.zero {
             Ok(0)
         } else {
+            let _writing = lock(&slot.writing);
             target.write_at(slot.layout.offset(index), &chunk.data)
         };
         let written = written.and_then(|n| target.record(index, hash, len).map(|()| n));
