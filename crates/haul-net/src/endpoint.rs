@@ -64,6 +64,38 @@ pub fn transport_config_with(congestion: Congestion) -> TransportConfig {
     config
 }
 
+/// The largest UDP payload a loopback sender uses, and every endpoint accepts.
+const MAX_UDP_PAYLOAD: u16 = 65_000;
+/// Where a loopback sender starts.
+const LOOPBACK_INITIAL_PAYLOAD: u16 = 8_952;
+
+/// A sender whose peer address is on this host: the loopback interface carries 64 KiB
+/// datagrams, and per-packet work (encryption, acks, syscalls) is what limits one QUIC
+/// connection, so big packets halve the sender's CPU. Data starts at 9 KB and MTU discovery
+/// climbs to 64 KB. Segmentation offload is off: the kernel refuses a GSO batch over 64 KiB,
+/// which ten jumbo segments exceed. The handshake stays at 1200 bytes and the floor stays at
+/// the default, so a loopback address that is really a relay to a smaller path (a tunnel,
+/// the WAN emulator) still works: black-hole detection falls back, and discovery retries
+/// after a short cooldown, since quinn also reads ordinary loss bursts as a black hole
+/// (quinn issue #2791).
+fn loopback_tuning(config: &mut TransportConfig) {
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(MAX_UDP_PAYLOAD)
+        .black_hole_cooldown(Duration::from_secs(5));
+    config
+        .initial_mtu(LOOPBACK_INITIAL_PAYLOAD)
+        .mtu_discovery_config(Some(mtu))
+        .enable_segmentation_offload(false);
+}
+
+/// Endpoints accept datagrams up to [`MAX_UDP_PAYLOAD`], so a loopback peer may use them.
+fn endpoint_config() -> EndpointConfig {
+    let mut config = EndpointConfig::default();
+    // Cannot fail: the value is within QUIC's range.
+    let _ = config.max_udp_payload_size(MAX_UDP_PAYLOAD);
+    config
+}
+
 /// A server endpoint bound to `listen`: TLS 1.3 only, ALPN `haul/1`, the tuned transport,
 /// presenting `identity`'s certificate. Must be called inside a tokio runtime.
 pub fn server_endpoint(listen: SocketAddr, identity: &Identity) -> Result<Endpoint, NetError> {
@@ -72,7 +104,7 @@ pub fn server_endpoint(listen: SocketAddr, identity: &Identity) -> Result<Endpoi
     config.transport_config(Arc::new(transport_config()));
     let socket = bind_udp(listen)?;
     let runtime = Arc::new(quinn::TokioRuntime);
-    Endpoint::new(EndpointConfig::default(), Some(config), socket, runtime).map_err(|source| {
+    Endpoint::new(endpoint_config(), Some(config), socket, runtime).map_err(|source| {
         NetError::Bind {
             addr: listen,
             source,
@@ -143,13 +175,17 @@ pub async fn connect_with(
 
     let seen = Arc::new(Seen::default());
     let mut config = quinn::ClientConfig::new(Arc::new(client_crypto(expected, seen.clone())?));
-    config.transport_config(Arc::new(transport_config_with(congestion)));
+    let mut transport = transport_config_with(congestion);
+    if server.ip().is_loopback() {
+        loopback_tuning(&mut transport);
+    }
+    config.transport_config(Arc::new(transport));
     let local: SocketAddr = match server {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
     let endpoint = Endpoint::new(
-        EndpointConfig::default(),
+        endpoint_config(),
         None,
         bind_udp(local)?,
         Arc::new(quinn::TokioRuntime),

@@ -12,7 +12,9 @@
 //! - [`Trust`]: a pinned fingerprint, or a known-hosts file with trust on first use.
 //! - [`Token`]: the client's shared secret, compared in constant time, never printed.
 //! - [`server_endpoint`], [`connect`] and [`transport_config`]: endpoints with windows and
-//!   stream limits tuned for bulk transfer.
+//!   stream limits tuned for bulk transfer, BBR congestion control ([`Congestion`],
+//!   [`connect_with`]), 32 MiB socket buffers (with a warning naming the sysctl when the
+//!   kernel caps them), and 9-64 KB datagrams when the peer is on this host.
 //! - [`NetError`]: every failure, with its context and what to do about it.
 //!
 //! # Example
