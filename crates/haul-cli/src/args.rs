@@ -190,6 +190,11 @@ pub(crate) struct TransferArgs {
     /// BLAKE3 chunk hash always covers the uncompressed data, so verification is unchanged.
     #[arg(long, value_enum, default_value_t = CompressMode::Auto)]
     pub(crate) compress: CompressMode,
+    /// Cap the rate chunk data is sent at, over all streams, to leave room on a shared link:
+    /// bytes per second with K, M or G (1024-based: 50M is 50 MiB/s), or bits per second as
+    /// kbit, mbit or gbit (400mbit). A bare number is KiB/s, as for rsync --bwlimit.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub(crate) bwlimit: Option<u64>,
 }
 
 /// The values of `--compress`.
@@ -201,6 +206,38 @@ pub(crate) enum CompressMode {
     On,
     /// Never compress.
     Off,
+}
+
+/// A rate for --bwlimit, in bytes per second.
+fn parse_rate(s: &str) -> Result<u64, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let lower = lower.trim_end_matches("/s");
+    let digits_end = lower
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(lower.len());
+    let (num, unit) = lower.split_at(digits_end);
+    let num: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate like 50M or 400mbit"))?;
+    let bytes_per_s = match unit {
+        "" => num * 1024.0,
+        "b" => num,
+        "k" | "kb" | "kib" => num * 1024.0,
+        "m" | "mb" | "mib" => num * 1048576.0,
+        "g" | "gb" | "gib" => num * 1073741824.0,
+        "kbit" => num * 1e3 / 8.0,
+        "mbit" => num * 1e6 / 8.0,
+        "gbit" => num * 1e9 / 8.0,
+        _ => {
+            return Err(format!(
+                "unknown unit in {s:?}; use K, M or G (bytes/s) or kbit, mbit or gbit"
+            ));
+        }
+    };
+    if !(bytes_per_s >= 1024.0 && bytes_per_s.is_finite()) {
+        return Err(format!("{s} is below the smallest limit, 1 KiB/s"));
+    }
+    Ok(bytes_per_s as u64)
 }
 
 fn parse_size(s: &str) -> Result<u32, String> {
@@ -229,6 +266,22 @@ fn parse_size(s: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_parse_in_bytes_and_bits() {
+        assert_eq!(parse_rate("50M"), Ok(50 << 20));
+        assert_eq!(parse_rate("50MiB/s"), Ok(50 << 20));
+        assert_eq!(parse_rate("400mbit"), Ok(50_000_000));
+        assert_eq!(parse_rate("1gbit"), Ok(125_000_000));
+        assert_eq!(
+            parse_rate("2048"),
+            Ok(2 << 20),
+            "a bare number is KiB/s, as in rsync"
+        );
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("10furlongs").is_err());
+        assert!(parse_rate("0").is_err());
+    }
 
     #[test]
     fn sizes() {

@@ -172,6 +172,7 @@ fn options(args: &TransferArgs) -> TransferOptions {
             args::CompressMode::On => haul_engine::compress::Compression::On,
             args::CompressMode::Off => haul_engine::compress::Compression::Off,
         },
+        bwlimit: args.bwlimit,
         ..TransferOptions::default()
     }
 }

@@ -13,6 +13,7 @@
 //! control-message channels are unbounded in type but bounded in practice by the window, which
 //! keeps the two directions of the control stream from waiting on each other.
 
+mod bwlimit;
 mod pool;
 mod read;
 mod uring;
@@ -65,6 +66,9 @@ pub struct TransferOptions {
     /// zstd-compress chunk data on the wire (default [`Compression::Auto`]). Chunk hashes
     /// always cover the uncompressed data.
     pub compress: Compression,
+    /// Most bytes per second of chunk data put on the wire, over all streams (`None`: as fast
+    /// as the link allows).
+    pub bwlimit: Option<u64>,
 }
 
 impl Default for TransferOptions {
@@ -83,6 +87,7 @@ impl Default for TransferOptions {
             preserve_special_bits: false,
             via_quic: false,
             compress: Compression::Auto,
+            bwlimit: None,
         }
     }
 }
@@ -246,19 +251,27 @@ pub async fn send(
     }
     drop((job_rx, frame_tx));
     let mut writers = Vec::new();
+    let limit = opts
+        .bwlimit
+        .map(|rate| Arc::new(bwlimit::RateLimit::new(rate)));
     for _ in 0..opts.streams {
         let link = link.clone();
         let frames = frame_rx.clone();
         let notes = note_tx.clone();
+        let limit = limit.clone();
         writers.push(tokio::spawn(async move {
             let result = async {
                 let Ok(first) = frames.recv().await else {
                     return Ok(());
                 };
                 let mut stream = FramedSend::new(link.open_data().await?);
-                stream.send_parts(first.0, first.1).await?;
-                while let Ok((head, payload)) = frames.recv().await {
+                let mut next = Some(first);
+                while let Some((head, payload)) = next {
+                    if let Some(limit) = &limit {
+                        limit.take((head.len() + payload.len()) as u64).await;
+                    }
                     stream.send_parts(head, payload).await?;
+                    next = frames.recv().await.ok();
                 }
                 stream.finish()
             }
