@@ -64,6 +64,23 @@ impl Root {
     /// what a re-run's quick check needs for every file of the tree. `Ok(None)` as for
     /// [`Root::open_existing`].
     pub fn stat_existing(&self, rel: &RelPath) -> Result<Option<FileStat>, StoreError> {
+        Ok(self
+            .stat_regular(rel, "inspect existing file")?
+            .map(|(_, st)| FileStat {
+                size: u64::try_from(st.st_size).unwrap_or(0),
+                mtime_sec: st.st_mtime,
+                mtime_nsec: u32::try_from(st.st_mtime_nsec).unwrap_or(0),
+                mode: st.st_mode & 0o7777,
+            }))
+    }
+
+    /// The confined parent directory of `rel` and the `statat` of `rel` in it, when a regular
+    /// file is there; `None` for anything else or nothing.
+    fn stat_regular(
+        &self,
+        rel: &RelPath,
+        op: &'static str,
+    ) -> Result<Option<(std::sync::Arc<OwnedFd>, Stat)>, StoreError> {
         let Some((parent, name)) = rel.parent_and_name() else {
             return Ok(None);
         };
@@ -73,14 +90,9 @@ impl Root {
             Err(e) => return Err(e),
         };
         match rustix::fs::statat(&*parent, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) if is_file(&st) => Ok(Some(FileStat {
-                size: u64::try_from(st.st_size).unwrap_or(0),
-                mtime_sec: st.st_mtime,
-                mtime_nsec: u32::try_from(st.st_mtime_nsec).unwrap_or(0),
-                mode: st.st_mode & 0o7777,
-            })),
+            Ok(st) if is_file(&st) => Ok(Some((parent, st))),
             Ok(_) | Err(Errno::NOENT) => Ok(None),
-            Err(e) => Err(self.err(e, rel, "inspect existing file")),
+            Err(e) => Err(self.err(e, rel, op)),
         }
     }
 
@@ -112,21 +124,14 @@ impl Root {
         flags: OFlags,
         op: &'static str,
     ) -> Result<Option<(OwnedFd, Stat)>, StoreError> {
-        let Some((parent, name)) = rel.parent_and_name() else {
-            return Ok(None);
-        };
-        let parent = match self.resolve_dir(&parent, crate::root::Missing::Absent) {
-            Ok(Some(fd)) => fd,
-            Ok(None) | Err(StoreError::NotADirectory { .. }) => return Ok(None),
-            Err(e) => return Err(e),
-        };
         // Look before opening: opening a device or FIFO can have effects (a tape rewinds, a
         // FIFO blocks), so only a regular file is opened at all.
-        match rustix::fs::statat(&*parent, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) if is_file(&st) => {}
-            Ok(_) | Err(Errno::NOENT) => return Ok(None),
-            Err(e) => return Err(self.err(e, rel, op)),
-        }
+        let Some((parent, _)) = self.stat_regular(rel, op)? else {
+            return Ok(None);
+        };
+        let Some((_, name)) = rel.parent_and_name() else {
+            return Ok(None);
+        };
         // NONBLOCK in case it was swapped for a FIFO since; the fstat below catches that.
         let flags = flags | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
         let fd = match rustix::fs::openat(&*parent, name, flags, Mode::empty()) {

@@ -132,15 +132,26 @@ impl StagingFile {
         let (name, fd) = staging.create_unique("create staging file", |name| {
             rustix::fs::openat(&staging.dir, name, flags, Mode::from_raw_mode(0o600))
         })?;
+        StagingFile::sized(fd, name, None, staging, size)
+    }
+
+    /// Wraps a new, empty staging file and gives it its size. Truncating up (not writing
+    /// zeros) makes every region a hole until data arrives.
+    fn sized(
+        fd: OwnedFd,
+        name: String,
+        anonymous_in: Option<Arc<OwnedFd>>,
+        staging: Arc<StagingDir>,
+        size: u64,
+    ) -> Result<StagingFile, StoreError> {
         let file = StagingFile {
             fd,
             name,
-            anonymous_in: None,
+            anonymous_in,
             size,
             staging,
             finished: false,
         };
-        // Truncating up (not writing zeros) makes every region a hole until data arrives.
         rustix::fs::ftruncate(&file.fd, size).map_err(|e| {
             file.staging
                 .err(e, &file.name, "set the size of staging file")
@@ -185,19 +196,7 @@ impl StagingFile {
             Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => return Ok(None),
             Err(errno) => return Err(staging.err(errno, &name, "create staging file")),
         };
-        let file = StagingFile {
-            fd,
-            name,
-            anonymous_in: Some(dir),
-            size,
-            staging,
-            finished: false,
-        };
-        rustix::fs::ftruncate(&file.fd, size).map_err(|e| {
-            file.staging
-                .err(e, &file.name, "set the size of staging file")
-        })?;
-        Ok(Some(file))
+        StagingFile::sized(fd, name, Some(dir), staging, size).map(Some)
     }
 
     /// Deletes the staging file.
