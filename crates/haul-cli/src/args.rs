@@ -127,17 +127,20 @@ pub(crate) struct RemoteArgs {
     /// File holding the token the receiver expects (or set HAUL_TOKEN).
     #[arg(long)]
     pub(crate) token_file: Option<PathBuf>,
-    /// Congestion controller for the data this side sends. bbr paces to the measured link
-    /// rate and keeps a long path with a little random loss (WAN, VPN) full; cubic backs off
-    /// on every loss, like TCP, and shares a congested link more politely.
-    #[arg(long, value_enum, default_value_t = CongestionArg::Bbr)]
+    /// Congestion controller for the data this side sends. tolerant: CUBIC that backs off
+    /// for loss bursts (a full queue) but not for scattered random loss, so a long path with
+    /// a little loss (WAN, VPN) stays full; cubic: backs off at every loss, like TCP, and
+    /// shares a congested link most politely; bbr: quinn's experimental BBR.
+    #[arg(long, value_enum, default_value_t = CongestionArg::Tolerant)]
     pub(crate) congestion: CongestionArg,
 }
 
 /// `--congestion` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum CongestionArg {
-    /// BBR (default).
+    /// Loss-tolerant CUBIC (default).
+    Tolerant,
+    /// BBR.
     Bbr,
     /// CUBIC.
     Cubic,
@@ -146,6 +149,7 @@ pub(crate) enum CongestionArg {
 impl From<CongestionArg> for haul_net::Congestion {
     fn from(arg: CongestionArg) -> Self {
         match arg {
+            CongestionArg::Tolerant => haul_net::Congestion::Tolerant,
             CongestionArg::Bbr => haul_net::Congestion::Bbr,
             CongestionArg::Cubic => haul_net::Congestion::Cubic,
         }

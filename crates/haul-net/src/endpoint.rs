@@ -22,10 +22,12 @@ const SERVER_NAME: &str = "haul";
 /// The congestion controller of a connection (what decides how fast the sender may go).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Congestion {
-    /// BBR: paces to the measured bottleneck rate and round-trip time, and does not read a
-    /// random packet loss as congestion. On a long path with a little loss (a WAN, a VPN) it
-    /// keeps the link full where loss-based controllers collapse.
+    /// CUBIC that backs off only for loss that looks like congestion (more than 1% of the
+    /// last two round trips' packets), not for scattered random loss: see
+    /// [`crate::congestion`]. Keeps a long path with a little loss (a WAN, a VPN) full.
     #[default]
+    Tolerant,
+    /// quinn's BBR (experimental there): ignores random loss, but overfills router queues.
     Bbr,
     /// CUBIC: loss-based, the kernel's TCP default. Halves its rate on every loss burst,
     /// so 0.1% random loss on a 40 ms path holds it to about 1% of a gigabit link; fair to
@@ -36,7 +38,7 @@ pub enum Congestion {
 /// The transport tuned for bulk transfer on fast, long paths: stream receive window 16 MiB,
 /// connection receive window 64 MiB, send window 64 MiB (a gigabit path with up to 500 ms of
 /// round trip stays full), 256 concurrent uni streams (one per chunk in flight), 16 bidi
-/// streams, keep-alive every 5 s, idle timeout 30 s, and the [`Congestion::Bbr`] controller.
+/// streams, keep-alive every 5 s, idle timeout 30 s, and the [`Congestion::Tolerant`] controller.
 pub fn transport_config() -> TransportConfig {
     transport_config_with(Congestion::default())
 }
@@ -45,6 +47,11 @@ pub fn transport_config() -> TransportConfig {
 pub fn transport_config_with(congestion: Congestion) -> TransportConfig {
     let mut config = TransportConfig::default();
     match congestion {
+        Congestion::Tolerant => {
+            config.congestion_controller_factory(Arc::new(
+                crate::congestion::LossTolerantConfig::default(),
+            ));
+        }
         Congestion::Bbr => {
             config.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
         }
@@ -61,31 +68,27 @@ pub fn transport_config_with(congestion: Congestion) -> TransportConfig {
         .max_concurrent_bidi_streams(VarInt::from_u32(16))
         .keep_alive_interval(Some(Duration::from_secs(5)))
         .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(30_000))));
+    mtu_discovery(&mut config);
     config
 }
 
-/// The largest UDP payload a loopback sender uses, and every endpoint accepts.
+/// The largest UDP payload every endpoint accepts.
 const MAX_UDP_PAYLOAD: u16 = 65_000;
-/// Where a loopback sender starts.
-const LOOPBACK_INITIAL_PAYLOAD: u16 = 8_952;
+/// The largest UDP payload MTU discovery looks for: ten of them (one GSO batch, quinn's most)
+/// stay under the 64 KiB the kernel takes in one send.
+const MAX_DISCOVERED_PAYLOAD: u16 = 6_500;
 
-/// A sender whose peer address is on this host: the loopback interface carries 64 KiB
-/// datagrams, and per-packet work (encryption, acks, syscalls) is what limits one QUIC
-/// connection, so big packets halve the sender's CPU. Data starts at 9 KB and MTU discovery
-/// climbs to 64 KB. Segmentation offload is off: the kernel refuses a GSO batch over 64 KiB,
-/// which ten jumbo segments exceed. The handshake stays at 1200 bytes and the floor stays at
-/// the default, so a loopback address that is really a relay to a smaller path (a tunnel,
-/// the WAN emulator) still works: black-hole detection falls back, and discovery retries
-/// after a short cooldown, since quinn also reads ordinary loss bursts as a black hole
-/// (quinn issue #2791).
-fn loopback_tuning(config: &mut TransportConfig) {
+/// MTU discovery up to [`MAX_DISCOVERED_PAYLOAD`] (quinn stops at Ethernet's 1452 by
+/// default): loopback and jumbo-frame LANs carry big datagrams, and per-packet work
+/// (encryption, acks) is what limits one QUIC connection, so 6.5 KB packets cut the sender's
+/// CPU on a 2 GiB push by half. On an ordinary path the probes are lost and it settles at the
+/// path's MTU; quinn reads some ordinary loss bursts as an MTU black hole (quinn issue #2791),
+/// so discovery retries after a short cooldown.
+fn mtu_discovery(config: &mut TransportConfig) {
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(MAX_UDP_PAYLOAD)
+    mtu.upper_bound(MAX_DISCOVERED_PAYLOAD)
         .black_hole_cooldown(Duration::from_secs(5));
-    config
-        .initial_mtu(LOOPBACK_INITIAL_PAYLOAD)
-        .mtu_discovery_config(Some(mtu))
-        .enable_segmentation_offload(false);
+    config.mtu_discovery_config(Some(mtu));
 }
 
 /// Endpoints accept datagrams up to [`MAX_UDP_PAYLOAD`], so a loopback peer may use them.
@@ -175,11 +178,7 @@ pub async fn connect_with(
 
     let seen = Arc::new(Seen::default());
     let mut config = quinn::ClientConfig::new(Arc::new(client_crypto(expected, seen.clone())?));
-    let mut transport = transport_config_with(congestion);
-    if server.ip().is_loopback() {
-        loopback_tuning(&mut transport);
-    }
-    config.transport_config(Arc::new(transport));
+    config.transport_config(Arc::new(transport_config_with(congestion)));
     let local: SocketAddr = match server {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),

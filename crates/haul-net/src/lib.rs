@@ -12,7 +12,7 @@
 //! - [`Trust`]: a pinned fingerprint, or a known-hosts file with trust on first use.
 //! - [`Token`]: the client's shared secret, compared in constant time, never printed.
 //! - [`server_endpoint`], [`connect`] and [`transport_config`]: endpoints with windows and
-//!   stream limits tuned for bulk transfer, BBR congestion control ([`Congestion`],
+//!   stream limits tuned for bulk transfer, loss-tolerant congestion control ([`Congestion`],
 //!   [`connect_with`]), 32 MiB socket buffers (with a warning naming the sysctl when the
 //!   kernel caps them), and 9-64 KB datagrams when the peer is on this host.
 //! - [`NetError`]: every failure, with its context and what to do about it.
@@ -47,6 +47,7 @@
 //! Any other haul crate. Nothing here prints to the terminal: results and errors are returned,
 //! and diagnostics go through `tracing`.
 
+pub mod congestion;
 mod endpoint;
 mod error;
 mod files;

@@ -201,9 +201,21 @@ async fn the_congestion_controller_is_the_one_asked_for() {
     let (_server, addr) = echo_server(&identity);
     let trust = Trust::Pinned(identity.fingerprint);
     let key = addr.to_string();
-    let bbr = connect(addr, &key, &trust).await.unwrap();
-    let state = bbr.connection.congestion_state().into_any();
-    assert!(state.is::<quinn::congestion::Bbr>(), "BBR is the default");
+    let default = connect(addr, &key, &trust).await.unwrap();
+    let state = default.connection.congestion_state().into_any();
+    assert!(
+        state.is::<crate::congestion::LossTolerant>(),
+        "the loss-tolerant controller is the default"
+    );
+    let bbr = crate::connect_with(addr, &key, &trust, crate::Congestion::Bbr)
+        .await
+        .unwrap();
+    assert!(
+        bbr.connection
+            .congestion_state()
+            .into_any()
+            .is::<quinn::congestion::Bbr>()
+    );
     let cubic = crate::connect_with(addr, &key, &trust, crate::Congestion::Cubic)
         .await
         .unwrap();
