@@ -10,7 +10,11 @@
 //! the bytes lost over the last two round trips exceed 1% of the bytes sent in them (the
 //! threshold BBRv2 uses for the same decision) and at least three packets' worth. Scattered random loss stays under it; a
 //! queue that overflows drops a burst and crosses it, and CUBIC then backs off as usual.
-//! Persistent congestion (a path that went silent) is always passed on.
+//! Persistent congestion (a path that went silent) is always passed on, and so is every loss
+//! on a path with a round trip under 5 ms (a LAN, this host): random loss is a WAN
+//! phenomenon, and on loopback a loss is the receiver's socket overflowing. Ignoring those let
+//! a sender keep a busy receiver dropping every other packet until quinn gave up on a stream
+//! with more than 1024 gaps.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -25,6 +29,9 @@ const LOSS_THRESHOLD: f64 = 0.01;
 /// window is small (slow start) a single random loss is a large share, and backing off for
 /// it would end slow start at a fraction of the path's capacity. Three packets' worth.
 const MIN_CONGESTION_LOSS: u64 = 3 * 1200;
+/// Below this round trip the path is a LAN or this host, where packets are not lost at random:
+/// every loss there is a full buffer (often the receiver's socket), and is passed on as it is.
+const LAN_RTT: Duration = Duration::from_millis(5);
 /// The shortest accounting period (on a LAN the round trip is too short to count over).
 const MIN_PERIOD: Duration = Duration::from_millis(10);
 
@@ -54,6 +61,8 @@ struct Counts {
 struct LossWindow {
     period_start: Instant,
     period: Duration,
+    /// The smoothed round trip, once measured.
+    rtt: Option<Duration>,
     current: Counts,
     previous: Counts,
 }
@@ -63,6 +72,7 @@ impl LossWindow {
         LossWindow {
             period_start: now,
             period: MIN_PERIOD,
+            rtt: None,
             current: Counts::default(),
             previous: Counts::default(),
         }
@@ -83,6 +93,7 @@ impl LossWindow {
     }
 
     fn acked(&mut self, now: Instant, bytes: u64, rtt: Duration) {
+        self.rtt = Some(rtt);
         self.period = rtt.max(MIN_PERIOD);
         self.roll(now);
         self.current.acked += bytes;
@@ -92,6 +103,9 @@ impl LossWindow {
     fn lost(&mut self, now: Instant, bytes: u64) -> bool {
         self.roll(now);
         self.current.lost += bytes;
+        if self.rtt.is_some_and(|rtt| rtt < LAN_RTT) {
+            return true;
+        }
         let acked = self.current.acked + self.previous.acked;
         let lost = self.current.lost + self.previous.lost;
         lost >= MIN_CONGESTION_LOSS && lost as f64 > LOSS_THRESHOLD * (acked + lost) as f64
@@ -227,6 +241,21 @@ mod tests {
         let mut fresh = LossWindow::new(start);
         fresh.acked(start, 12_000, RTT);
         assert!(!fresh.lost(start, 1_200));
+    }
+
+    #[test]
+    fn on_a_lan_every_loss_is_congestion() {
+        let start = Instant::now();
+        let mut w = LossWindow::new(start);
+        let mut now = start;
+        for _ in 0..100 {
+            now += Duration::from_micros(100);
+            w.acked(now, 64_000, Duration::from_micros(300));
+        }
+        assert!(
+            w.lost(now, 1_200),
+            "one loss in thousands on loopback is still congestion"
+        );
     }
 
     #[test]
