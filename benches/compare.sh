@@ -649,14 +649,16 @@ bench_resume() {
 bench_wan() {
     local src=${SRC[wan]} rep emu_port emu_pid
     start_serve wan
-    emu_port=$(free_port udp)
-    "$LINKEMU" --listen "127.0.0.1:$emu_port" --to "127.0.0.1:$QUIC_PORT" --rate "${WAN_RATE_MBIT}mbit" \
-        --delay "$WAN_DELAY" --loss "$WAN_LOSS" --queue "$WAN_QUEUE" >"$WORK/logs/linkemu.out" 2>&1 &
-    emu_pid=$!
-    PIDS+=("$emu_pid")
-    wait_until 10 "haul-linkemu" grep -q 'listening on' "$WORK/logs/linkemu.out"
     log "wan: haul push of ${BYTES[wan]} bytes through $WAN_DESC; best of $REPS"
     for ((rep = 1; rep <= REPS; rep++)); do
+        # A fresh emulator per run: it relays for the first client address it sees only.
+        emu_port=$(free_port udp)
+        "$LINKEMU" --listen "127.0.0.1:$emu_port" --to "127.0.0.1:$QUIC_PORT" \
+            --rate "${WAN_RATE_MBIT}mbit" --delay "$WAN_DELAY" --loss "$WAN_LOSS" --queue "$WAN_QUEUE" \
+            >"$WORK/logs/linkemu.$rep.out" 2>&1 &
+        emu_pid=$!
+        PIDS+=("$emu_pid")
+        wait_until 10 "haul-linkemu" grep -q 'listening on' "$WORK/logs/linkemu.$rep.out"
         DST=$SERVE_ROOT/wan-$rep
         CMD=("$HAUL" push "$src" "quic://127.0.0.1:$emu_port/wan-$rep" --fingerprint "$FINGERPRINT"
             --token-file "$TOKEN" --json)
@@ -664,10 +666,10 @@ bench_wan() {
         summary_metrics wan haul-push
         if ((rep == 1)); then verify wan haul-push "$src" "$DST"; fi
         rm -rf -- "$DST"
+        kill -INT "$emu_pid" 2>/dev/null || true
+        wait "$emu_pid" 2>/dev/null || true
+        log "wan: $(tail -n1 "$WORK/logs/linkemu.$rep.out")"
     done
-    kill -INT "$emu_pid" 2>/dev/null || true
-    wait "$emu_pid" 2>/dev/null || true
-    log "wan: $(tail -n1 "$WORK/logs/linkemu.out")"
     stop_serve wan
 }
 # ---------------------------------------------------------------------------------------
