@@ -91,7 +91,7 @@ fn mtu_discovery(config: &mut TransportConfig) {
     config.mtu_discovery_config(Some(mtu));
 }
 
-/// Endpoints accept datagrams up to [`MAX_UDP_PAYLOAD`], so a loopback peer may use them.
+/// Endpoints accept datagrams up to [`MAX_UDP_PAYLOAD`], whatever size a peer discovers.
 fn endpoint_config() -> EndpointConfig {
     let mut config = EndpointConfig::default();
     // Cannot fail: the value is within QUIC's range.
