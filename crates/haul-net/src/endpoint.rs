@@ -68,7 +68,6 @@ pub fn transport_config_with(congestion: Congestion) -> TransportConfig {
         .max_concurrent_bidi_streams(VarInt::from_u32(16))
         .keep_alive_interval(Some(Duration::from_secs(5)))
         .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(30_000))));
-    mtu_discovery(&mut config);
     config
 }
 
@@ -178,7 +177,10 @@ pub async fn connect_with(
 
     let seen = Arc::new(Seen::default());
     let mut config = quinn::ClientConfig::new(Arc::new(client_crypto(expected, seen.clone())?));
-    config.transport_config(Arc::new(transport_config_with(congestion)));
+    let mut transport = transport_config_with(congestion);
+    // Only the sender probes: the receiver sends acks and a few control messages.
+    mtu_discovery(&mut transport);
+    config.transport_config(Arc::new(transport));
     let local: SocketAddr = match server {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
