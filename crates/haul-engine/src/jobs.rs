@@ -239,13 +239,21 @@ pub async fn copy(
         let (client, server) = local_link::pair();
         let receiver = tokio::spawn(async move {
             let link: Arc<dyn Link> = Arc::new(server);
-            receive(
-                link,
+            let report = receive(
+                link.clone(),
                 config,
                 "embedded sender".into(),
                 crate::progress::no_events(),
             )
-            .await
+            .await;
+            // A QUIC connection closes when its receiver lets go of it; an in-process link
+            // must be closed, or a sender blocked on a stream nobody reads waits forever (a
+            // full disk ends the receiver early). What the receiver sent is still read first.
+            match &report {
+                Ok(_) => link.close(0, "done"),
+                Err(e) => link.close(1, &e.to_string()),
+            }
+            report
         });
         let link = Arc::new(client);
         let request = SendRequest {
