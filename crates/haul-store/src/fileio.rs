@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::FallocateFlags;
 use rustix::io::Errno;
 
+use crate::direct::DirectWriter;
 use crate::error::StoreError;
 
 /// Sparse granularity: the common file-system block size. A 4 KiB-aligned block of zeros is
@@ -42,6 +43,8 @@ pub(crate) struct Target<'a> {
     pub(crate) space_path: &'a Path,
     /// "staging file" or "partial file", for messages.
     pub(crate) ops: &'a Ops,
+    /// The file's `O_DIRECT` descriptor, for its block-aligned writes (large partials only).
+    pub(crate) direct: Option<&'a DirectWriter>,
 }
 
 /// The operation names of one kind of file (they must be `'static` for [`StoreError`]).
@@ -146,7 +149,14 @@ impl Target<'_> {
     }
 
     fn pwrite_all(&self, offset: u64, buf: &[u8]) -> Result<u64, StoreError> {
-        pwrite_all(self.fd, offset, buf).map_err(|e| self.err(e, self.ops.write))?;
+        let direct = match self.direct {
+            Some(d) => d
+                .write_head(offset, buf)
+                .map_err(|e| self.err(e, self.ops.write))?,
+            None => 0,
+        };
+        pwrite_all(self.fd, offset + direct as u64, &buf[direct..])
+            .map_err(|e| self.err(e, self.ops.write))?;
         Ok(buf.len() as u64)
     }
 
@@ -290,6 +300,7 @@ mod tests {
                 path: &path,
                 space_path: Path::new("/"),
                 ops: &OPS,
+                direct: None,
             };
             let (off, len) = (5000u64, 2 * COPY_PIECE as u64 + 99);
             assert_eq!(
@@ -327,6 +338,7 @@ mod tests {
             path: &path,
             space_path: Path::new("/"),
             ops: &OPS,
+            direct: None,
         };
         target
             .write_sparse(0, &vec![0xEE; size as usize], Zeros::Skip)

@@ -60,6 +60,7 @@
 
 mod aside;
 mod dircache;
+mod direct;
 mod error;
 mod existing;
 mod fileio;

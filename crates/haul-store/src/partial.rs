@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::direct::DirectWriter;
 use crate::error::StoreError;
 use crate::fileio::{Ops, Target, Zeros, pwrite_all};
 use crate::journal::{self, Batch, RECORD_LEN};
@@ -104,6 +105,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// state); it releases the lock and tries a final checkpoint.
 pub struct Partial {
     pub(crate) data: OwnedFd,
+    /// A second descriptor of the data file for direct writes, where the file system has them.
+    pub(crate) direct: Option<DirectWriter>,
     pub(crate) journal: Mutex<Journal>,
     pub(crate) pending: Mutex<Pending>,
     pub(crate) dir: Arc<PartialDir>,
@@ -133,6 +136,7 @@ impl Partial {
             path: &path,
             space_path: &self.dir.root_path,
             ops: &OPS,
+            direct: self.direct.as_ref(),
         })
     }
 

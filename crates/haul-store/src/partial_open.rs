@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 
+use crate::direct::DirectWriter;
 use crate::error::StoreError;
 use crate::fileio::pwrite_all;
 use crate::journal;
@@ -211,9 +212,11 @@ impl Root {
                 (data, len, Vec::new())
             }
         };
+        let direct = DirectWriter::open(dir.dir.as_fd(), &data_name, data.as_fd());
         Ok(OpenedPartial {
             partial: Partial {
                 data,
+                direct,
                 journal: Mutex::new(Journal {
                     fd: journal_fd,
                     len: journal_len,

@@ -173,6 +173,8 @@ impl StagingFile {
             path: &path,
             space_path: &self.staging.root_path,
             ops: &OPS,
+            // Staging files are small (one chunk at most): the page cache batches them better.
+            direct: None,
         };
         target.write_sparse(offset, data, Zeros::Skip)
     }
