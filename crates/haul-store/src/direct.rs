@@ -75,7 +75,10 @@ impl DirectWriter {
     /// an I/O error) is returned.
     pub(crate) fn write_head(&self, offset: u64, data: &[u8]) -> Result<usize, Errno> {
         let head = data.len() / ALIGN * ALIGN;
-        if head == 0 || offset % ALIGN as u64 != 0 || !self.enabled.load(Ordering::Relaxed) {
+        if head == 0
+            || !offset.is_multiple_of(ALIGN as u64)
+            || !self.enabled.load(Ordering::Relaxed)
+        {
             return Ok(0);
         }
         let result = if data.as_ptr().align_offset(ALIGN) == 0 {
