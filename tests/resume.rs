@@ -265,3 +265,58 @@ fn a_full_disk_pauses_and_the_same_command_continues_after_expansion() {
         "sent {first_sent} + {second_sent} bytes for {data} bytes of data"
     );
 }
+
+/// A re-run takes the chunks its journal verified for this same version of the source (same
+/// size and mtime) without reading them again, which is what makes a resume cheap. So, like
+/// every quick check, it cannot see a change hidden behind a restored mtime; `--checksum`
+/// reads everything and does.
+#[test]
+fn a_resume_trusts_its_journal_for_the_same_source_version_and_checksum_does_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, cfg) = (
+        tmp.path().join("src"),
+        tmp.path().join("dst"),
+        tmp.path().join("cfg"),
+    );
+    let mut t = TreeBuilder::new(&src, 11);
+    let file = t.file("disk.vhdx", (1200 * MIB) as usize);
+    t.mtime("disk.vhdx", 1_650_000_000, 5);
+    let mut child = spawn_copy(&cfg, &src, &dst);
+    kill_when(&mut child, &dst, 700 * MIB);
+
+    // Change the first MiB (journaled by now: light checkpoints come every 64 MiB) and put
+    // the mtime back.
+    let old: Vec<u8> = std::fs::read(&file).unwrap()[..MIB as usize].to_vec();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.write_all_at(&vec![0xA5; MIB as usize], 0).unwrap();
+        let when = std::time::UNIX_EPOCH + Duration::new(1_650_000_000, 5);
+        f.set_times(std::fs::FileTimes::new().set_modified(when))
+            .unwrap();
+    }
+    let run = |extra: &[&str]| {
+        let mut args = vec![os("copy"), os("--json")];
+        args.extend(extra.iter().map(|a| os(a)));
+        args.extend([src.as_os_str(), dst.as_os_str()]);
+        let out = haul().run(&cfg, &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        summary_of(&out)
+    };
+    let resumed = run(&[]);
+    assert!(resumed["chunks_reused"].as_u64().unwrap() > 0);
+    let copied = std::fs::read(dst.join("disk.vhdx")).unwrap();
+    assert_eq!(
+        &copied[..MIB as usize],
+        &old[..],
+        "the journaled chunk was taken as verified, not read again"
+    );
+
+    let checked = run(&["--checksum"]);
+    assert!(checked["bytes_sent"].as_u64().unwrap() >= MIB);
+    assert_same_tree(&src, &dst);
+}

@@ -131,6 +131,7 @@ fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
         Message::Have(Have {
             id: 2,
             start: 0,
+            journaled: true,
             hashes: vec![[4; 32], [0; 32], [5; 32]],
         }),
         Message::Installed(Installed {

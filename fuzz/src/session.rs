@@ -412,6 +412,7 @@ impl Harness {
             StrayMsg::Have(id) => Message::Have(Have {
                 id: self.id(id),
                 start: 0,
+                journaled: false,
                 hashes: vec![[1; 32]],
             }),
             StrayMsg::Installed(id, unchanged) => Message::Installed(Installed {

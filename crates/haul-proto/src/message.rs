@@ -156,6 +156,11 @@ pub struct Have {
     pub id: u64,
     /// Chunk index of `hashes[0]`.
     pub start: u64,
+    /// True when these chunks were verified against this sender's hashes in an interrupted
+    /// run for the same version of the source file (same size and mtime, which the receiver's
+    /// journal is keyed on): a sender may then take the hashes as they are instead of reading
+    /// the chunks again. False for chunks of an old copy, which must always be compared.
+    pub journaled: bool,
     /// Hashes of consecutive chunks; an all-zero hash means "not held".
     pub hashes: Vec<Hash>,
 }
@@ -414,6 +419,7 @@ impl Message {
             Message::Have(m) => {
                 body.put_u64(m.id);
                 body.put_u64(m.start);
+                body.put_u8(u8::from(m.journaled));
                 body.put_u32(m.hashes.len() as u32);
                 for h in &m.hashes {
                     body.put_slice(h);
@@ -569,12 +575,27 @@ impl Message {
             kind::HAVE => {
                 let id = r.u64("id")?;
                 let start = r.u64("start")?;
+                let journaled = match r.u8("journaled")? {
+                    0 => false,
+                    1 => true,
+                    v => {
+                        return Err(DecodeError::Invalid {
+                            field: "journaled",
+                            value: v.into(),
+                        });
+                    }
+                };
                 let n = r.count("hash count", Have::MAX_HASHES as u32, 32)?;
                 let mut hashes = Vec::with_capacity(n);
                 for _ in 0..n {
                     hashes.push(r.hash()?);
                 }
-                Message::Have(Have { id, start, hashes })
+                Message::Have(Have {
+                    id,
+                    start,
+                    journaled,
+                    hashes,
+                })
             }
             kind::FILE_DONE => Message::FileDone(FileDone {
                 id: r.u64("id")?,

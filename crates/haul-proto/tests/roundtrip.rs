@@ -89,13 +89,17 @@ fn message() -> impl Strategy<Value = Message> {
         (
             any::<u64>(),
             any::<u64>(),
+            any::<bool>(),
             proptest::collection::vec(any::<[u8; 32]>(), 0..50)
         )
-            .prop_map(|(id, start, hashes)| Message::Have(haul_proto::Have {
-                id,
-                start,
-                hashes
-            })),
+            .prop_map(
+                |(id, start, journaled, hashes)| Message::Have(haul_proto::Have {
+                    id,
+                    start,
+                    journaled,
+                    hashes
+                })
+            ),
     ]
 }
 

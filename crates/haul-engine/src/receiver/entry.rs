@@ -203,6 +203,12 @@ fn plan_file(files: &Files, rules: &EntryRules, entry: Entry, rel: RelPath) {
         );
         return files.send(failed(id, message, false));
     }
+    let mut journaled = vec![false; layout.count() as usize];
+    for (index, _) in &verified {
+        if let Some(j) = journaled.get_mut(*index as usize) {
+            *j = true;
+        }
+    }
     let held = files.open(Plan {
         id,
         rel,
@@ -213,7 +219,7 @@ fn plan_file(files: &Files, rules: &EntryRules, entry: Entry, rel: RelPath) {
         verified,
         reuse,
     });
-    send_have_and_need(files, id, &held);
+    send_have_and_need(files, id, &held, &journaled);
 }
 
 /// Hashes the chunks of an old copy that the file may reuse (those not already journaled).
@@ -254,14 +260,32 @@ fn hash_old_copy(
 }
 
 /// Tells the sender what the receiver holds (`Have`) and then what it needs (`Need`).
-fn send_have_and_need(files: &Files, id: u64, held: &[Option<[u8; 32]>]) {
-    for (n, window) in held.chunks(Have::MAX_HASHES).enumerate() {
-        if window.iter().all(Option::is_none) {
-            continue;
+/// Chunks from this source version's journal and chunks of an old copy go in separate `Have`
+/// messages, since the sender may trust only the first kind without reading them again.
+fn send_have_and_need(files: &Files, id: u64, held: &[Option<[u8; 32]>], journaled: &[bool]) {
+    for kind in [true, false] {
+        for (n, window) in held.chunks(Have::MAX_HASHES).enumerate() {
+            let base = n * Have::MAX_HASHES;
+            let of_kind = |i: usize| journaled.get(base + i).copied().unwrap_or(false) == kind;
+            if !window
+                .iter()
+                .enumerate()
+                .any(|(i, h)| h.is_some() && of_kind(i))
+            {
+                continue;
+            }
+            let hashes = window
+                .iter()
+                .enumerate()
+                .map(|(i, h)| h.filter(|_| of_kind(i)).unwrap_or([0; 32]))
+                .collect();
+            files.send(Outcome::Plain(Message::Have(Have {
+                id,
+                start: base as u64,
+                journaled: kind,
+                hashes,
+            })));
         }
-        let hashes = window.iter().map(|h| h.unwrap_or([0; 32])).collect();
-        let start = (n * Have::MAX_HASHES) as u64;
-        files.send(Outcome::Plain(Message::Have(Have { id, start, hashes })));
     }
     let mut ranges = Vec::new();
     let mut index = 0u64;

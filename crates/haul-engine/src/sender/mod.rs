@@ -115,6 +115,8 @@ struct Pending {
     rel: Vec<u8>,
     kind: EntryKind,
     size: u64,
+    /// The mtime announced (what the receiver's journal of this file is keyed on).
+    mtime: (i64, u32),
 }
 
 /// Runs the sending side of one session over `link` and returns its summary. Per-file problems
@@ -299,7 +301,7 @@ pub async fn send(
         ..Summary::default()
     };
     // Hashes the receiver holds per file, collected until its `Need` arrives.
-    let mut haves: HashMap<u64, Vec<haul_proto::Hash>> = HashMap::new();
+    let mut haves: HashMap<u64, read::Held> = HashMap::new();
     let mut needed_bytes = 0u64;
     let mut warned_space = false;
     let mut pending: HashMap<u64, Pending> = HashMap::new();
@@ -326,6 +328,7 @@ pub async fn send(
                                 rel: if opts.list_files { entry.rel.clone() } else { Vec::new() },
                                 kind: entry.kind,
                                 size: entry.size,
+                                mtime: (entry.meta.mtime_sec, entry.meta.mtime_nsec),
                             });
                             let _ = out_tx.send(Message::Entry(Entry {
                                 id,
@@ -386,17 +389,9 @@ pub async fn send(
                         Message::Have(have) => {
                             let Some(p) = pending.get(&have.id) else { continue };
                             let count = ChunkLayout::new(p.size, opts.chunk_size).count();
-                            let held = haves.entry(have.id).or_default();
-                            for (i, hash) in have.hashes.into_iter().enumerate() {
-                                let index = have.start.saturating_add(i as u64);
-                                if index >= count {
-                                    break;
-                                }
-                                if held.len() <= index as usize {
-                                    held.resize(index as usize + 1, [0; 32]);
-                                }
-                                held[index as usize] = hash;
-                            }
+                            // Under --checksum nothing is taken on trust: every chunk is read.
+                            let trusted = have.journaled && !opts.checksum;
+                            haves.entry(have.id).or_default().add(have.start, &have.hashes, trusted, count);
                         }
                         Message::Need(need) => {
                             let Some(p) = pending.get(&need.id) else { continue };
@@ -410,7 +405,9 @@ pub async fn send(
                             if !warned_space && !opts.dry_run && needed_bytes > welcome.free_bytes {
                                 warned_space = true;
                                 events(Event::Warning { message: format!(
-                                    "the target has {} bytes free but at least {needed_bytes} must be                                      written: it will run out of space. The run continues and pauses                                      (exit 3) when the disk is full; expand the storage first to avoid it",
+                                    "the target has {} bytes free but at least {needed_bytes} must be \
+                                     written: it will run out of space. The run continues and pauses \
+                                     (exit 3) when the disk is full; expand the storage first to avoid it",
                                     welcome.free_bytes
                                 )});
                             }
@@ -420,6 +417,7 @@ pub async fn send(
                                 p.source.clone(),
                                 layout,
                                 have,
+                                p.mtime,
                                 &need.ranges,
                                 opts.dry_run,
                             ));

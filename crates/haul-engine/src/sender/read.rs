@@ -22,6 +22,39 @@ use super::uring::ChunkReader;
 use crate::compress::{ChunkCompressor, Compression};
 use crate::progress::Progress;
 
+/// What the receiver said it holds of one file (its `Have` messages), per chunk.
+#[derive(Default)]
+pub(crate) struct Held {
+    /// The receiver's hash per chunk; all zeros: not held.
+    hashes: Vec<Hash>,
+    /// Chunks verified against our hashes in an interrupted run for this same version of the
+    /// file (the receiver's journal): taken as they are, without reading them again.
+    trusted: Vec<bool>,
+}
+
+impl Held {
+    /// Adds one `Have` message: `hashes` from chunk `start` on, of a file of `count` chunks.
+    /// A zero hash says nothing (another message may hold that chunk).
+    pub(crate) fn add(&mut self, start: u64, hashes: &[Hash], trusted: bool, count: u64) {
+        for (i, hash) in hashes.iter().enumerate() {
+            let index = start.saturating_add(i as u64);
+            if index >= count {
+                break;
+            }
+            if *hash == [0; 32] {
+                continue;
+            }
+            let at = index as usize;
+            if self.hashes.len() <= at {
+                self.hashes.resize(at + 1, [0; 32]);
+                self.trusted.resize(at + 1, false);
+            }
+            self.hashes[at] = *hash;
+            self.trusted[at] = trusted;
+        }
+    }
+}
+
 /// A file the receiver asked about, shared by the jobs that cover its chunk ranges.
 pub(crate) struct FileJob {
     pub(crate) id: u64,
@@ -29,6 +62,11 @@ pub(crate) struct FileJob {
     pub(crate) layout: ChunkLayout,
     /// What the receiver holds, per chunk (all zeros: nothing).
     have: Vec<Hash>,
+    /// Held chunks whose hashes are taken without reading them (see [`Held::trusted`]), as long
+    /// as the file still has the mtime it was announced with.
+    trusted: Vec<bool>,
+    /// The mtime the file was announced with.
+    mtime: (i64, u32),
     /// Chunks the receiver asked for outright.
     needed: Vec<bool>,
     /// Plan only: hash what must be compared, send nothing.
@@ -46,12 +84,18 @@ impl FileJob {
         id: u64,
         source: PathBuf,
         layout: ChunkLayout,
-        mut have: Vec<Hash>,
+        held: Held,
+        mtime: (i64, u32),
         ranges: &[(u64, u64)],
         dry_run: bool,
     ) -> Self {
         let count = layout.count() as usize;
+        let Held {
+            hashes: mut have,
+            mut trusted,
+        } = held;
         have.resize(count, [0; 32]);
+        trusted.resize(count, false);
         let mut needed = vec![false; count];
         for &(start, n) in ranges {
             let end = start.saturating_add(n).min(count as u64) as usize;
@@ -64,6 +108,8 @@ impl FileJob {
             source,
             layout,
             have,
+            trusted,
+            mtime,
             needed,
             dry_run,
             hashes: Mutex::new(vec![[0; 32]; count]),
@@ -157,7 +203,14 @@ impl Worker {
             .read(true)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&file.source)?;
-        let size = handle.metadata()?.len();
+        let meta = handle.metadata()?;
+        let size = meta.len();
+        // A journal vouches for chunks of the version it was written for; if the mtime moved
+        // since the scan, every chunk is read and compared instead.
+        let trust = {
+            use std::os::unix::fs::MetadataExt;
+            (meta.mtime(), meta.mtime_nsec() as u32) == file.mtime
+        };
         if size != file.layout.size() {
             return Err(io::Error::other(format!(
                 "it changed while being copied (size was {}, now {size}); run the copy again",
@@ -176,6 +229,16 @@ impl Worker {
                 .filter(|h| **h != [0; 32])
                 .copied();
             let needed = held.is_none() || file.needed.get(index as usize).copied().unwrap_or(true);
+            if let Some(hash) = held.filter(|_| {
+                trust && !needed && file.trusted.get(index as usize).copied().unwrap_or(false)
+            }) {
+                // Verified against our own hash by the run that was interrupted, for this
+                // same version of the file: reading it again would only produce that hash.
+                Progress::add(&self.progress.chunks_reused, 1);
+                Progress::add(&self.progress.bytes_reused, u64::from(len));
+                self.record(file, index, hash);
+                continue;
+            }
             if file.dry_run && needed {
                 // A plan does not read what would be sent anyway.
                 self.would_send(file, len);
