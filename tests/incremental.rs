@@ -268,3 +268,79 @@ fn a_plan_against_a_receiver_estimates_from_its_history() {
     assert_eq!(plan["would_send_bytes"], 40 * MIB);
     assert!(plan["estimated_s"].as_f64().unwrap() > 0.0, "{plan}");
 }
+
+/// A receiver records the chunk hashes of what it installs (under `.haul/chunks`), so the
+/// next push of a changed file reuses the unchanged chunks without re-hashing the old copy;
+/// an old copy changed behind haul's back no longer matches its record and is hashed again.
+/// Either way only the changed chunks cross and the result is the source, byte for byte.
+#[test]
+fn a_receivers_chunk_hash_cache_serves_changed_files_and_never_a_changed_target() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path();
+    std::fs::create_dir(p.join("root")).unwrap();
+    std::fs::write(p.join("token"), "t0k").unwrap();
+    let mut t = TreeBuilder::new(&p.join("src"), 17);
+    let layer = t.file("layer.vhdx", (48 * MIB) as usize + 999);
+    let server = haul().serve(&p.join("root"), &p.join("scfg"), Some(&p.join("token")));
+    let push = || {
+        let out = haul().run(
+            &p.join("ccfg"),
+            &[
+                os("push"),
+                os("--json"),
+                p.join("src").as_os_str(),
+                os(&server.url("x")),
+                os("--fingerprint"),
+                os(&server.fingerprint),
+                os("--token-file"),
+                p.join("token").as_os_str(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        summary_of(&out)
+    };
+    push();
+    let records = std::fs::read_dir(p.join("root/.haul/chunks"))
+        .unwrap()
+        .count();
+    assert_eq!(records, 1, "one record for the one multi-chunk file");
+
+    // A changed chunk in the source: it alone is sent, the rest comes from the old copy.
+    scribble(&layer, 20 * MIB, 1000, 1);
+    let s = push();
+    assert_eq!(s["chunks_sent"], 1, "{s}");
+    assert_same_tree(&p.join("src"), &p.join("root/x"));
+
+    // The target's copy is changed behind haul's back (and its mtime put back): its record
+    // no longer matches (the ctime moved), so its chunks are hashed again and the damaged one
+    // is sent, although the source did not change.
+    let target = p.join("root/x/layer.vhdx");
+    let mtime = std::fs::metadata(&target).unwrap().modified().unwrap();
+    scribble(&target, 3 * MIB, 10, 2);
+    std::fs::File::options()
+        .write(true)
+        .open(&target)
+        .unwrap()
+        .set_times(std::fs::FileTimes::new().set_modified(mtime))
+        .unwrap();
+    // Same size and mtime: only a changed source makes haul look; touch the source's mtime.
+    let src_mtime = std::fs::metadata(&layer).unwrap().modified().unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&layer)
+        .unwrap()
+        .set_times(
+            std::fs::FileTimes::new().set_modified(src_mtime + std::time::Duration::from_secs(1)),
+        )
+        .unwrap();
+    let s = push();
+    assert_eq!(
+        s["chunks_sent"], 1,
+        "the damaged chunk, found by hashing: {s}"
+    );
+    assert_same_tree(&p.join("src"), &p.join("root/x"));
+}

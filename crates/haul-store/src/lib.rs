@@ -55,10 +55,14 @@
 //! - `existing`: [`ExistingFile`], [`Root::open_existing`], [`Root::set_file_meta`].
 //! - `aside`: [`Root::rename_aside`], [`Root::list_aside`].
 //! - `history`: [`Root::record_throughput`], [`Root::throughput_history`].
+//! - `chunk_cache`: [`Root::store_chunk_hashes`], [`Root::cached_chunk_hashes`]: the chunk
+//!   hashes of installed files in `<top root>/.haul/chunks/`, trusted only while the file's
+//!   device, inode, size, mtime and ctime are unchanged, so a re-run can skip re-hashing.
 //! - `dircache`: the bounded cache of open directory fds.
 //! - `error`: [`StoreError`] and the errno mapping.
 
 mod aside;
+mod chunk_cache;
 mod dircache;
 mod direct;
 mod error;

@@ -10,7 +10,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
@@ -71,6 +71,8 @@ pub(crate) struct TopDirs {
     pub(crate) haul: OwnedFd,
     pub(crate) haul_path: PathBuf,
     pub(crate) partial: Arc<PartialDir>,
+    /// `<top root>/.haul/chunks`, the chunk-hash cache, opened (or made) on first use.
+    pub(crate) chunks: OnceLock<OwnedFd>,
 }
 
 impl std::fmt::Debug for Root {
@@ -116,7 +118,7 @@ pub(crate) fn not_found(path: PathBuf, op: &'static str) -> StoreError {
 
 /// Opens (and with `Missing::Create`, makes) the directory `name` in `parent` without
 /// following a symlink. `shown` is its full path, for messages.
-fn open_child_dir(
+pub(crate) fn open_child_dir(
     parent: &OwnedFd,
     name: &[u8],
     missing: Missing,
@@ -219,6 +221,7 @@ impl Root {
                 haul,
                 haul_path,
                 partial: Arc::new(PartialDir::new(partial, partial_path, path.to_path_buf())),
+                chunks: OnceLock::new(),
             }),
             prefix: RelPath::root(),
             special_bits: false,
@@ -226,8 +229,8 @@ impl Root {
     }
 
     /// Removes this root's `.haul` state directory if nothing in it is needed any more (no
-    /// staging or partial files; the throughput history goes with it), keeping the root's own
-    /// mtime. For `haul copy`, whose state lives inside the user's destination only until the
+    /// staging or partial files; the throughput history and chunk-hash cache go with it),
+    /// keeping the root's own mtime. For `haul copy`, whose state lives inside the user's destination only until the
     /// copy completes. Works through the directory handles opened at [`Root::open`], so a
     /// `.haul` swapped for a symlink meanwhile can never make it remove anything elsewhere.
     /// Returns true if the state directory is gone.
@@ -242,6 +245,7 @@ impl Root {
         let _ = rustix::fs::unlinkat(haul, "staging", AtFlags::REMOVEDIR);
         let _ = rustix::fs::unlinkat(haul, "partial", AtFlags::REMOVEDIR);
         let _ = rustix::fs::unlinkat(haul, "history", AtFlags::empty());
+        crate::chunk_cache::remove_all(haul);
         // By name in the root: if `.haul` is now a symlink this fails (ENOTDIR) and nothing
         // outside is touched; a non-empty directory is left alone (ENOTEMPTY).
         if rustix::fs::unlinkat(&*self.dir, ".haul", AtFlags::REMOVEDIR).is_err() {

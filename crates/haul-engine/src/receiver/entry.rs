@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 
 use haul_proto::{ChunkLayout, Entry, EntryKind, Have, Message, Meta, Need};
-use haul_store::{ExistingFile, FileStat, RelPath, SourceIdentity};
+use haul_store::{ExistingFile, FileStat, RelPath, Root, SourceIdentity};
 
 use super::files::{Files, Outcome, Plan, Reuse, failed, installed};
 use super::target::Target;
@@ -134,7 +134,7 @@ pub(crate) fn handle_entry(
 /// Opens the partial for `rel`, waiting a while if another session still holds it: a session
 /// superseded by this one lets go as soon as it notices it was closed.
 fn open_partial_waiting(
-    root: &haul_store::Root,
+    root: &Root,
     rel: &RelPath,
     identity: SourceIdentity,
 ) -> Result<haul_store::OpenedPartial, haul_store::StoreError> {
@@ -192,7 +192,9 @@ fn plan_file(files: &Files, rules: &EntryRules, entry: Entry, rel: RelPath) {
     };
     let (old, in_place) = rules.old_copy_of(&rel);
     let reuse = match root.open_existing(&old) {
-        Ok(Some(existing)) => Some(hash_old_copy(existing, &layout, &verified, in_place)),
+        Ok(Some(existing)) => Some(hash_old_copy(
+            root, &old, existing, &layout, &verified, in_place,
+        )),
         _ => None,
     };
     if !files.reserve_chunks(layout.count()) {
@@ -222,14 +224,30 @@ fn plan_file(files: &Files, rules: &EntryRules, entry: Entry, rel: RelPath) {
     send_have_and_need(files, id, &held, &journaled);
 }
 
-/// Hashes the chunks of an old copy that the file may reuse (those not already journaled).
+/// Hashes the chunks of an old copy that the file may reuse (those not already journaled),
+/// or takes them from the chunk-hash cache when it still describes exactly this file (same
+/// inode, size, mtime and ctime): re-hashing an unchanged 50 GiB disk image on every run is
+/// what the cache is for.
 fn hash_old_copy(
+    root: &Root,
+    old: &RelPath,
     existing: ExistingFile,
     layout: &ChunkLayout,
     verified: &[(u64, [u8; 32])],
     in_place: bool,
 ) -> Reuse {
     use std::os::unix::fs::FileExt;
+    let in_place = in_place && existing.size == layout.size();
+    if existing.size == layout.size()
+        && let Some(cached) = root.cached_chunk_hashes(old, &existing.file, layout.chunk_size())
+    {
+        return Reuse {
+            file: existing.file,
+            hashes: cached.into_iter().map(Some).collect(),
+            in_place,
+            cached: Some(old.clone()),
+        };
+    }
     let count = layout.count() as usize;
     let mut hashes = vec![None; count];
     let mut skip = vec![false; count];
@@ -251,11 +269,11 @@ fn hash_old_copy(
             *slot = Some(haul_manifest::chunk_hash(layout, index, &buf));
         }
     }
-    let in_place = in_place && existing.size == layout.size();
     Reuse {
         file: existing.file,
         hashes,
         in_place,
+        cached: None,
     }
 }
 
@@ -306,7 +324,7 @@ fn send_have_and_need(files: &Files, id: u64, held: &[Option<[u8; 32]>], journal
 /// Renames each named directory under the destination aside (`DIR` to the first free
 /// `DIR.N`) so it can be copied anew; in a dry run, only works out the names.
 pub(super) fn rename_aside(
-    root: &haul_store::Root,
+    root: &Root,
     dest: &RelPath,
     dirs: &[bytes::Bytes],
     dry_run: bool,

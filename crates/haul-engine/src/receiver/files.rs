@@ -38,6 +38,10 @@ pub(crate) struct Reuse {
     /// True when the copy is the destination file itself with the new file's exact size: if
     /// nothing is sent, the file is unchanged and need not be rewritten.
     pub(crate) in_place: bool,
+    /// Set when `hashes` came from the chunk-hash cache for the copy at this path rather than
+    /// from reading it: reused chunks are then copied in the kernel without hashing them again,
+    /// and the cache is asked once more afterwards whether the copy is still that same file.
+    pub(crate) cached: Option<RelPath>,
 }
 
 struct SlotState {
@@ -441,9 +445,89 @@ impl Files {
             ));
         }
         match target.install(&self.root, &slot.rel, &slot.meta) {
-            Ok(()) => Ok(false),
+            Ok(()) => {
+                // The next run that finds this file changed reuses its chunks without
+                // re-hashing them (a cache: failing to record costs only that).
+                if let Err(e) =
+                    self.root
+                        .store_chunk_hashes(&slot.rel, slot.layout.chunk_size(), &all)
+                {
+                    tracing::debug!(error = %e, "chunk-hash cache not updated");
+                }
+                Ok(false)
+            }
             Err(e) => Err((e.to_string(), e.is_no_space())),
         }
+    }
+
+    /// [`Self::fill_from`] for a copy whose hashes came from the chunk-hash cache: each run
+    /// of missing chunks is copied in the kernel (`copy_file_range`), and afterwards the cache
+    /// must still vouch for the copy (its inode, size, mtime and ctime unchanged), so a copy
+    /// written to meanwhile fails the file instead of going in unverified. Returns false if
+    /// the target cannot copy ranges (the caller then reads and hashes instead).
+    fn fill_from_cached(
+        &self,
+        slot: &Slot,
+        reuse: &Reuse,
+        old: &RelPath,
+        target: &Target,
+        hashes: &mut [Option<Hash>],
+        bytes_written: &mut u64,
+    ) -> Result<bool, (String, bool)> {
+        let Target::Partial(partial) = target else {
+            return Ok(false);
+        };
+        let shown = || self.root.display_path(&slot.rel).display().to_string();
+        let mut index = 0usize;
+        while index < hashes.len() {
+            if hashes[index].is_some() {
+                index += 1;
+                continue;
+            }
+            let start = index;
+            while index < hashes.len() && hashes[index].is_none() {
+                index += 1;
+            }
+            let offset = slot.layout.offset(start as u64);
+            let end = slot
+                .layout
+                .offset(index as u64 - 1)
+                .saturating_add(slot.layout.len(index as u64 - 1).map_or(0, u64::from));
+            match partial.copy_from(&reuse.file, offset, end - offset) {
+                Ok(n) => *bytes_written += n,
+                Err(e) => return Err((e.to_string(), e.is_no_space())),
+            }
+        }
+        let still = self
+            .root
+            .cached_chunk_hashes(old, &reuse.file, slot.layout.chunk_size());
+        for (index, have) in hashes.iter_mut().enumerate() {
+            if have.is_some() {
+                continue;
+            }
+            let offered = reuse.hashes.get(index).copied().flatten();
+            let vouched = still.as_ref().and_then(|s| s.get(index)).copied();
+            let (Some(offered), Some(len)) = (offered, slot.layout.len(index as u64)) else {
+                return Err((
+                    format!("{}: chunk {index} was neither sent nor held", shown()),
+                    false,
+                ));
+            };
+            if vouched != Some(offered) {
+                return Err((
+                    format!(
+                        "{}: the old copy changed while it was being reused; run the copy again",
+                        shown()
+                    ),
+                    false,
+                ));
+            }
+            if let Err(e) = target.record(index as u64, offered, u64::from(len)) {
+                return Err((e.to_string(), e.is_no_space()));
+            }
+            *have = Some(offered);
+        }
+        Ok(true)
     }
 
     /// Copies every chunk the sender did not send from the reusable copy, checking each
@@ -456,6 +540,11 @@ impl Files {
         hashes: &mut [Option<Hash>],
         bytes_written: &mut u64,
     ) -> Result<(), (String, bool)> {
+        if let Some(old) = &reuse.cached
+            && self.fill_from_cached(slot, reuse, old, target, hashes, bytes_written)?
+        {
+            return Ok(());
+        }
         let mut buf = Vec::new();
         for (index, have) in hashes.iter_mut().enumerate() {
             if have.is_some() {
