@@ -47,6 +47,23 @@ impl FramedRecv {
         }
     }
 
+    /// A message if one is buffered or the stream has bytes ready right now, without waiting:
+    /// `Ok(None)` if it would have to wait or the stream has ended (the next [`Self::next`]
+    /// then says which). Lets a reader gather everything that has arrived into one batch.
+    pub(crate) fn next_ready(&mut self) -> Result<Option<Message>, WireError> {
+        if let Some(msg) = self.try_next()? {
+            return Ok(Some(msg));
+        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // `next` is cancel safe, so dropping it unfinished loses nothing.
+        let next = std::pin::pin!(self.next());
+        match next.poll(&mut cx) {
+            std::task::Poll::Ready(Ok(msg)) => Ok(msg),
+            std::task::Poll::Ready(Err(e)) => Err(e),
+            std::task::Poll::Pending => Ok(None),
+        }
+    }
+
     /// The next message, or `None` at a clean end of the stream. Cancel safe: bytes read are
     /// kept in the decoder.
     pub(crate) async fn next(&mut self) -> Result<Option<Message>, WireError> {

@@ -1,8 +1,9 @@
 //! Running the real `haul` binary.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 
 /// The `haul` binary under test.
 #[derive(Clone, Debug)]
@@ -60,10 +61,29 @@ impl Haul {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start haul serve: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
+        let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout)
+        stdout
             .read_line(&mut line)
             .expect("read the listening line");
+        // Both pipes are drained for as long as the server runs: a pipe nobody reads fills
+        // up after 64 KiB of log lines, and the server then blocks in the middle of a session.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        let stderr_log = Arc::new(Mutex::new(Vec::new()));
+        let stderr_thread = child.stderr.take().map(|mut pipe| {
+            let log = stderr_log.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    log.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend_from_slice(&buf[..n]);
+                }
+            })
+        });
         // "haul serve: listening on ADDR fingerprint sha256:HEX"
         let words: Vec<&str> = line.split_whitespace().collect();
         let addr = words
@@ -86,6 +106,8 @@ impl Haul {
             child,
             addr: addr.to_string(),
             fingerprint: fp.to_string(),
+            stderr_log,
+            stderr_thread,
         }
     }
 }
@@ -98,6 +120,9 @@ pub struct Server {
     pub addr: String,
     /// "sha256:HEX".
     pub fingerprint: String,
+    /// What the server wrote to stderr so far (drained by `stderr_thread`).
+    stderr_log: Arc<Mutex<Vec<u8>>>,
+    stderr_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
@@ -109,12 +134,12 @@ impl Server {
     /// Stops the server and returns what it wrote to stderr.
     pub fn stop(mut self) -> String {
         let _ = self.child.kill();
-        let mut err = String::new();
-        if let Some(mut stderr) = self.child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
-        }
         let _ = self.child.wait();
-        err
+        if let Some(thread) = self.stderr_thread.take() {
+            let _ = thread.join();
+        }
+        let log = self.stderr_log.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&log).into_owned()
     }
 
     /// True while the server process is alive.
@@ -127,6 +152,19 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what the server said: often the half of the story it needs.
+        if std::thread::panicking() {
+            if let Some(thread) = self.stderr_thread.take() {
+                let _ = thread.join();
+            }
+            let log = self.stderr_log.lock().unwrap_or_else(|p| p.into_inner());
+            let text = String::from_utf8_lossy(&log);
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("--- haul serve stderr (last {} lines) ---", tail.len());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 

@@ -85,6 +85,9 @@ pub(crate) struct Files {
     chunks_in_flight: AtomicU64,
     /// Blocking tasks working on this session's files right now.
     busy: Arc<AtomicU64>,
+    /// Set when the session is over: entries still queued are dropped unhandled, so a dead
+    /// session does not go on opening (and locking) partials that a new one needs.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// Marks a blocking task as working on a session's files until dropped.
@@ -121,7 +124,18 @@ impl Files {
             out,
             chunks_in_flight: AtomicU64::new(0),
             busy: Arc::new(AtomicU64::new(0)),
+            closed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Marks the session over (see `closed`).
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the session is over.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     pub(crate) fn root(&self) -> &Root {
@@ -130,14 +144,14 @@ impl Files {
 
     /// Counts a blocking task as working on these files until the guard is dropped.
     pub(crate) fn busy(&self) -> Busy {
-        self.busy.fetch_add(1, Ordering::AcqRel);
+        self.busy.fetch_add(1, Ordering::SeqCst);
         Busy(self.busy.clone())
     }
 
     /// Waits (up to a minute) until no blocking task is working on these files.
     pub(crate) async fn wait_idle(&self) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while self.busy.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+        while self.busy.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
