@@ -268,6 +268,10 @@ impl Link for LocalLink {
         })
     }
 
+    fn shares_buffers(&self) -> bool {
+        true
+    }
+
     fn close(&self, _code: u32, reason: &str) {
         self.shared.closed.send_if_modified(|closed| {
             if closed.is_some() {

@@ -1,7 +1,8 @@
 //! The receiver's per-file state: verification, writing, reuse, install.
 //!
 //! Every function here runs on a blocking thread. A chunk that arrives is hashed and compared
-//! with the hash the sender announced before a byte of it is written. A chunk that does not
+//! with the hash the sender announced before a byte of it is written (except in-process, where
+//! it is the very buffer the sender hashed: see `Link::shares_buffers`). A chunk that does not
 //! arrive because the sender found the receiver already holds it (an interrupted run's
 //! journal, the old copy, a renamed-aside copy) is read from there, hashed again and compared
 //! with what was offered before it is written. A file is renamed to its final name only when
@@ -88,6 +89,9 @@ pub(crate) struct Files {
     /// Set when the session is over: entries still queued are dropped unhandled, so a dead
     /// session does not go on opening (and locking) partials that a new one needs.
     closed: std::sync::atomic::AtomicBool,
+    /// The link hands over the sender's own buffers (see `Link::shares_buffers`): its chunk
+    /// hashes are taken as they are.
+    shared_buffers: bool,
 }
 
 /// Marks a blocking task as working on a session's files until dropped.
@@ -117,7 +121,11 @@ pub(crate) struct Plan {
 }
 
 impl Files {
-    pub(crate) fn new(root: Arc<Root>, out: UnboundedSender<Outcome>) -> Self {
+    pub(crate) fn new(
+        root: Arc<Root>,
+        out: UnboundedSender<Outcome>,
+        shared_buffers: bool,
+    ) -> Self {
         Files {
             root,
             slots: Mutex::new(HashMap::new()),
@@ -125,6 +133,7 @@ impl Files {
             chunks_in_flight: AtomicU64::new(0),
             busy: Arc::new(AtomicU64::new(0)),
             closed: std::sync::atomic::AtomicBool::new(false),
+            shared_buffers,
         }
     }
 
@@ -266,7 +275,10 @@ impl Files {
             st.target.clone()
         };
         let Some(target) = target else { return };
-        let hash = if chunk.zero {
+        let hash = if self.shared_buffers && !chunk.compressed {
+            // In-process: the bytes are the ones the sender hashed (a hole is no bytes).
+            chunk.hash
+        } else if chunk.zero {
             haul_manifest::zero_chunk_hash(&slot.layout, index)
         } else {
             haul_manifest::chunk_hash(&slot.layout, index, &chunk.data)

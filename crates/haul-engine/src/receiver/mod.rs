@@ -242,7 +242,11 @@ pub async fn receive(
     let started = std::time::Instant::now();
     let session = Arc::new(Mutex::new(session));
     let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let files = Arc::new(Files::new(config.root.clone(), out_tx));
+    let files = Arc::new(Files::new(
+        config.root.clone(),
+        out_tx,
+        link.shares_buffers(),
+    ));
     let dirs: Arc<Mutex<Vec<(RelPath, haul_proto::Meta)>>> = Arc::default();
 
     let writer = tokio::spawn(control_writer(
