@@ -132,10 +132,18 @@ impl RecvHalf for QuicRecv {
     }
 }
 
+/// The control stream goes out before any data: data streams are sent one after the other
+/// rather than interleaved (see `haul_net::transport_config`), and a control message must not
+/// wait behind megabytes of chunks the receiver has not asked about yet.
+fn control_first(send: &quinn::SendStream) {
+    let _ = send.set_priority(1);
+}
+
 impl Link for QuicLink {
     fn open_control(&self) -> BoxFuture<'_, io::Result<(BoxSend, BoxRecv)>> {
         Box::pin(async move {
             let (send, recv) = self.conn.open_bi().await.map_err(conn_err)?;
+            control_first(&send);
             Ok((
                 Box::new(QuicSend(send)) as BoxSend,
                 Box::new(QuicRecv(recv)) as BoxRecv,
@@ -145,6 +153,7 @@ impl Link for QuicLink {
     fn accept_control(&self) -> BoxFuture<'_, io::Result<(BoxSend, BoxRecv)>> {
         Box::pin(async move {
             let (send, recv) = self.conn.accept_bi().await.map_err(conn_err)?;
+            control_first(&send);
             Ok((
                 Box::new(QuicSend(send)) as BoxSend,
                 Box::new(QuicRecv(recv)) as BoxRecv,

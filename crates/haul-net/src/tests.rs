@@ -183,13 +183,14 @@ fn transport_config_is_tuned() {
     // TransportConfig exposes no getters; its Debug output is the only window into it.
     let shown = format!("{:?}", crate::transport_config());
     for expected in [
-        "stream_receive_window: 16777216",
+        "stream_receive_window: 8388608",
         "receive_window: 67108864",
         "send_window: 67108864",
         "max_concurrent_uni_streams: 256",
         "max_concurrent_bidi_streams: 16",
         "keep_alive_interval: Some(5s)",
         "max_idle_timeout: Some(30000)",
+        "send_fairness: false",
     ] {
         assert!(shown.contains(expected), "missing `{expected}` in {shown}");
     }
