@@ -32,6 +32,45 @@ fn copy_json(cfg: &Path, extra: &[&str], src: &Path, dst: &Path) -> serde_json::
     summary_of(&out)
 }
 
+/// Runs `haul CMD --json <p>/src quic://.../DEST` against `server` with the token in
+/// `<p>/token`, asserts it succeeded and returns its summary.
+fn remote_json(
+    p: &Path,
+    server: &haul_testing::Server,
+    cmd: &str,
+    dest: &str,
+) -> serde_json::Value {
+    let out = haul().run(
+        &p.join("ccfg"),
+        &[
+            os(cmd),
+            os("--json"),
+            p.join("src").as_os_str(),
+            os(&server.url(dest)),
+            os("--fingerprint"),
+            os(&server.fingerprint),
+            os("--token-file"),
+            p.join("token").as_os_str(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{cmd} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    summary_of(&out)
+}
+
+/// Sets `path`'s modification time.
+fn set_mtime(path: &Path, when: std::time::SystemTime) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_times(std::fs::FileTimes::new().set_modified(when))
+        .unwrap();
+}
+
 /// Overwrites `len` bytes at `offset` with new random-ish bytes and gives the file a new mtime.
 fn scribble(path: &Path, offset: u64, len: usize, seed: u8) {
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
@@ -241,27 +280,7 @@ fn a_plan_against_a_receiver_estimates_from_its_history() {
     let mut t = TreeBuilder::new(&p.join("src"), 9);
     t.file("layer.vhdx", (40 * MIB) as usize);
     let server = haul().serve(&p.join("root"), &p.join("scfg"), Some(&p.join("token")));
-    let run = |cmd: &str, dest: &str| {
-        let out = haul().run(
-            &p.join("ccfg"),
-            &[
-                os(cmd),
-                os("--json"),
-                p.join("src").as_os_str(),
-                os(&server.url(dest)),
-                os("--fingerprint"),
-                os(&server.fingerprint),
-                os("--token-file"),
-                p.join("token").as_os_str(),
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        summary_of(&out)
-    };
+    let run = |cmd: &str, dest: &str| remote_json(p, &server, cmd, dest);
     assert!(run("plan", "x")["estimated_s"].is_null());
     run("push", "x");
     let plan = run("plan", "y");
@@ -282,27 +301,7 @@ fn a_receivers_chunk_hash_cache_serves_changed_files_and_never_a_changed_target(
     let mut t = TreeBuilder::new(&p.join("src"), 17);
     let layer = t.file("layer.vhdx", (48 * MIB) as usize + 999);
     let server = haul().serve(&p.join("root"), &p.join("scfg"), Some(&p.join("token")));
-    let push = || {
-        let out = haul().run(
-            &p.join("ccfg"),
-            &[
-                os("push"),
-                os("--json"),
-                p.join("src").as_os_str(),
-                os(&server.url("x")),
-                os("--fingerprint"),
-                os(&server.fingerprint),
-                os("--token-file"),
-                p.join("token").as_os_str(),
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        summary_of(&out)
-    };
+    let push = || remote_json(p, &server, "push", "x");
     push();
     let records = std::fs::read_dir(p.join("root/.haul/chunks"))
         .unwrap()
@@ -321,22 +320,10 @@ fn a_receivers_chunk_hash_cache_serves_changed_files_and_never_a_changed_target(
     let target = p.join("root/x/layer.vhdx");
     let mtime = std::fs::metadata(&target).unwrap().modified().unwrap();
     scribble(&target, 3 * MIB, 10, 2);
-    std::fs::File::options()
-        .write(true)
-        .open(&target)
-        .unwrap()
-        .set_times(std::fs::FileTimes::new().set_modified(mtime))
-        .unwrap();
+    set_mtime(&target, mtime);
     // Same size and mtime: only a changed source makes haul look; touch the source's mtime.
     let src_mtime = std::fs::metadata(&layer).unwrap().modified().unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&layer)
-        .unwrap()
-        .set_times(
-            std::fs::FileTimes::new().set_modified(src_mtime + std::time::Duration::from_secs(1)),
-        )
-        .unwrap();
+    set_mtime(&layer, src_mtime + std::time::Duration::from_secs(1));
     let s = push();
     assert_eq!(
         s["chunks_sent"], 1,
