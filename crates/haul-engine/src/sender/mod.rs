@@ -364,6 +364,19 @@ pub async fn send(
                 note = note_rx.recv() => match note {
                     Some(WorkerNote::Control(msg)) => { let _ = out_tx.send(msg); }
                     Some(WorkerNote::StreamFailed(e)) => {
+                        // A receiver that stopped for a full disk closes the link right after
+                        // saying so; when the data stream notices first, that message (exit 3,
+                        // resumable) is what the operator needs, not the closed stream.
+                        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+                        while let Ok(Some(Ok(Some(msg)))) = tokio::time::timeout_at(deadline, in_rx.recv()).await {
+                            if let Message::Failed(failed) = msg && failed.no_space {
+                                let done = Progress::get(&progress.bytes_done);
+                                return Err(EngineError::NoSpace {
+                                    path: failed.message,
+                                    bytes_remaining: summary.bytes_total.saturating_sub(done),
+                                });
+                            }
+                        }
                         return Err(EngineError::connection("a data stream failed", e));
                     }
                     Some(WorkerNote::SourceFailed { id, path, message }) => {
