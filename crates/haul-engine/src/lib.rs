@@ -36,3 +36,10 @@ pub use progress::{Event, EventSink, FileProblem, Progress, RenamedAside, Summar
 pub use receiver::{Grant, ReceiverConfig, SessionReport, receive};
 pub use sender::{SendRequest, TransferOptions, send};
 pub use transport::{Link, QuicLink};
+
+/// The cores this process may use, asked once: `available_parallelism` reads the cgroup's CPU
+/// quota files on every call, and the receiver used to ask for every batch of small files.
+pub(crate) fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+}

@@ -25,7 +25,7 @@ pub(super) async fn accept_data(
     let mut tasks = tokio::task::JoinSet::new();
     // Verify-and-write batches in flight across all streams: one per core. More only made
     // threads evict each other's chunks from the caches on a two-core receiver.
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers = crate::cores();
     let gate = Arc::new(tokio::sync::Semaphore::new(workers));
     while let Ok(Some(recv)) = link.accept_data().await {
         // Reap finished stream tasks as we go: a client opening stream after stream must not
@@ -61,54 +61,55 @@ async fn data_stream(
     let mut framed = FramedRecv::new(recv, limits);
     let mut inflight = VecDeque::new();
     while let Some(first) = framed.next().await? {
-        let mut batch = Vec::new();
-        let mut bytes = 0usize;
-        let mut next = Some(first);
-        while let Some(msg) = next {
-            let Message::Chunk(chunk) = msg else {
-                return Err(EngineError::Protocol(format!(
-                    "{} on a data stream (only chunks belong there)",
-                    msg.name()
-                )));
-            };
-            {
-                let session = lock(session);
-                // Chunks of a file this receiver already failed may still be in flight.
-                if !session.is_failed(chunk.id) {
-                    let layout = session.check_chunk(&chunk)?;
-                    // The chunk's length once decompressed, checked by `check_chunk`; batches
-                    // are sized by it, since that is the work they carry.
-                    let len = layout.len(chunk.index).unwrap_or(0) as usize;
-                    bytes += if chunk.compressed {
-                        len
-                    } else {
-                        chunk.data.len()
-                    };
-                    batch.push((chunk, len));
-                }
+        let mut batch = Batch::default();
+        batch.add(first, session)?;
+        while !batch.full() {
+            match framed.try_next()? {
+                Some(msg) => batch.add(msg, session)?,
+                None => break,
             }
-            next = if bytes < (8 << 20) && batch.len() < 256 {
-                framed.try_next()?
-            } else {
-                None
-            };
         }
+        // While every worker is busy, go on reading into this batch: small files then travel
+        // to the workers hundreds at a time instead of waking one for each (an idle worker
+        // still gets the first chunk at once).
+        let mut ended = false;
+        let permit = loop {
+            if batch.full() {
+                break gate.clone().acquire_owned().await;
+            }
+            tokio::select! {
+                biased;
+                permit = gate.clone().acquire_owned() => break permit,
+                msg = framed.next() => match msg? {
+                    Some(msg) => batch.add(msg, session)?,
+                    None => {
+                        ended = true;
+                        break gate.clone().acquire_owned().await;
+                    }
+                },
+            }
+        };
+        let batch = batch.chunks;
         let files = files.clone();
         let busy = files.busy();
-        let permit = gate.clone().acquire_owned().await;
         inflight.push_back(tokio::task::spawn_blocking(move || {
             let _busy = busy;
             let _permit = permit;
-            for (chunk, len) in batch {
-                files.receive(decompressed(chunk, len)?);
-            }
-            Ok::<_, EngineError>(())
+            files.batched(|| {
+                for (chunk, len) in batch {
+                    files.receive(decompressed(chunk, len)?);
+                }
+                Ok::<_, EngineError>(())
+            })
         }));
         if inflight.len() >= 2
             && let Some(oldest) = inflight.pop_front()
             && let Ok(Err(e)) = oldest.await
         {
             return Err(e);
+        }
+        if ended {
+            break;
         }
     }
     for task in inflight {
@@ -117,6 +118,46 @@ async fn data_stream(
         }
     }
     Ok(())
+}
+
+/// Chunks read from one data stream for one trip to a blocking worker.
+#[derive(Default)]
+struct Batch {
+    /// Each chunk with its length once decompressed.
+    chunks: Vec<(Chunk, usize)>,
+    /// The data they carry, decompressed: the work the batch is.
+    bytes: usize,
+}
+
+impl Batch {
+    /// Checks `msg` against the session and adds it; chunks of a file this receiver already
+    /// failed (still in flight) are dropped.
+    fn add(&mut self, msg: Message, session: &Mutex<ServerSession>) -> Result<(), EngineError> {
+        let Message::Chunk(chunk) = msg else {
+            return Err(EngineError::Protocol(format!(
+                "{} on a data stream (only chunks belong there)",
+                msg.name()
+            )));
+        };
+        let session = lock(session);
+        if session.is_failed(chunk.id) {
+            return Ok(());
+        }
+        let layout = session.check_chunk(&chunk)?;
+        // The chunk's length once decompressed, checked by `check_chunk`.
+        let len = layout.len(chunk.index).unwrap_or(0) as usize;
+        self.bytes += if chunk.compressed {
+            len
+        } else {
+            chunk.data.len()
+        };
+        self.chunks.push((chunk, len));
+        Ok(())
+    }
+
+    fn full(&self) -> bool {
+        self.bytes >= (8 << 20) || self.chunks.len() >= 512
+    }
 }
 
 /// The chunk as the sender read it: a compressed chunk is decompressed (to at most `len`

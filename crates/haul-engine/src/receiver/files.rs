@@ -8,6 +8,7 @@
 //! with what was offered before it is written. A file is renamed to its final name only when
 //! the whole-file hash assembled from all its chunk hashes equals the sender's.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -81,7 +82,7 @@ pub(crate) struct Slot {
 pub(crate) struct Files {
     root: Arc<Root>,
     slots: Mutex<HashMap<u64, Arc<Slot>>>,
-    out: UnboundedSender<Outcome>,
+    out: UnboundedSender<Vec<Outcome>>,
     /// Chunks of all files in flight, against [`super::entry::MAX_CHUNKS_IN_FLIGHT`].
     chunks_in_flight: AtomicU64,
     /// Blocking tasks working on this session's files right now.
@@ -101,6 +102,11 @@ impl Drop for Busy {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+thread_local! {
+    /// Outcomes held back by [`Files::batched`] on this thread (`None`: send at once).
+    static HELD: RefCell<Option<Vec<Outcome>>> = const { RefCell::new(None) };
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -123,7 +129,7 @@ pub(crate) struct Plan {
 impl Files {
     pub(crate) fn new(
         root: Arc<Root>,
-        out: UnboundedSender<Outcome>,
+        out: UnboundedSender<Vec<Outcome>>,
         shared_buffers: bool,
     ) -> Self {
         Files {
@@ -183,8 +189,50 @@ impl Files {
         }
     }
 
+    /// Sends `outcome` to the control writer, or holds it until the end of the enclosing
+    /// [`Self::batched`] on this thread.
     pub(crate) fn send(&self, outcome: Outcome) {
-        let _ = self.out.send(outcome);
+        let outcome = HELD.with(|held| match held.borrow_mut().as_mut() {
+            Some(held) => {
+                held.push(outcome);
+                None
+            }
+            None => Some(outcome),
+        });
+        if let Some(outcome) = outcome {
+            let _ = self.out.send(vec![outcome]);
+        }
+    }
+
+    /// Runs `work` holding back every outcome it sends on this thread, then sends them as one
+    /// message: a batch of small files wakes the control writer once, not once per file (on
+    /// two cores those wake-ups were a fifth of the receiver's time). Nested calls join the
+    /// outer batch. Nothing is lost if `work` panics: what it held is sent on the way out.
+    pub(crate) fn batched<R>(&self, work: impl FnOnce() -> R) -> R {
+        struct Flush<'a>(&'a Files);
+        impl Drop for Flush<'_> {
+            fn drop(&mut self) {
+                let held = HELD
+                    .with(|held| held.borrow_mut().take())
+                    .unwrap_or_default();
+                if !held.is_empty() {
+                    let _ = self.0.out.send(held);
+                }
+            }
+        }
+        let outer = HELD.with(|held| {
+            let mut held = held.borrow_mut();
+            let outer = held.is_some();
+            if !outer {
+                *held = Some(Vec::new());
+            }
+            outer
+        });
+        if outer {
+            return work();
+        }
+        let _flush = Flush(self);
+        work()
     }
 
     /// Registers a file to receive. Returns the hashes the receiver holds per chunk (for the

@@ -280,7 +280,7 @@ pub async fn receive(
                     // sets `closed` before waiting for idle: either the end waits for this
                     // batch, or the batch sees the session closed and does nothing.
                     let _busy = files.busy();
-                    handle_batch(&files, &rules, &dirs, batch);
+                    files.batched(|| handle_batch(&files, &rules, &dirs, batch));
                 }
             })
             .map_err(|e| EngineError::connection("cannot start the entry handler", e))?;
@@ -389,7 +389,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// after the end of entries. Returns (installed, failed).
 async fn control_writer(
     mut ctl_tx: FramedSend,
-    mut out_rx: mpsc::UnboundedReceiver<Outcome>,
+    mut out_rx: mpsc::UnboundedReceiver<Vec<Outcome>>,
     session: Arc<Mutex<ServerSession>>,
     files: Arc<Files>,
     dirs: Arc<Mutex<Vec<(RelPath, haul_proto::Meta)>>>,
@@ -398,12 +398,11 @@ async fn control_writer(
     let (mut installed, mut failed, mut written) = (0u64, 0u64, 0u64);
     let mut end_seen = false;
     let io = |e| EngineError::connection("cannot answer the client", e);
-    while let Some(outcome) = out_rx.recv().await {
+    while let Some(mut batch) = out_rx.recv().await {
         let mut finished = false;
-        let mut batch = vec![outcome];
-        while batch.len() < 1024 {
+        while batch.len() < 4096 {
             match out_rx.try_recv() {
-                Ok(o) => batch.push(o),
+                Ok(more) => batch.extend(more),
                 Err(_) => break,
             }
         }
@@ -489,7 +488,7 @@ fn handle_batch(
     dirs: &Mutex<Vec<(RelPath, haul_proto::Meta)>>,
     batch: Vec<ServerEvent>,
 ) {
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
+    let threads = crate::cores().clamp(1, 4);
     let mut lanes: Vec<Vec<ServerEvent>> = (0..threads).map(|_| Vec::new()).collect();
     let mut end = false;
     for event in batch {
@@ -521,9 +520,11 @@ fn handle_batch(
             let mine = lanes.next().unwrap_or_default();
             for lane in lanes.filter(|l| !l.is_empty()) {
                 scope.spawn(move || {
-                    for event in lane {
-                        run_event(files, rules, dirs, event);
-                    }
+                    files.batched(|| {
+                        for event in lane {
+                            run_event(files, rules, dirs, event);
+                        }
+                    })
                 });
             }
             for event in mine {

@@ -18,7 +18,7 @@ mod pool;
 mod read;
 mod uring;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -76,9 +76,7 @@ impl Default for TransferOptions {
         TransferOptions {
             chunk_size: haul_proto::DEFAULT_CHUNK_SIZE,
             streams: 4,
-            readers: std::thread::available_parallelism()
-                .map_or(2, |n| n.get())
-                .max(2),
+            readers: crate::cores().max(2),
             window: 8192,
             list_files: false,
             checksum: false,
@@ -104,6 +102,9 @@ pub struct SendRequest {
     /// Shape of the transfer.
     pub options: TransferOptions,
 }
+
+/// Scan items per batch handed from the scanner thread to the control loop.
+const SCAN_BATCH: usize = 256;
 
 enum ScanItem {
     Entry(ScanEntry),
@@ -173,12 +174,15 @@ pub async fn send(
     };
 
     // Scanner thread.
-    let (scan_tx, mut scan_rx) = mpsc::channel::<ScanItem>(1024);
+    // Entries travel in batches: one item at a time through a full channel woke this thread
+    // and the control loop once per file.
+    let (scan_tx, mut scan_rx) = mpsc::channel::<Vec<ScanItem>>(8);
     let source = request.source.clone();
     let scan_progress = progress.clone();
     let scanner = std::thread::Builder::new()
         .name("haul-scan".into())
         .spawn(move || {
+            let mut batch = Vec::with_capacity(SCAN_BATCH);
             for item in haul_manifest::scan(&source) {
                 let item = match item {
                     Ok(entry) => {
@@ -190,9 +194,16 @@ pub async fn send(
                     }
                     Err(e) => ScanItem::Problem(e),
                 };
-                if scan_tx.blocking_send(item).is_err() {
-                    break;
+                batch.push(item);
+                if batch.len() >= SCAN_BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(SCAN_BATCH));
+                    if scan_tx.blocking_send(full).is_err() {
+                        return;
+                    }
                 }
+            }
+            if !batch.is_empty() && scan_tx.blocking_send(batch).is_err() {
+                return;
             }
             scan_progress
                 .scan_done
@@ -218,16 +229,32 @@ pub async fn send(
     });
 
     // Control reader: its own task so that reading never waits on writing.
-    let (in_tx, mut in_rx) = mpsc::unbounded_channel();
+    // Messages are passed on in batches of what has arrived, so a burst of answers about
+    // small files wakes the control loop once.
+    let (in_tx, mut in_rx) = mpsc::unbounded_channel::<Vec<_>>();
     let ctl_reader = tokio::spawn(async move {
         loop {
-            let next = ctl_rx.next().await;
-            let end = !matches!(next, Ok(Some(_)));
-            if in_tx.send(next).is_err() || end {
+            let mut batch = Vec::new();
+            let mut next = ctl_rx.next().await;
+            let end = loop {
+                let end = !matches!(next, Ok(Some(_)));
+                batch.push(next);
+                if end || batch.len() >= 1024 {
+                    break end;
+                }
+                next = match ctl_rx.next_ready() {
+                    Ok(Some(msg)) => Ok(Some(msg)),
+                    Ok(None) => break false,
+                    Err(e) => Err(e),
+                };
+            };
+            if in_tx.send(batch).is_err() || end {
                 break;
             }
         }
     });
+    let mut inbox = VecDeque::new();
+    let mut scanned = VecDeque::new();
 
     // Read/hash workers and data stream writers.
     let (job_tx, job_rx) = async_channel::unbounded::<ReadJob>();
@@ -244,6 +271,7 @@ pub async fn send(
             progress: progress.clone(),
             buffers: buffers.clone(),
             compress: opts.compress,
+            held: Default::default(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("haul-read-{n}"))
@@ -311,7 +339,7 @@ pub async fn send(
     let result: Result<(), EngineError> = async {
         loop {
             tokio::select! {
-                item = scan_rx.recv(), if !scan_done && session.outstanding() < window => {
+                item = next_of(&mut scanned, &mut scan_rx), if !scan_done && session.outstanding() < window => {
                     match item {
                         Some(ScanItem::Entry(entry)) => {
                             let id = session.announce(entry.kind);
@@ -362,13 +390,17 @@ pub async fn send(
                     }
                 }
                 note = note_rx.recv() => match note {
-                    Some(WorkerNote::Control(msg)) => { let _ = out_tx.send(msg); }
+                    Some(WorkerNote::Control(msgs)) => {
+                        for msg in msgs {
+                            let _ = out_tx.send(msg);
+                        }
+                    }
                     Some(WorkerNote::StreamFailed(e)) => {
                         // A receiver that stopped for a full disk closes the link right after
                         // saying so; when the data stream notices first, that message (exit 3,
                         // resumable) is what the operator needs, not the closed stream.
                         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
-                        while let Ok(Some(Ok(Some(msg)))) = tokio::time::timeout_at(deadline, in_rx.recv()).await {
+                        while let Ok(Some(Ok(Some(msg)))) = tokio::time::timeout_at(deadline, next_unbounded(&mut inbox, &mut in_rx)).await {
                             if let Message::Failed(failed) = msg && failed.no_space {
                                 let done = Progress::get(&progress.bytes_done);
                                 return Err(EngineError::NoSpace {
@@ -389,7 +421,7 @@ pub async fn send(
                     }
                     None => {}
                 },
-                msg = in_rx.recv() => {
+                msg = next_unbounded(&mut inbox, &mut in_rx) => {
                     let msg = match msg {
                         Some(Ok(Some(msg))) => msg,
                         Some(Err(e)) => return Err(e.into()),
@@ -525,6 +557,28 @@ pub async fn send(
     }
     summary.elapsed_s = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The next item of a batched channel: from the batch taken last, else from the next batch.
+/// Cancel safe (a batch is moved into `buf` in the same poll that receives it).
+async fn next_of<T>(buf: &mut VecDeque<T>, rx: &mut mpsc::Receiver<Vec<T>>) -> Option<T> {
+    if let Some(item) = buf.pop_front() {
+        return Some(item);
+    }
+    buf.extend(rx.recv().await?);
+    buf.pop_front()
+}
+
+/// [`next_of`] for an unbounded channel.
+async fn next_unbounded<T>(
+    buf: &mut VecDeque<T>,
+    rx: &mut mpsc::UnboundedReceiver<Vec<T>>,
+) -> Option<T> {
+    if let Some(item) = buf.pop_front() {
+        return Some(item);
+    }
+    buf.extend(rx.recv().await?);
+    buf.pop_front()
 }
 
 fn problem(summary: &mut Summary, events: &EventSink, path: String, message: String) {
