@@ -366,6 +366,7 @@ impl Root {
     ) -> Result<(), StoreError> {
         let (parent, name) = self.parent_of(rel)?;
         let staged = |e, op| file.staging.err(e, &file.name, op);
+        file.fix_size()?;
         rustix::fs::fchmod(&file.fd, mode_bits(meta.mode, self.special_bits))
             .map_err(|e| staged(e, "set the mode of"))?;
         rustix::fs::futimens(&file.fd, &mtime(meta))

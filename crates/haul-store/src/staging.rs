@@ -122,6 +122,9 @@ pub struct StagingFile {
     pub(crate) staging: Arc<StagingDir>,
     /// Set once installed or discarded: Drop then has nothing to remove.
     pub(crate) finished: bool,
+    /// Not truncated to `size` at creation (see [`StagingFile::create_anonymous`]): install
+    /// sets the size if the writes left it short.
+    pub(crate) size_pending: bool,
 }
 
 impl StagingFile {
@@ -151,6 +154,7 @@ impl StagingFile {
             size,
             staging,
             finished: false,
+            size_pending: false,
         };
         rustix::fs::ftruncate(&file.fd, size).map_err(|e| {
             file.staging
@@ -186,6 +190,11 @@ impl StagingFile {
 
     /// An anonymous staging file of `size` bytes in the directory `dir`, or `None` where the
     /// file system has no `O_TMPFILE` (the caller then uses a named one).
+    ///
+    /// It is not truncated to its size now: such a file is written whole, in one piece, and
+    /// usually ends up exactly that long; [`StagingFile::fix_size`] at install truncates only
+    /// a file whose last blocks were zeros (skipped, so left as a hole). For a post office of
+    /// small files that is one `ftruncate` (an inode update in the journal) less per file.
     pub(crate) fn create_anonymous(
         staging: Arc<StagingDir>,
         dir: Arc<OwnedFd>,
@@ -198,7 +207,32 @@ impl StagingFile {
             Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => return Ok(None),
             Err(errno) => return Err(staging.err(errno, &name, "create staging file")),
         };
-        StagingFile::sized(fd, name, Some(dir), staging, size).map(Some)
+        Ok(Some(StagingFile {
+            fd,
+            name,
+            anonymous_in: Some(dir),
+            size,
+            staging,
+            finished: false,
+            size_pending: true,
+        }))
+    }
+
+    /// Gives a file created without its size (see [`StagingFile::create_anonymous`]) that
+    /// size, if its writes did not.
+    pub(crate) fn fix_size(&self) -> Result<(), StoreError> {
+        if !self.size_pending {
+            return Ok(());
+        }
+        let st = rustix::fs::fstat(&self.fd)
+            .map_err(|e| self.staging.err(e, &self.name, "inspect staging file"))?;
+        if u64::try_from(st.st_size).ok() == Some(self.size) {
+            return Ok(());
+        }
+        rustix::fs::ftruncate(&self.fd, self.size).map_err(|e| {
+            self.staging
+                .err(e, &self.name, "set the size of staging file")
+        })
     }
 
     /// Deletes the staging file.
