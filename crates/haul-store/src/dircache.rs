@@ -10,12 +10,19 @@
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// How many directory fds to keep open per [`crate::Root`].
 pub(crate) const CAPACITY: usize = 64;
 
+/// How long a liveness check of a cached directory holds: a deleted destination is noticed
+/// within this, and a million files in a few thousand directories cost one `fstat` per
+/// directory per interval instead of one per file.
+const LIVE_FOR: Duration = Duration::from_secs(1);
+
 pub(crate) struct DirCache {
-    entries: HashMap<Vec<u8>, (Arc<OwnedFd>, u64)>,
+    /// Per path: the fd, its last use (for eviction), and when it was last seen live.
+    entries: HashMap<Vec<u8>, (Arc<OwnedFd>, u64, Instant)>,
     /// Monotonic use counter: the entry with the smallest stamp is the least recently used.
     clock: u64,
 }
@@ -32,7 +39,7 @@ impl DirCache {
     pub(crate) fn get(&mut self, key: &[u8]) -> Option<Arc<OwnedFd>> {
         self.clock += 1;
         let clock = self.clock;
-        self.entries.get_mut(key).map(|(fd, used)| {
+        self.entries.get_mut(key).map(|(fd, used, _)| {
             *used = clock;
             Arc::clone(fd)
         })
@@ -41,10 +48,27 @@ impl DirCache {
     /// Like [`get`](Self::get), but drops and misses an entry whose directory has been deleted
     /// since it was cached (a deleted directory has no links left): an administrator who
     /// removes a destination between pushes gets it recreated, not written into the void.
-    pub(crate) fn get_live(&mut self, key: &[u8]) -> Option<Arc<OwnedFd>> {
+    ///
+    /// `recheck`: look again even if the directory was seen live less than [`LIVE_FOR`] ago
+    /// (creating directories always does, so a destination removed behind a running receiver
+    /// is made again; lookups of a file's parent trust a recent check: creating or linking a
+    /// file in a removed directory fails, it is never silently lost).
+    pub(crate) fn get_live(&mut self, key: &[u8], recheck: bool) -> Option<Arc<OwnedFd>> {
         let fd = self.get(key)?;
+        let now = Instant::now();
+        if let Some((_, _, seen)) = self.entries.get(key)
+            && !recheck
+            && now.duration_since(*seen) < LIVE_FOR
+        {
+            return Some(fd);
+        }
         match rustix::fs::fstat(&*fd) {
-            Ok(st) if st.st_nlink > 0 => Some(fd),
+            Ok(st) if st.st_nlink > 0 => {
+                if let Some((_, _, seen)) = self.entries.get_mut(key) {
+                    *seen = now;
+                }
+                Some(fd)
+            }
             _ => {
                 self.entries.remove(key);
                 None
@@ -59,13 +83,15 @@ impl DirCache {
             let oldest = self
                 .entries
                 .iter()
-                .min_by_key(|(_, (_, used))| *used)
+                .min_by_key(|(_, (_, used, _))| *used)
                 .map(|(k, _)| k.clone());
             if let Some(oldest) = oldest {
                 self.entries.remove(&oldest);
             }
         }
-        self.entries.insert(key.to_vec(), (fd, self.clock));
+        // Just opened by the caller: live now.
+        self.entries
+            .insert(key.to_vec(), (fd, self.clock, Instant::now()));
     }
 
     /// Drops `key` and every entry below it: the directory was renamed away, so its cached fd

@@ -544,12 +544,13 @@ impl Root {
                 .cache
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Some(hit) = cache.get_live(bytes) {
+            let recheck = missing == Missing::Create;
+            if let Some(hit) = cache.get_live(bytes, recheck) {
                 return Ok(Some(hit));
             }
             let slashes = bytes.iter().enumerate().rev().filter(|(_, b)| **b == b'/');
             for (i, _) in slashes {
-                if let Some(hit) = cache.get_live(&bytes[..i]) {
+                if let Some(hit) = cache.get_live(&bytes[..i], recheck) {
                     (fd, start) = (hit, i + 1);
                     break;
                 }

@@ -79,7 +79,7 @@ pub(crate) fn handle_entry(
             && !rules.checksum
             && quick_match(root.stat_existing(&rel).ok().flatten().as_ref(), &entry);
         if entry.kind == EntryKind::File && entry.size > 0 && !unchanged {
-            return plan_file(files, rules, entry, rel);
+            return plan_file(files, rules, entry, rel, false);
         }
         return files.send(done(id, [0; 32], unchanged));
     }
@@ -105,6 +105,9 @@ pub(crate) fn handle_entry(
             .and_then(|staging| root.install_file(staging, &rel, &entry.meta))
             .map(|()| files.send(done(id, *blake3::hash(b"").as_bytes(), false))),
         EntryKind::File => {
+            // Nothing at the destination (what a fresh copy finds for every file): there is no
+            // old copy there to look for again.
+            let mut absent = false;
             if !rules.checksum {
                 match root.stat_existing(&rel) {
                     Ok(Some(existing)) if quick_match(Some(&existing), &entry) => {
@@ -119,10 +122,11 @@ pub(crate) fn handle_entry(
                             Err(e) => files.send(failed(id, e.to_string(), e.is_no_space())),
                         };
                     }
+                    Ok(None) => absent = true,
                     _ => {}
                 }
             }
-            plan_file(files, rules, entry, rel);
+            plan_file(files, rules, entry, rel, absent);
             Ok(())
         }
     };
@@ -158,7 +162,8 @@ fn quick_match(existing: Option<&FileStat>, entry: &Entry) -> bool {
 }
 
 /// Works out which chunks of a file the receiver holds and asks for the rest.
-fn plan_file(files: &Files, rules: &EntryRules, entry: Entry, rel: RelPath) {
+/// `absent`: the destination was just found to hold nothing at `rel`.
+fn plan_file(files: &Files, rules: &EntryRules, entry: Entry, rel: RelPath, absent: bool) {
     let id = entry.id;
     let root = files.root();
     let layout = ChunkLayout::new(entry.size, rules.chunk_size);
@@ -191,11 +196,15 @@ fn plan_file(files: &Files, rules: &EntryRules, entry: Entry, rel: RelPath) {
         (None, Vec::new())
     };
     let (old, in_place) = rules.old_copy_of(&rel);
-    let reuse = match root.open_existing(&old) {
-        Ok(Some(existing)) => Some(hash_old_copy(
-            root, &old, existing, &layout, &verified, in_place,
-        )),
-        _ => None,
+    let reuse = if absent && in_place {
+        None
+    } else {
+        match root.open_existing(&old) {
+            Ok(Some(existing)) => Some(hash_old_copy(
+                root, &old, existing, &layout, &verified, in_place,
+            )),
+            _ => None,
+        }
     };
     if !files.reserve_chunks(layout.count()) {
         let message = format!(
