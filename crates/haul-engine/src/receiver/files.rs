@@ -93,7 +93,15 @@ pub(crate) struct Files {
     /// The link hands over the sender's own buffers (see `Link::shares_buffers`): its chunk
     /// hashes are taken as they are.
     shared_buffers: bool,
+    /// Bytes written through the page cache since the last early flush was started.
+    unflushed: AtomicU64,
+    /// An early flush is running.
+    flushing: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// Once this much has been written through the page cache, a background `syncfs` starts
+/// writing it out (see [`Files::written`]).
+const EARLY_FLUSH_BYTES: u64 = 32 << 20;
 
 /// Marks a blocking task as working on a session's files until dropped.
 pub(crate) struct Busy(Arc<AtomicU64>);
@@ -140,6 +148,34 @@ impl Files {
             busy: Arc::new(AtomicU64::new(0)),
             closed: std::sync::atomic::AtomicBool::new(false),
             shared_buffers,
+            unflushed: AtomicU64::new(0),
+            flushing: Arc::default(),
+        }
+    }
+
+    /// Counts bytes written through the page cache. Every [`EARLY_FLUSH_BYTES`] a `syncfs`
+    /// starts on its own thread (one at a time), so the disk writes small files out while
+    /// more arrive: the kernel would otherwise wait 30 s or for gigabytes of dirty pages, and
+    /// the session's closing `syncfs` (its success means "durable") would write everything
+    /// then, with the network idle. An early flush that fails changes nothing: the closing
+    /// one reports.
+    fn written(&self, bytes: u64) {
+        if bytes == 0
+            || self.unflushed.fetch_add(bytes, Ordering::Relaxed) + bytes < EARLY_FLUSH_BYTES
+            || self.flushing.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        self.unflushed.store(0, Ordering::Relaxed);
+        let (root, flushing) = (self.root.clone(), self.flushing.clone());
+        let started = std::thread::Builder::new()
+            .name("haul-flush".into())
+            .spawn(move || {
+                let _ = root.sync();
+                flushing.store(false, Ordering::Release);
+            });
+        if started.is_err() {
+            self.flushing.store(false, Ordering::Release);
         }
     }
 
@@ -345,6 +381,8 @@ impl Files {
             );
         }
         let len = slot.layout.len(index).map_or(0, u64::from);
+        // Partials flush their own data before journaling it; staging files wait for a flush.
+        let staged = matches!(*target, Target::Staging(_));
         let written = if chunk.zero {
             Ok(0)
         } else {
@@ -387,6 +425,9 @@ impl Files {
             }
             st.received += 1;
             st.bytes_written += written;
+        }
+        if staged {
+            self.written(written);
         }
         self.try_complete(&slot);
     }
