@@ -40,6 +40,15 @@ impl SparseMap {
         Ok(SparseMap { extents })
     }
 
+    /// The map of a file of `size` bytes known to have no holes: one extent, no probing.
+    /// For a file whose allocated blocks cover its size (`st_blocks * 512 >= st_size`), the
+    /// usual case, where the four `lseek`s of a probe would only confirm it.
+    pub fn dense(size: u64) -> SparseMap {
+        SparseMap {
+            extents: whole(size),
+        }
+    }
+
     /// True when `[start, end)` holds no data at all (entirely inside holes). An empty range is
     /// a hole.
     pub fn is_hole(&self, start: u64, end: u64) -> bool {
