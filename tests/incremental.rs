@@ -89,18 +89,25 @@ fn a_no_change_rerun_of_twenty_thousand_files_sends_no_file_data() {
         tmp.path().join("cfg"),
     );
     let mut t = TreeBuilder::new(&src, 8);
+    // Every 100th file is empty: unchanged empty files are left alone like the others.
     for i in 0..20_000u32 {
-        t.file(
-            format!("offiles/fd{:x}/blob{i}", i % 128),
-            1 + (i as usize * 37) % 8192,
-        );
+        let len = if i % 100 == 0 {
+            0
+        } else {
+            1 + (i as usize * 37) % 8192
+        };
+        t.file(format!("offiles/fd{:x}/blob{i}", i % 128), len);
     }
     let first = copy_json(&cfg, &[], &src, &dst);
     assert_eq!(first["files_transferred"], 20_000);
+    let empty = dst.join("offiles/fd0/blob0");
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&empty).unwrap());
     let again = copy_json(&cfg, &[], &src, &dst);
     assert_eq!(again["bytes_sent"], 0, "{again}");
     assert_eq!(again["chunks_sent"], 0);
     assert_eq!(again["files_unchanged"], 20_000);
+    let after = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&empty).unwrap());
+    assert_eq!(inode, after, "an unchanged empty file was created again");
     assert_same_tree(&src, &dst);
 }
 

@@ -100,10 +100,23 @@ pub(crate) fn handle_entry(
         EntryKind::Symlink => root
             .install_symlink(&rel, &entry.link_target, &entry.meta)
             .map(|()| files.send(done(id, [0; 32], false))),
-        EntryKind::File if entry.size == 0 => root
-            .create_staging(0)
-            .and_then(|staging| root.install_file(staging, &rel, &entry.meta))
-            .map(|()| files.send(done(id, *blake3::hash(b"").as_bytes(), false))),
+        EntryKind::File if entry.size == 0 => {
+            // An empty file that is already there with its mtime (and the quick check is on)
+            // is left alone like any other unchanged file, not created again on every run.
+            let existing = if rules.checksum {
+                None
+            } else {
+                root.stat_existing(&rel).ok().flatten()
+            };
+            match existing {
+                Some(e) if quick_match(Some(&e), &entry) => keep_unchanged(root, &rel, &e, &entry)
+                    .map(|()| files.send(done(id, *blake3::hash(b"").as_bytes(), true))),
+                _ => root
+                    .create_staging(0)
+                    .and_then(|staging| root.install_file(staging, &rel, &entry.meta))
+                    .map(|()| files.send(done(id, *blake3::hash(b"").as_bytes(), false))),
+            }
+        }
         EntryKind::File => {
             // Nothing at the destination (what a fresh copy finds for every file): there is no
             // old copy there to look for again.
@@ -111,13 +124,7 @@ pub(crate) fn handle_entry(
             if !rules.checksum {
                 match root.stat_existing(&rel) {
                     Ok(Some(existing)) if quick_match(Some(&existing), &entry) => {
-                        // rsync's quick check: same size and mtime. Fix the mode if needed.
-                        let fixed = if existing.mode & 0o7777 != entry.meta.mode & 0o1777 {
-                            root.set_file_meta(&rel, &entry.meta)
-                        } else {
-                            Ok(())
-                        };
-                        return match fixed {
+                        return match keep_unchanged(root, &rel, &existing, &entry) {
                             Ok(()) => files.send(done(id, [0; 32], true)),
                             Err(e) => files.send(failed(id, e.to_string(), e.is_no_space())),
                         };
@@ -150,6 +157,21 @@ fn open_partial_waiting(
             }
             other => return other,
         }
+    }
+}
+
+/// A file that passed the quick check (rsync's: same size and mtime) stays as it is; only its
+/// mode is fixed if it differs.
+fn keep_unchanged(
+    root: &Root,
+    rel: &RelPath,
+    existing: &FileStat,
+    entry: &Entry,
+) -> Result<(), haul_store::StoreError> {
+    if existing.mode & 0o7777 != entry.meta.mode & 0o1777 {
+        root.set_file_meta(rel, &entry.meta)
+    } else {
+        Ok(())
     }
 }
 
