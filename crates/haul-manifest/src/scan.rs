@@ -7,11 +7,9 @@
 //! each cost a walk of their whole path.
 
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, Metadata};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
@@ -144,7 +142,7 @@ impl Listing {
                 rel.push(b'/');
             }
             rel.extend_from_slice(name.as_bytes());
-            child_entry(&self.dir, name, source, rel)
+            entry_at(&self.dir, name, source, rel)
         };
         if threads < 2 || window.len() < PARALLEL_FROM {
             self.ready.extend(window.iter().map(one));
@@ -212,7 +210,8 @@ impl Scanner {
     /// The first item. A root directory's listing is read before the root is yielded, so that
     /// an unreadable root ends the scan with its error instead of an empty tree.
     fn start(&mut self, root: PathBuf) -> Option<Result<ScanEntry, ScanError>> {
-        let item = entry(root, Vec::new());
+        // `lstat` of the root as named (a trailing slash follows a symlink, as ever).
+        let item = entry_at(rustix::fs::CWD, root.as_os_str(), root.clone(), Vec::new());
         if let Ok(
             dir @ ScanEntry {
                 kind: EntryKind::Dir,
@@ -269,12 +268,13 @@ fn read_listing(path: &Path, extra: OFlags) -> Result<(OwnedFd, Vec<OsString>), 
 
 /// `statat`s `name` in the open directory `dir` (never following a symlink) and describes
 /// it; `source` is its full path, for reading it later and for messages.
-fn child_entry(
-    dir: &OwnedFd,
+fn entry_at(
+    dir: impl AsFd,
     name: &OsStr,
     source: PathBuf,
     rel: Vec<u8>,
 ) -> Result<ScanEntry, ScanError> {
+    let dir = dir.as_fd();
     let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => st,
         Err(errno) => {
@@ -332,74 +332,4 @@ fn child_entry(
         ino: st.st_ino,
         source,
     })
-}
-
-/// `lstat`s one path and describes it.
-fn entry(source: PathBuf, rel: Vec<u8>) -> Result<ScanEntry, ScanError> {
-    let meta = match fs::symlink_metadata(&source) {
-        Ok(meta) => meta,
-        Err(err) => {
-            return Err(ScanError::Io {
-                path: source,
-                op: "stat",
-                source: err,
-            });
-        }
-    };
-    let file_type = meta.file_type();
-    let kind = if file_type.is_file() {
-        EntryKind::File
-    } else if file_type.is_dir() {
-        EntryKind::Dir
-    } else if file_type.is_symlink() {
-        EntryKind::Symlink
-    } else {
-        let what = if file_type.is_fifo() {
-            "FIFOs are not copied"
-        } else if file_type.is_socket() {
-            "sockets are not copied"
-        } else if file_type.is_block_device() || file_type.is_char_device() {
-            "device nodes are not copied"
-        } else {
-            "files of this type are not copied"
-        };
-        return Err(ScanError::Unsupported { path: source, what });
-    };
-    let link_target = if kind == EntryKind::Symlink {
-        match fs::read_link(&source) {
-            Ok(target) => target.into_os_string().into_encoded_bytes(),
-            Err(err) => {
-                return Err(ScanError::Io {
-                    path: source,
-                    op: "read link",
-                    source: err,
-                });
-            }
-        }
-    } else {
-        Vec::new()
-    };
-    Ok(ScanEntry {
-        kind,
-        rel,
-        size: if kind == EntryKind::File {
-            meta.len()
-        } else {
-            0
-        },
-        meta: meta_of(&meta),
-        link_target,
-        dev: meta.dev(),
-        ino: meta.ino(),
-        source,
-    })
-}
-
-fn meta_of(meta: &Metadata) -> Meta {
-    Meta {
-        mode: meta.mode() & 0o7777,
-        mtime_sec: meta.mtime(),
-        // The kernel keeps this in 0..1e9; clamp rather than trust a strange file system.
-        mtime_nsec: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
-    }
 }
