@@ -339,7 +339,7 @@ pub async fn send(
     let result: Result<(), EngineError> = async {
         loop {
             tokio::select! {
-                item = next_of(&mut scanned, &mut scan_rx), if !scan_done && session.outstanding() < window => {
+                item = next_of(&mut scanned, || scan_rx.recv()), if !scan_done && session.outstanding() < window => {
                     match item {
                         Some(ScanItem::Entry(entry)) => {
                             let id = session.announce(entry.kind);
@@ -400,7 +400,7 @@ pub async fn send(
                         // saying so; when the data stream notices first, that message (exit 3,
                         // resumable) is what the operator needs, not the closed stream.
                         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
-                        while let Ok(Some(Ok(Some(msg)))) = tokio::time::timeout_at(deadline, next_unbounded(&mut inbox, &mut in_rx)).await {
+                        while let Ok(Some(Ok(Some(msg)))) = tokio::time::timeout_at(deadline, next_of(&mut inbox, || in_rx.recv())).await {
                             if let Message::Failed(failed) = msg && failed.no_space {
                                 let done = Progress::get(&progress.bytes_done);
                                 return Err(EngineError::NoSpace {
@@ -421,7 +421,7 @@ pub async fn send(
                     }
                     None => {}
                 },
-                msg = next_unbounded(&mut inbox, &mut in_rx) => {
+                msg = next_of(&mut inbox, || in_rx.recv()) => {
                     let msg = match msg {
                         Some(Ok(Some(msg))) => msg,
                         Some(Err(e)) => return Err(e.into()),
@@ -559,25 +559,17 @@ pub async fn send(
     Ok(summary)
 }
 
-/// The next item of a batched channel: from the batch taken last, else from the next batch.
-/// Cancel safe (a batch is moved into `buf` in the same poll that receives it).
-async fn next_of<T>(buf: &mut VecDeque<T>, rx: &mut mpsc::Receiver<Vec<T>>) -> Option<T> {
+/// The next item of a channel of batches: from the batch taken last, else from the next one
+/// `recv` yields. Cancel safe when `recv` is (a batch is moved into `buf` in the same poll
+/// that receives it).
+async fn next_of<T, F>(buf: &mut VecDeque<T>, recv: impl FnOnce() -> F) -> Option<T>
+where
+    F: Future<Output = Option<Vec<T>>>,
+{
     if let Some(item) = buf.pop_front() {
         return Some(item);
     }
-    buf.extend(rx.recv().await?);
-    buf.pop_front()
-}
-
-/// [`next_of`] for an unbounded channel.
-async fn next_unbounded<T>(
-    buf: &mut VecDeque<T>,
-    rx: &mut mpsc::UnboundedReceiver<Vec<T>>,
-) -> Option<T> {
-    if let Some(item) = buf.pop_front() {
-        return Some(item);
-    }
-    buf.extend(rx.recv().await?);
+    buf.extend(recv().await?);
     buf.pop_front()
 }
 
