@@ -131,12 +131,19 @@ if [[ $FS == loop ]]; then
     if ! mountpoint -q "$WORK/fs"; then
         IMG=$WORK/fs.img
         if [[ ! -f $IMG ]]; then
-            log "making a journaled ext4 image for the benchmark in $IMG (sparse, 96 GiB apparent)"
-            truncate -s 96G "$IMG"
+            # Never larger than what the host has free: a sparse image that outgrows its disk
+            # turns the benchmark's file system read-only mid-run.
+            free_gib=$(($(df --output=avail -B1G "$WORK" | tail -n1) - 4))
+            img_gib=$((free_gib < 96 ? free_gib : 96))
+            ((img_gib >= 8)) || die "$WORK has only $((free_gib + 4)) GiB free: not enough for the benchmark image"
+            log "making a journaled ext4 image for the benchmark in $IMG (sparse, $img_gib GiB apparent)"
+            truncate -s "${img_gib}G" "$IMG"
             mkfs.ext4 -q -F -L haul-bench "$IMG"
         fi
         LOOPDEV=$(losetup --find --show --direct-io=on "$IMG") || die "losetup failed for $IMG"
-        mount "$LOOPDEV" "$WORK/fs" || { losetup -d "$LOOPDEV"; die "cannot mount $IMG"; }
+        # discard: a deleted copy's blocks are punched out of the image at once, so the image
+        # holds what the file system holds, not every block any run ever wrote.
+        mount -o discard "$LOOPDEV" "$WORK/fs" || { losetup -d "$LOOPDEV"; die "cannot mount $IMG"; }
         UNMOUNT_FS=$WORK/fs
     fi
     WORK=$WORK/fs
