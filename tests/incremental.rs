@@ -338,3 +338,78 @@ fn a_receivers_chunk_hash_cache_serves_changed_files_and_never_a_changed_target(
     );
     assert_same_tree(&p.join("src"), &p.join("root/x"));
 }
+
+/// A changed file whose destination holds the old version and only a few changed chunks is
+/// patched in place (same inode, under an undo log that is gone afterwards), not rewritten;
+/// a destination with other hard links, or with most of it changed, gets a new file instead,
+/// so the other link keeps the old content.
+#[test]
+fn a_few_changed_chunks_are_patched_in_place_but_never_through_a_hard_link() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path();
+    std::fs::create_dir(p.join("root")).unwrap();
+    std::fs::write(p.join("token"), "t0k").unwrap();
+    let mut t = TreeBuilder::new(&p.join("src"), 23);
+    let layer = t.file("layer.vhdx", (48 * MIB) as usize + 999);
+    let server = haul().serve(&p.join("root"), &p.join("scfg"), Some(&p.join("token")));
+    let push = || remote_json(p, &server, "push", "x");
+    let target = p.join("root/x/layer.vhdx");
+    let ino = |path: &Path| std::fs::metadata(path).unwrap().ino();
+    let undo_logs = || {
+        std::fs::read_dir(p.join("root/.haul/undo"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    push();
+    let first = ino(&target);
+
+    scribble(&layer, 20 * MIB, 1000, 1);
+    let s = push();
+    assert_eq!(s["chunks_sent"], 1, "{s}");
+    assert_eq!(
+        ino(&target),
+        first,
+        "a one-chunk change was not patched in place"
+    );
+    assert_same_tree(&p.join("src"), &p.join("root/x"));
+    assert_eq!(undo_logs(), 0, "the undo log outlived the patch");
+
+    // Again through the chunk-hash cache's other branch: a patched file's record is fresh.
+    scribble(&layer, 40 * MIB, 1000, 2);
+    let s = push();
+    assert_eq!(s["chunks_sent"], 1, "{s}");
+    assert_eq!(ino(&target), first);
+    assert_same_tree(&p.join("src"), &p.join("root/x"));
+
+    // A second name for the destination: patching would change it too.
+    let other = p.join("root/keep.vhdx");
+    std::fs::hard_link(&target, &other).unwrap();
+    let before = std::fs::read(&other).unwrap();
+    scribble(&layer, 30 * MIB, 1000, 3);
+    let s = push();
+    assert_eq!(s["chunks_sent"], 1, "{s}");
+    assert_ne!(
+        ino(&target),
+        first,
+        "a hard-linked destination was patched in place"
+    );
+    assert!(
+        std::fs::read(&other).unwrap() == before,
+        "the other link changed"
+    );
+    assert_same_tree(&p.join("src"), &p.join("root/x"));
+
+    // Most of the file changed: a new file is cheaper than the undo log.
+    let now = ino(&target);
+    scribble(&layer, 0, (40 * MIB) as usize, 4);
+    let s = push();
+    assert!(s["chunks_sent"].as_u64().unwrap() >= 10, "{s}");
+    assert_ne!(
+        ino(&target),
+        now,
+        "a mostly changed file was patched in place"
+    );
+    assert_same_tree(&p.join("src"), &p.join("root/x"));
+    assert_eq!(undo_logs(), 0);
+}

@@ -47,6 +47,13 @@ pub async fn serve(
 ) -> Result<(), EngineError> {
     let root = Root::open(&options.root)?.preserve_special_bits(options.preserve_special_bits);
     root.sweep_staging()?;
+    let restored = root.recover_patches()?;
+    if restored > 0 {
+        tracing::warn!(
+            files = restored,
+            "put back the old version of files a killed receiver was updating in place"
+        );
+    }
     let config = Arc::new(ReceiverConfig::with_grants(root, options.grants));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let endpoint = haul_net::server_endpoint(options.listen, &options.identity)?;
@@ -218,6 +225,13 @@ pub async fn copy(
     let had_state_dir = root_dir.join(".haul").exists();
     let root = Root::open(&root_dir)?.preserve_special_bits(options.preserve_special_bits);
     root.sweep_staging()?;
+    let restored = root.recover_patches()?;
+    if restored > 0 {
+        tracing::warn!(
+            files = restored,
+            "put back the old version of files a killed receiver was updating in place"
+        );
+    }
 
     let token = Token::from_bytes(random_token().as_bytes());
     let config = Arc::new(ReceiverConfig::new(root, vec![token.clone()]));

@@ -118,7 +118,7 @@ impl Root {
 
     /// The fd and stat of the regular file at `rel`, or `None` when something else (or
     /// nothing) is there.
-    fn open_regular(
+    pub(crate) fn open_regular(
         &self,
         rel: &RelPath,
         flags: OFlags,

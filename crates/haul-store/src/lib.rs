@@ -58,6 +58,9 @@
 //! - `chunk_cache`: [`Root::store_chunk_hashes`], [`Root::cached_chunk_hashes`]: the chunk
 //!   hashes of installed files in `<top root>/.haul/chunks/`, trusted only while the file's
 //!   device, inode, size, mtime and ctime are unchanged, so a re-run can skip re-hashing.
+//! - `patch`: [`Root::patch_in_place`], [`Root::recover_patches`], [`PatchRange`]: a file
+//!   whose new version changed a few chunks is overwritten in place under an undo log in
+//!   `<top root>/.haul/undo/`, so a crash mid-way puts the old version back.
 //! - `dircache`: the bounded cache of open directory fds.
 //! - `error`: [`StoreError`] and the errno mapping.
 
@@ -72,6 +75,7 @@ mod history;
 mod journal;
 mod partial;
 mod partial_open;
+mod patch;
 mod path;
 mod root;
 mod staging;
@@ -80,6 +84,7 @@ pub use error::StoreError;
 pub use existing::{ExistingFile, FileStat};
 pub use partial::{Partial, SourceIdentity};
 pub use partial_open::OpenedPartial;
+pub use patch::PatchRange;
 pub use path::{MAX_NAME, MAX_PATH, PathError, RESERVED, RelPath};
 pub use root::{FileKind, Root};
 pub use staging::StagingFile;

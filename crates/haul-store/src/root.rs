@@ -244,6 +244,8 @@ impl Root {
         let haul = &self.top.haul;
         let _ = rustix::fs::unlinkat(haul, "staging", AtFlags::REMOVEDIR);
         let _ = rustix::fs::unlinkat(haul, "partial", AtFlags::REMOVEDIR);
+        // Non-empty only if a patch could not be undone yet: then `.haul` stays too.
+        let _ = rustix::fs::unlinkat(haul, "undo", AtFlags::REMOVEDIR);
         let _ = rustix::fs::unlinkat(haul, "history", AtFlags::empty());
         crate::chunk_cache::remove_all(haul);
         // By name in the root: if `.haul` is now a symlink this fails (ENOTDIR) and nothing

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use haul_proto::{Chunk, ChunkLayout, Failed, Hash, Installed, Message, Meta};
-use haul_store::{RelPath, Root, StoreError};
+use haul_store::{PatchRange, RelPath, Root, StoreError};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::target::{Disposal, Target};
@@ -102,6 +102,10 @@ pub(crate) struct Files {
 /// Once this much has been written through the page cache, a background `syncfs` starts
 /// writing it out (see [`Files::written`]).
 const EARLY_FLUSH_BYTES: u64 = 32 << 20;
+
+/// A changed file is patched in place only while the changed chunks are at most this share
+/// (1/N) of it: beyond that, writing a new file costs little more than the undo log would.
+const PATCH_SHARE: u64 = 4;
 
 /// Marks a blocking task as working on a session's files until dropped.
 pub(crate) struct Busy(Arc<AtomicU64>);
@@ -529,6 +533,27 @@ impl Files {
                 Err(e) => return Err((e.to_string(), e.is_no_space())),
             },
         };
+        if missing > 0
+            && let (Some(reuse), Target::Partial(partial)) = (&slot.reuse, &target)
+            && reuse.in_place
+        {
+            match self.patch(slot, reuse, partial, hashes, client) {
+                Ok(Some(written)) => {
+                    *bytes_written = written;
+                    target.discard();
+                    return Ok(false);
+                }
+                Ok(None) => {} // not patchable: write a new file below
+                Err(e) => {
+                    if e.1 {
+                        target.keep()
+                    } else {
+                        target.discard()
+                    }
+                    return Err(e);
+                }
+            }
+        }
         if missing > 0 {
             let Some(reuse) = &slot.reuse else {
                 target.discard();
@@ -571,6 +596,122 @@ impl Files {
                 }
                 Ok(false)
             }
+            Err(e) => Err((e.to_string(), e.is_no_space())),
+        }
+    }
+
+    /// Updates the destination in place when it is the old copy and only a few chunks
+    /// changed (those the partial holds, at most a [`PATCH_SHARE`]th of the file): the
+    /// unchanged chunks are checked against what was offered for them (through the chunk-hash
+    /// cache, or by reading and hashing them), the whole-file hash against the sender's, and
+    /// then the store overwrites just the changed ranges under an undo log. Returns the bytes
+    /// written, or `None` when the file is not a candidate (the caller then writes a new file
+    /// as usual, with nothing changed).
+    fn patch(
+        &self,
+        slot: &Slot,
+        reuse: &Reuse,
+        partial: &haul_store::Partial,
+        hashes: &[Option<Hash>],
+        client: Hash,
+    ) -> Result<Option<u64>, (String, bool)> {
+        let layout = &slot.layout;
+        let mut ranges: Vec<PatchRange> = Vec::new();
+        for (index, have) in hashes.iter().enumerate() {
+            let index = index as u64;
+            if have.is_none() {
+                continue;
+            }
+            let (offset, len) = (layout.offset(index), layout.len(index).map_or(0, u64::from));
+            match ranges.last_mut() {
+                Some(last) if last.offset + last.len == offset => last.len += len,
+                _ => ranges.push(PatchRange { offset, len }),
+            }
+        }
+        let patched: u64 = ranges.iter().map(|r| r.len).sum();
+        if patched == 0 || patched > layout.size() / PATCH_SHARE {
+            return Ok(None);
+        }
+        let shown = || self.root.display_path(&slot.rel).display().to_string();
+        let changed = || {
+            (
+                format!(
+                    "{}: the old copy changed while it was being reused; run the copy again",
+                    shown()
+                ),
+                false,
+            )
+        };
+        let vouched = match &reuse.cached {
+            Some(old) => self
+                .root
+                .cached_chunk_hashes(old, &reuse.file, layout.chunk_size()),
+            None => None,
+        };
+        let mut all = Vec::with_capacity(hashes.len());
+        let mut buf = Vec::new();
+        for (index, have) in hashes.iter().enumerate() {
+            if let Some(hash) = have {
+                all.push(*hash);
+                continue;
+            }
+            let Some(Some(offered)) = reuse.hashes.get(index).copied() else {
+                return Err((
+                    format!("{}: chunk {index} was neither sent nor held", shown()),
+                    false,
+                ));
+            };
+            let ok = match &vouched {
+                Some(still) => still.get(index) == Some(&offered),
+                None => {
+                    let index = index as u64;
+                    buf.resize(layout.len(index).map_or(0, |l| l as usize), 0);
+                    reuse
+                        .file
+                        .read_exact_at(&mut buf, layout.offset(index))
+                        .map_err(|e| {
+                            (
+                                format!("{}: cannot read the old copy to reuse it: {e}", shown()),
+                                false,
+                            )
+                        })?;
+                    haul_manifest::chunk_hash(layout, index, &buf) == offered
+                }
+            };
+            if !ok {
+                return Err(changed());
+            }
+            all.push(offered);
+        }
+        if haul_manifest::file_hash(layout, &all) != Some(client) {
+            return Err((
+                format!(
+                    "{}: the whole-file hash differs from the sender's although every chunk \
+                     verified: the source changed while it was read; run the copy again",
+                    shown()
+                ),
+                false,
+            ));
+        }
+        let done = self.root.patch_in_place(
+            &slot.rel,
+            &reuse.file,
+            layout.size(),
+            &ranges,
+            partial,
+            &slot.meta,
+        );
+        match done {
+            Ok(true) => {
+                if let Err(e) = self
+                    .root
+                    .store_chunk_hashes(&slot.rel, layout.chunk_size(), &all)
+                {
+                    tracing::debug!(error = %e, "chunk-hash cache not updated");
+                }
+                Ok(Some(patched))
+            }
+            Ok(false) => Ok(None),
             Err(e) => Err((e.to_string(), e.is_no_space())),
         }
     }
