@@ -305,3 +305,56 @@ fn setuid_bits_are_dropped_unless_the_operator_asks() {
     }
     let _ = tool;
 }
+
+/// Hole chunks hash to values that depend only on where they are, so haul computes each once
+/// and keeps it in its cache directory: a second run finds them there, a damaged cache file
+/// is ignored and rebuilt, and every answer equals the BLAKE3 of the file's bytes.
+#[test]
+fn hole_hashes_are_kept_in_the_cache_and_a_damaged_cache_is_rebuilt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, cfg) = (
+        tmp.path().join("src"),
+        tmp.path().join("dst"),
+        tmp.path().join("cfg"),
+    );
+    let mut t = TreeBuilder::new(&src, 31);
+    let len: u64 = 256 * MIB as u64;
+    // 64 chunks of 4 MiB; the data lies inside chunk 25, so 63 are holes.
+    t.sparse("disk.img", len, &[(100 * MIB as u64 + 5, MIB)]);
+    let disk = src.join("disk.img");
+    let expected = blake3::hash(&std::fs::read(&disk).unwrap())
+        .to_hex()
+        .to_string();
+    let hash = || {
+        let out = haul().run(&cfg, &[os("hash"), disk.as_os_str()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let cache = cfg.join("cache/zero-chunks.v1");
+    // Magic, one 44-byte record per hole chunk, checksum.
+    let full = 8 + 63 * 44 + 32;
+
+    assert!(hash().starts_with(&expected), "cold");
+    assert_eq!(std::fs::metadata(&cache).unwrap().len(), full);
+    assert!(hash().starts_with(&expected), "from the cache");
+
+    std::fs::write(&cache, b"HAULZCV1 not a table at all").unwrap();
+    assert!(hash().starts_with(&expected), "with a damaged cache");
+    assert_eq!(std::fs::metadata(&cache).unwrap().len(), full, "rebuilt");
+
+    let out = haul().run(&cfg, &[os("copy"), src.as_os_str(), dst.as_os_str()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_tree(&src, &dst);
+    assert!(
+        sparse_blocks(&dst.join("disk.img")) * 512 <= 2 * MIB as u64,
+        "not sparse"
+    );
+}

@@ -48,7 +48,30 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    ExitCode::from(runtime.block_on(run(cli)))
+    if let Some(dir) = cache_dir()
+        && let Err(e) = haul_manifest::zeros::persist_in(&dir)
+    {
+        tracing::debug!(error = %e, dir = %dir.display(), "hole-hash cache stays in memory");
+    }
+    let code = runtime.block_on(run(cli));
+    if let Err(e) = haul_manifest::zeros::save() {
+        tracing::debug!(error = %e, "hole-hash cache not saved");
+    }
+    ExitCode::from(code)
+}
+
+/// Where haul keeps what it can always recompute (the hashes of hole chunks):
+/// `$HAUL_CACHE_DIR`, else `$XDG_CACHE_HOME/haul`, else `$HOME/.cache/haul`; none without a
+/// home (empty variables count as unset).
+fn cache_dir() -> Option<PathBuf> {
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("HAUL_CACHE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("haul")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache").join("haul")))
 }
 
 async fn run(cli: Cli) -> u8 {

@@ -101,6 +101,8 @@ pub async fn serve(
             if receive(link, config, peer, events).await.is_ok() {
                 linger(&conn).await;
             }
+            // A long-running receiver keeps the hole hashes it computed for the next start.
+            let _ = tokio::task::spawn_blocking(haul_manifest::zeros::save).await;
         });
     }
     Ok(())

@@ -90,6 +90,8 @@ pub fn chunk_hash(layout: &ChunkLayout, index: u64, data: &[u8]) -> Hash {
 
 /// The same as [`chunk_hash`] for a chunk known to be all zeros (a hole), without the caller
 /// providing a buffer. Equals `chunk_hash` of a zero-filled buffer of that chunk's length.
+/// Full-size chunks are computed once per process (and once per machine with
+/// [`zeros::persist_in`](crate::zeros::persist_in)), then looked up.
 pub fn zero_chunk_hash(layout: &ChunkLayout, index: u64) -> Hash {
     let Some(len) = (layout.chunk_size() != 0)
         .then(|| layout.len(index))
@@ -99,9 +101,18 @@ pub fn zero_chunk_hash(layout: &ChunkLayout, index: u64) -> Hash {
     };
     let len = u64::from(len);
     let mut hasher = Hasher::new();
+    // Only full-size subtree chunks are remembered: a file's one chunk or short last chunk
+    // is a value no other file shares.
+    let mut remember = None;
     let root = match role(layout, index, len) {
         Role::Whole => true,
         Role::Subtree(offset) => {
+            if len == u64::from(layout.chunk_size()) {
+                if let Some(value) = crate::zeros::lookup(layout.chunk_size(), index) {
+                    return value;
+                }
+                remember = Some(layout.chunk_size());
+            }
             hasher.set_input_offset(offset);
             false
         }
@@ -114,10 +125,13 @@ pub fn zero_chunk_hash(layout: &ChunkLayout, index: u64) -> Hash {
         left -= step;
     }
     if root {
-        *hasher.finalize().as_bytes()
-    } else {
-        hasher.finalize_non_root()
+        return *hasher.finalize().as_bytes();
     }
+    let value = hasher.finalize_non_root();
+    if let Some(chunk_size) = remember {
+        crate::zeros::remember(chunk_size, index, value);
+    }
+    value
 }
 
 /// Combines the chunk hashes (index order, all of them) into the file hash that b3sum prints.

@@ -10,6 +10,8 @@
 //!   a file on disk the same way.
 //! - [`sparse`]: the data extents of a sparse file ([`SparseMap`]), so holes are sent as zero
 //!   chunks without being read.
+//! - [`zeros`]: the hashes of hole chunks, computed once per machine ([`zeros::persist_in`],
+//!   [`zeros::save`]) instead of hashing gigabytes of zeros on every copy.
 //!
 //! Chunk geometry ([`haul_proto::ChunkLayout`]) and the entry types ([`haul_proto::Meta`],
 //! [`haul_proto::EntryKind`]) come from `haul-proto`.
@@ -32,11 +34,13 @@
 //!
 //! # Must not depend on
 //! Networking, tokio or any async runtime, `haul-store`, `haul-engine`. It never prints: it
-//! returns values and typed errors.
+//! returns values and typed errors. (The one file it writes, the hole-hash cache, is where its
+//! caller says.)
 
 pub mod hash;
 pub mod scan;
 pub mod sparse;
+pub mod zeros;
 
 pub use hash::{chunk_hash, file_hash, hash_file, to_hex, zero_chunk_hash};
 pub use scan::{ScanEntry, ScanError, Scanner, scan};

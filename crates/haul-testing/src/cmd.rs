@@ -17,11 +17,13 @@ impl Haul {
         Haul { bin: bin.into() }
     }
 
-    /// A command for the binary with a private config directory, so tests never touch the
-    /// user's certificate, token or known-hosts.
+    /// A command for the binary with a private config directory (and its cache under
+    /// `<config_dir>/cache`), so tests never touch the user's certificate, token, known-hosts
+    /// or cache.
     pub fn command(&self, config_dir: &Path) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.env("HAUL_CONFIG_DIR", config_dir)
+            .env("HAUL_CACHE_DIR", config_dir.join("cache"))
             .env_remove("HAUL_TOKEN");
         cmd
     }
