@@ -61,6 +61,16 @@ impl SparseMap {
             .is_none_or(|extent| extent.start >= end)
     }
 
+    /// The parts of `[start, end)` that may hold data, in order: the extents clipped to it.
+    /// Whatever lies between them is a hole and reads as zeros.
+    pub fn data_in(&self, start: u64, end: u64) -> impl Iterator<Item = Range<u64>> + '_ {
+        let first = self.extents.partition_point(|extent| extent.end <= start);
+        self.extents[first..]
+            .iter()
+            .take_while(move |extent| extent.start < end)
+            .map(move |extent| extent.start.max(start)..extent.end.min(end))
+    }
+
     /// Bytes of data (sum of extent lengths).
     pub fn data_bytes(&self) -> u64 {
         self.extents

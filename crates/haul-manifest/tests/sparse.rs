@@ -101,3 +101,36 @@ fn nearby_extents_are_merged() {
         assert_eq!(map.extents(), std::slice::from_ref(&(0..size)));
     }
 }
+
+/// `data_in` clips the extents to a range: what the sender reads of a chunk that is partly
+/// hole.
+#[test]
+fn data_in_clips_extents_to_the_asked_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(dir.path().join("s"))
+        .unwrap();
+    let size = 16 * MIB;
+    file.set_len(size).unwrap();
+    file.write_all_at(&vec![1; MIB as usize], MIB).unwrap();
+    file.write_all_at(&vec![2; (MIB / 2) as usize], 5 * MIB)
+        .unwrap();
+    file.sync_all().unwrap();
+    let map = SparseMap::probe(&file, size).unwrap();
+    let within = |a: u64, b: u64| map.data_in(a, b).collect::<Vec<_>>();
+    if !seek_data_supported(&file) {
+        assert_eq!(within(MIB, 2 * MIB), vec![MIB..2 * MIB]);
+        return;
+    }
+    assert_eq!(within(0, 4 * MIB), vec![MIB..2 * MIB]);
+    assert_eq!(within(4 * MIB, 8 * MIB), vec![5 * MIB..5 * MIB + MIB / 2]);
+    assert_eq!(
+        within(MIB + MIB / 2, 5 * MIB + 1000),
+        vec![MIB + MIB / 2..2 * MIB, 5 * MIB..5 * MIB + 1000]
+    );
+    assert_eq!(within(8 * MIB, size), vec![]);
+    assert_eq!(within(3 * MIB, 3 * MIB), vec![]);
+}

@@ -358,7 +358,18 @@ impl Worker {
                 )
             } else {
                 let mut buf = self.buffers.take(len as usize);
-                reader.read_exact_at(&handle, buf.as_mut_slice(), offset)?;
+                let end = offset + u64::from(len);
+                let slice = buf.as_mut_slice();
+                // Only the data extents are read; a hole inside the chunk (a sparse disk's
+                // data rarely lines up with chunks) is zero-filled instead of copied in.
+                let mut at = offset;
+                for data in sparse.data_in(offset, end) {
+                    slice[(at - offset) as usize..(data.start - offset) as usize].fill(0);
+                    let range = (data.start - offset) as usize..(data.end - offset) as usize;
+                    reader.read_exact_at(&handle, &mut slice[range], data.start)?;
+                    at = data.end;
+                }
+                slice[(at - offset) as usize..].fill(0);
                 (
                     haul_manifest::chunk_hash(&file.layout, index, buf.as_ref()),
                     buf.into_bytes(),
