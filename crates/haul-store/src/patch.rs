@@ -174,8 +174,9 @@ impl Root {
     /// partial holding the verified new chunks), then sets `meta`, all under an undo log (see
     /// the module docs): whatever happens, the file ends up either fully patched or exactly as
     /// it was. Returns `Ok(false)`, having changed nothing, when the file there cannot be
-    /// patched: it is no longer the file `expect` is open on, has a size other than `size`, or
-    /// has other hard links (overwriting would change them too; a new file leaves them be).
+    /// patched: it is no longer the file `expect` is open on, has a size other than `size`,
+    /// has other hard links (overwriting would change them too; a new file leaves them be), or
+    /// cannot be opened for writing (read-only to us, or a running executable).
     ///
     /// On an error the ranges already written are restored from the log before returning.
     pub fn patch_in_place(
@@ -188,7 +189,18 @@ impl Root {
         meta: &haul_proto::Meta,
     ) -> Result<bool, StoreError> {
         let op = "update in place";
-        let Some((fd, st)) = self.open_regular(rel, OFlags::RDWR, op)? else {
+        let opened = match self.open_regular(rel, OFlags::RDWR, op) {
+            // Not writable by us (a read-only file, a running executable): a new file
+            // replacing it by rename needs only the directory.
+            Err(StoreError::PermissionDenied { .. }) => return Ok(false),
+            Err(StoreError::Io { source, .. })
+                if source.raw_os_error() == Some(Errno::TXTBSY.raw_os_error()) =>
+            {
+                return Ok(false);
+            }
+            opened => opened?,
+        };
+        let Some((fd, st)) = opened else {
             return Ok(false);
         };
         let expected = rustix::fs::fstat(expect).map_err(|e| self.err(e, rel, op))?;
