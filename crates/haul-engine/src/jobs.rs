@@ -45,15 +45,7 @@ pub async fn serve(
     ready: impl FnOnce(SocketAddr),
     events: EventSink,
 ) -> Result<(), EngineError> {
-    let root = Root::open(&options.root)?.preserve_special_bits(options.preserve_special_bits);
-    root.sweep_staging()?;
-    let restored = root.recover_patches()?;
-    if restored > 0 {
-        tracing::warn!(
-            files = restored,
-            "put back the old version of files a killed receiver was updating in place"
-        );
-    }
+    let root = open_receiver_root(&options.root, options.preserve_special_bits)?;
     let config = Arc::new(ReceiverConfig::with_grants(root, options.grants));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let endpoint = haul_net::server_endpoint(options.listen, &options.identity)?;
@@ -106,6 +98,21 @@ pub async fn serve(
         });
     }
     Ok(())
+}
+
+/// Opens the root a receiver writes into and cleans up after receivers that died in it:
+/// their staging files go, and files they were patching in place get their old version back.
+fn open_receiver_root(path: &Path, special_bits: bool) -> Result<Root, EngineError> {
+    let root = Root::open(path)?.preserve_special_bits(special_bits);
+    root.sweep_staging()?;
+    let restored = root.recover_patches()?;
+    if restored > 0 {
+        tracing::warn!(
+            files = restored,
+            "put back the old version of files a killed receiver was updating in place"
+        );
+    }
+    Ok(root)
 }
 
 /// After `Finished`, waits for the client to close the connection. Dropping it at once would
@@ -225,15 +232,7 @@ pub async fn copy(
         None => split_destination(&source, &dest, meta.is_dir())?,
     };
     let had_state_dir = root_dir.join(".haul").exists();
-    let root = Root::open(&root_dir)?.preserve_special_bits(options.preserve_special_bits);
-    root.sweep_staging()?;
-    let restored = root.recover_patches()?;
-    if restored > 0 {
-        tracing::warn!(
-            files = restored,
-            "put back the old version of files a killed receiver was updating in place"
-        );
-    }
+    let root = open_receiver_root(&root_dir, options.preserve_special_bits)?;
 
     let token = Token::from_bytes(random_token().as_bytes());
     let config = Arc::new(ReceiverConfig::new(root, vec![token.clone()]));

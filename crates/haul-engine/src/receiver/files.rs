@@ -575,14 +575,7 @@ impl Files {
         let all: Vec<Hash> = hashes.iter().flatten().copied().collect();
         if haul_manifest::file_hash(&slot.layout, &all) != Some(client) {
             target.discard();
-            return Err((
-                format!(
-                    "{}: the whole-file hash differs from the sender's although every chunk \
-                     verified: the source changed while it was read; run the copy again",
-                    shown()
-                ),
-                false,
-            ));
+            return Err(source_changed(&shown()));
         }
         match target.install(&self.root, &slot.rel, &slot.meta) {
             Ok(()) => {
@@ -633,15 +626,6 @@ impl Files {
             return Ok(None);
         }
         let shown = || self.root.display_path(&slot.rel).display().to_string();
-        let changed = || {
-            (
-                format!(
-                    "{}: the old copy changed while it was being reused; run the copy again",
-                    shown()
-                ),
-                false,
-            )
-        };
         let vouched = match &reuse.cached {
             Some(old) => self
                 .root
@@ -656,10 +640,7 @@ impl Files {
                 continue;
             }
             let Some(Some(offered)) = reuse.hashes.get(index).copied() else {
-                return Err((
-                    format!("{}: chunk {index} was neither sent nor held", shown()),
-                    false,
-                ));
+                return Err(not_held(&shown(), index as u64));
             };
             let ok = match &vouched {
                 Some(still) => still.get(index) == Some(&offered),
@@ -679,19 +660,12 @@ impl Files {
                 }
             };
             if !ok {
-                return Err(changed());
+                return Err(reuse_changed(&shown()));
             }
             all.push(offered);
         }
         if haul_manifest::file_hash(layout, &all) != Some(client) {
-            return Err((
-                format!(
-                    "{}: the whole-file hash differs from the sender's although every chunk \
-                     verified: the source changed while it was read; run the copy again",
-                    shown()
-                ),
-                false,
-            ));
+            return Err(source_changed(&shown()));
         }
         let done = self.root.patch_in_place(
             &slot.rel,
@@ -764,19 +738,10 @@ impl Files {
             let offered = reuse.hashes.get(index).copied().flatten();
             let vouched = still.as_ref().and_then(|s| s.get(index)).copied();
             let (Some(offered), Some(len)) = (offered, slot.layout.len(index as u64)) else {
-                return Err((
-                    format!("{}: chunk {index} was neither sent nor held", shown()),
-                    false,
-                ));
+                return Err(not_held(&shown(), index as u64));
             };
             if vouched != Some(offered) {
-                return Err((
-                    format!(
-                        "{}: the old copy changed while it was being reused; run the copy again",
-                        shown()
-                    ),
-                    false,
-                ));
+                return Err(reuse_changed(&shown()));
             }
             if let Err(e) = target.record(index as u64, offered, u64::from(len)) {
                 return Err((e.to_string(), e.is_no_space()));
@@ -811,10 +776,7 @@ impl Files {
             let (Some(len), Some(Some(offered))) =
                 (slot.layout.len(index), reuse.hashes.get(index as usize))
             else {
-                return Err((
-                    format!("{}: chunk {index} was neither sent nor held", shown()),
-                    false,
-                ));
+                return Err(not_held(&shown(), index));
             };
             buf.resize(len as usize, 0);
             let offset = slot.layout.offset(index);
@@ -826,13 +788,7 @@ impl Files {
             }
             let hash = haul_manifest::chunk_hash(&slot.layout, index, &buf);
             if hash != *offered {
-                return Err((
-                    format!(
-                        "{}: the old copy changed while it was being reused; run the copy again",
-                        shown()
-                    ),
-                    false,
-                ));
+                return Err(reuse_changed(&shown()));
             }
             match target
                 .write_at(offset, &buf)
@@ -900,6 +856,31 @@ impl Files {
             self.finish(&slot, Disposal::Keep);
         }
     }
+}
+
+/// A file fails because the old copy it reused changed meanwhile.
+fn reuse_changed(path: &str) -> (String, bool) {
+    let message =
+        format!("{path}: the old copy changed while it was being reused; run the copy again");
+    (message, false)
+}
+
+/// A file fails because one of its chunks was neither sent nor held.
+fn not_held(path: &str, index: u64) -> (String, bool) {
+    (
+        format!("{path}: chunk {index} was neither sent nor held"),
+        false,
+    )
+}
+
+/// A file fails because its chunks verified one by one but not as a whole: the source
+/// changed while it was read.
+fn source_changed(path: &str) -> (String, bool) {
+    let message = format!(
+        "{path}: the whole-file hash differs from the sender's although every chunk verified: \
+         the source changed while it was read; run the copy again"
+    );
+    (message, false)
 }
 
 /// The outcome that resolves entry `id` as installed.
