@@ -320,3 +320,118 @@ fn a_resume_trusts_its_journal_for_the_same_source_version_and_checksum_does_not
     assert!(checked["bytes_sent"].as_u64().unwrap() >= MIB);
     assert_same_tree(&src, &dst);
 }
+
+/// A copy killed with SIGKILL while it patches a file in place (the undo log complete, the
+/// changed ranges being overwritten) leaves no torn file behind: the next run on that target,
+/// even a dry run, puts the old version back byte for byte, mtime included, and a real run
+/// then patches again.
+#[test]
+fn a_copy_killed_mid_patch_has_the_old_version_put_back() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, cfg) = (
+        tmp.path().join("src"),
+        tmp.path().join("dst"),
+        tmp.path().join("cfg"),
+    );
+    let mut t = TreeBuilder::new(&src, 41);
+    let disk = t.file("disk.vhdx", (256 * MIB) as usize);
+    let out = haul().run(&cfg, &[os("copy"), src.as_os_str(), dst.as_os_str()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let target = dst.join("disk.vhdx");
+    let undo = dst.join(".haul/undo");
+    // A quarter of the file changes (the most that is patched in place): 64 MiB to overwrite
+    // and sync, a window a fast poll does not miss.
+    let changed = 64 * MIB;
+    let mut caught = false;
+    for attempt in 0..3u8 {
+        let old = std::fs::read(&target).unwrap();
+        let old_mtime = std::fs::metadata(&target).unwrap().mtime();
+        let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+        f.write_all_at(&vec![0xC0 + attempt; changed as usize], 100 * MIB)
+            .unwrap();
+        drop(f);
+        let mut child = spawn_copy(&cfg, &src, &dst);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        // The first overwritten bytes show that the patch has begun (its undo log is then
+        // complete and synced): kill right there.
+        let probe = std::fs::File::open(&target).unwrap();
+        let mut now = vec![0u8; 4096];
+        let killed = loop {
+            probe.read_exact_at(&mut now, 100 * MIB).unwrap();
+            if now[..] != old[(100 * MIB) as usize..(100 * MIB) as usize + 4096] {
+                child.kill().expect("kill -9");
+                let _ = child.wait();
+                break true;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                assert!(status.success(), "the copy failed: {status}");
+                break false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the copy never started its patch"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        };
+        let logged = std::fs::read_dir(&undo).map_or(0, |d| d.count()) > 0;
+        if !killed || !logged {
+            // The patch finished before the kill landed: finish the copy and try again.
+            let out = haul().run(&cfg, &[os("copy"), src.as_os_str(), dst.as_os_str()]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_same_tree(&src, &dst);
+            continue;
+        }
+        caught = true;
+        // A dry run changes nothing on the target, but it does recover it.
+        let out = haul().run(
+            &cfg,
+            &[
+                os("copy"),
+                os("--dry-run"),
+                src.as_os_str(),
+                dst.as_os_str(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("put back the old version"),
+            "no recovery reported: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(std::fs::read(&target).unwrap() == old, "not the old bytes");
+        assert_eq!(std::fs::metadata(&target).unwrap().mtime(), old_mtime);
+        let logs = std::fs::read_dir(&undo).map_or(0, |d| d.count());
+        assert_eq!(logs, 0, "the log stayed");
+        let ino = std::fs::metadata(&target).unwrap().ino();
+        let out = haul().run(&cfg, &[os("copy"), src.as_os_str(), dst.as_os_str()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_same_tree(&src, &dst);
+        assert_eq!(
+            std::fs::metadata(&target).unwrap().ino(),
+            ino,
+            "not patched again"
+        );
+        break;
+    }
+    assert!(
+        caught,
+        "three patches all finished before the poll saw their undo log"
+    );
+}
