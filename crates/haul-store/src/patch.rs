@@ -240,13 +240,11 @@ impl Root {
         let mut buf = vec![0u8; BUF_LEN];
         for range in ranges {
             let mut hasher = blake3::Hasher::new();
-            let mut done = 0;
-            while done < range.len {
-                let n = (range.len - done).min(BUF_LEN as u64) as usize;
-                source.read_at(range.offset + done, &mut buf[..n])?;
-                hasher.update(&buf[..n]);
-                done += n as u64;
-            }
+            in_pieces(range, &mut buf, |at, piece| {
+                source.read_at(at, piece)?;
+                hasher.update(piece);
+                Ok(())
+            })?;
             hashes.push((*range, *hasher.finalize().as_bytes()));
         }
         let header = Header {
@@ -302,15 +300,15 @@ impl Root {
         let mut out = io::BufWriter::with_capacity(BUF_LEN, &mut *log);
         out.write_all(&head).map_err(&failed)?;
         for (range, _) in &header.ranges {
-            let mut done = 0;
-            while done < range.len {
-                let n = (range.len - done).min(buf.len() as u64) as usize;
-                file.read_exact_at(&mut buf[..n], range.offset + done)
-                    .map_err(io_err(self, &rel, "read the old bytes of"))?;
-                sum.update(&buf[..n]);
-                out.write_all(&buf[..n]).map_err(&failed)?;
-                done += n as u64;
-            }
+            in_pieces(range, buf, |at, piece| {
+                file.read_exact_at(piece, at).map_err(io_err(
+                    self,
+                    &rel,
+                    "read the old bytes of",
+                ))?;
+                sum.update(piece);
+                out.write_all(piece).map_err(&failed)
+            })?;
         }
         out.write_all(sum.finalize().as_bytes()).map_err(&failed)?;
         out.flush().map_err(&failed)?;
@@ -330,14 +328,10 @@ impl Root {
     ) -> Result<(), StoreError> {
         let failed = io_err(self, rel, "update in place");
         for range in ranges {
-            let mut done = 0;
-            while done < range.len {
-                let n = (range.len - done).min(buf.len() as u64) as usize;
-                source.read_at(range.offset + done, &mut buf[..n])?;
-                file.write_all_at(&buf[..n], range.offset + done)
-                    .map_err(&failed)?;
-                done += n as u64;
-            }
+            in_pieces(range, buf, |at, piece| {
+                source.read_at(at, piece)?;
+                file.write_all_at(piece, at).map_err(&failed)
+            })?;
         }
         rustix::fs::fchmod(file, mode_bits(meta.mode, self.special_bits))
             .map_err(|e| self.err(e, rel, "set the mode of"))?;
@@ -361,14 +355,10 @@ impl Root {
         log.seek(SeekFrom::Start(head_len)).map_err(&failed)?;
         let mut reader = io::BufReader::with_capacity(BUF_LEN, &mut *log);
         for (range, _) in &header.ranges {
-            let mut done = 0;
-            while done < range.len {
-                let n = (range.len - done).min(buf.len() as u64) as usize;
-                reader.read_exact(&mut buf[..n]).map_err(&failed)?;
-                file.write_all_at(&buf[..n], range.offset + done)
-                    .map_err(&failed)?;
-                done += n as u64;
-            }
+            in_pieces(range, buf, |at, piece| {
+                reader.read_exact(piece).map_err(&failed)?;
+                file.write_all_at(piece, at).map_err(&failed)
+            })?;
         }
         let old = haul_proto::Meta {
             mode: header.old_mode,
@@ -483,14 +473,12 @@ impl Root {
         let rel = RelPath::parse(&header.rel).unwrap_or_else(|_| RelPath::root());
         for (range, want) in &header.ranges {
             let mut hasher = blake3::Hasher::new();
-            let mut done = 0;
-            while done < range.len {
-                let n = (range.len - done).min(buf.len() as u64) as usize;
-                file.read_exact_at(&mut buf[..n], range.offset + done)
+            in_pieces(range, buf, |at, piece| {
+                file.read_exact_at(piece, at)
                     .map_err(io_err(self, &rel, "read"))?;
-                hasher.update(&buf[..n]);
-                done += n as u64;
-            }
+                hasher.update(piece);
+                Ok(())
+            })?;
             if hasher.finalize().as_bytes() != want {
                 return Ok(false);
             }
@@ -505,6 +493,22 @@ impl Root {
     }
 }
 
+/// Runs `f(offset, piece)` over `range` in pieces of at most `buf.len()` bytes; `piece` is
+/// the front of `buf`, for `f` to fill or read.
+fn in_pieces(
+    range: &PatchRange,
+    buf: &mut [u8],
+    mut f: impl FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut done = 0;
+    while done < range.len {
+        let n = (range.len - done).min(buf.len() as u64) as usize;
+        f(range.offset + done, &mut buf[..n])?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
 /// Whether the last 32 bytes of the log are the BLAKE3 of everything before them.
 fn checksum_ok(log: &File, len: u64) -> Result<bool, StoreError> {
     if len < 32 {
@@ -512,19 +516,21 @@ fn checksum_ok(log: &File, len: u64) -> Result<bool, StoreError> {
     }
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; BUF_LEN];
-    let mut at = 0;
     let body = len - 32;
     let failed = |e: io::Error| StoreError::Io {
         path: std::path::PathBuf::from(".haul/undo"),
         op: "read an undo log in",
         source: e,
     };
-    while at < body {
-        let n = (body - at).min(BUF_LEN as u64) as usize;
-        log.read_exact_at(&mut buf[..n], at).map_err(failed)?;
-        hasher.update(&buf[..n]);
-        at += n as u64;
-    }
+    let whole = PatchRange {
+        offset: 0,
+        len: body,
+    };
+    in_pieces(&whole, &mut buf, |at, piece| {
+        log.read_exact_at(piece, at).map_err(failed)?;
+        hasher.update(piece);
+        Ok(())
+    })?;
     let mut sum = [0u8; 32];
     log.read_exact_at(&mut sum, body).map_err(failed)?;
     Ok(*hasher.finalize().as_bytes() == sum)
