@@ -11,8 +11,16 @@ use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 
 use crate::{ALPN, Fingerprint, Identity, NetError};
 
+/// ring's provider with AES-128-GCM preferred over AES-256-GCM (ring's default order): every
+/// byte of a transfer is sealed and opened once, and the 10-round cipher costs about a fifth
+/// less CPU than the 14-round one on a link the CPU limits. Both are TLS 1.3's standard
+/// suites; a peer that prefers another still gets it, as the client's order decides.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(provider)
 }
 
 /// The QUIC server crypto for `identity`.
@@ -125,5 +133,18 @@ impl ServerCertVerifier for FingerprintVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aes_128_gcm_is_offered_first_and_the_others_stay() {
+        let suites: Vec<_> = provider().cipher_suites.iter().map(|s| s.suite()).collect();
+        assert_eq!(suites[0], rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        assert!(suites.contains(&rustls::CipherSuite::TLS13_AES_256_GCM_SHA384));
+        assert!(suites.contains(&rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256));
     }
 }
