@@ -484,6 +484,14 @@ tool_cmd() { # tool name src
             CMD=(bash -c 'set -o pipefail; tar -C "$1" -cf - . | $2 root@127.0.0.1 "mkdir -p $3 && tar -C $3 -xf -"'
                 _ "$src" "$SSH" "$DST") ;;
         haul-copy) CMD=("$HAUL" copy "$src" "$DST" --json) ;;
+        stat-floor)
+            # What every no-change re-run must do at the least: stat each entry of the source
+            # and of the copy. Both walks at once, one core each, nothing compared or sent.
+            # NAME is the copy to walk (one an earlier tool made); nothing is written.
+            DST=$WORK/dst/$name
+            # shellcheck disable=SC2016 # expanded by the inner bash
+            CMD=(bash -c 'find "$1" -printf "%s %T@\n" >/dev/null & p=$!; find "$2" -printf "%s %T@\n" >/dev/null || exit 1; wait "$p"'
+                _ "$src" "$DST") ;;
         haul-push)
             DST=$SERVE_ROOT/$name
             CMD=("$HAUL" push "$src" "quic://127.0.0.1:$QUIC_PORT/$name" --fingerprint "$FINGERPRINT"
@@ -535,6 +543,9 @@ bench_rerun() {
             FRESH=0 run_one rerun "$tool" "$rep" "$src" "$DST" "${CMD[@]}"
             if [[ $tool == haul-* ]]; then summary_metrics rerun "$tool"; fi
         done
+        # The floor of this host for the set: the stat walk of the source and rsync's copy.
+        tool_cmd stat-floor rerun-rsync-daemon "$src"
+        FRESH=0 run_one rerun stat-floor "$rep" "$src" "$DST" "${CMD[@]}"
     done
     for tool in "${tools[@]}"; do
         tool_cmd "$tool" "rerun-$tool" "$src"
@@ -737,11 +748,14 @@ for set in "${SETS[@]}"; do
             stop_serve "$set" ;;
         many)
             start_serve many
-            bench_fresh many "$MANY_REPS" rsync-daemon rsync-ssh haul-push
+            # cp -a, local and without a network, is the floor for creating the files.
+            bench_fresh many "$MANY_REPS" cp rsync-daemon rsync-ssh haul-push
             stop_serve many
             # The same tree at a tenth of the size, for how peak RSS grows with file count.
+            # REPS runs (seconds each): a short run may end before the receiver's buffers
+            # first fill, and its peak then reads low; the serve's peak is over all of them.
             start_serve many-flat
-            bench_fresh many-flat 1 haul-push
+            bench_fresh many-flat "$REPS" haul-push
             stop_serve many-flat ;;
         rerun) bench_rerun ;;
         delta) bench_delta ;;
@@ -797,6 +811,7 @@ LABELS = {
     "tar-ssh": "tar | ssh", "haul-copy": "haul copy", "haul-push": "haul push",
     "haul-copy-full": "haul copy, full", "haul-copy-resume": "haul copy, re-run after kill",
     "haul-push-full": "haul push, full", "haul-push-resume": "haul push, re-run after kill",
+    "stat-floor": "stat of both trees at once (find)",
 }
 SET_LABELS = {
     ("delta", "rsync-daemon"): "rsync --no-W (daemon)",
@@ -958,12 +973,34 @@ if env.get("DAMON_NOTE"):
     out.append("- note: " + env["DAMON_NOTE"])
 out.append("- ratio = haul time / peer time: **below 1 means haul is faster**.\n")
 
+# --- floors: what this host allows at best, for the rows a ratio to rsync cannot show ------
+floors = []  # (set, what, measured)
+def floor(s, what, a, b):
+    ba, bb = best(s, a), best(s, b)
+    if ba and bb:
+        r = max(ba["durable"], 0.01) / max(bb["durable"], 0.01)
+        floors.append((s, f"{what}: {label(s, a)} / {label(s, b)}",
+                       f"{r:.2f}x ({ba['durable']:.2f} s vs {bb['durable']:.2f} s)"))
+floor("rerun", "the stat walk any re-run needs", "stat-floor", "rsync-daemon")
+floor("rerun", "haul above that walk", "haul-push", "stat-floor")
+floor("many", "creating the files locally, no network", "cp", "rsync-daemon")
+floor("many", "haul above a local copy", "haul-push", "cp")
+
 if targets:
     out.append("## Targets\n")
     out.append("| set | check | measured | target | result |")
     out.append("|---|---|--:|--:|:-:|")
     for s, what, measured, target, ok in targets:
         out.append(f"| {s} | {md(what)} | {measured} | {target} | {ok} |")
+    out.append("")
+if floors:
+    out.append("## Floors on this host\n")
+    out.append("Not targets: what the same run measured for the work any tool must do, to show "
+               "how far below it a target sits.\n")
+    out.append("| set | comparison | measured |")
+    out.append("|---|---|--:|")
+    for s, what, measured in floors:
+        out.append(f"| {s} | {md(what)} | {measured} |")
     out.append("")
 
 chart = []  # (set, label, value, unit)
