@@ -346,12 +346,18 @@ impl Root {
     }
 
     /// A staging file of `size` bytes for `rel`, anonymous in `rel`'s directory where the file
-    /// system allows (see the `staging` module), else a named one in `.haul/staging`. The
-    /// parent must already exist.
-    pub fn create_staging_for(&self, rel: &RelPath, size: u64) -> Result<StagingFile, StoreError> {
+    /// system allows (see the `staging` module), else a named one in `.haul/staging`. `mode`
+    /// is the mode it will be installed with. The parent must already exist.
+    pub fn create_staging_for(
+        &self,
+        rel: &RelPath,
+        size: u64,
+        mode: u32,
+    ) -> Result<StagingFile, StoreError> {
         let (parent, _) = self.parent_of(rel)?;
         let name = format!("{} (being received)", self.display_path(rel).display());
-        match StagingFile::create_anonymous(Arc::clone(&self.staging), parent, size, name)? {
+        let perm = mode_bits(mode, false).as_raw_mode();
+        match StagingFile::create_anonymous(Arc::clone(&self.staging), parent, size, name, perm)? {
             Some(file) => Ok(file),
             None => self.create_staging(size),
         }
@@ -368,9 +374,11 @@ impl Root {
     ) -> Result<(), StoreError> {
         let (parent, name) = self.parent_of(rel)?;
         let staged = |e, op| file.staging.err(e, &file.name, op);
-        file.fix_size()?;
-        rustix::fs::fchmod(&file.fd, mode_bits(meta.mode, self.special_bits))
-            .map_err(|e| staged(e, "set the mode of"))?;
+        let seen = file.fix_size()?;
+        let mode = mode_bits(meta.mode, self.special_bits);
+        if seen != Some(mode.as_raw_mode()) {
+            rustix::fs::fchmod(&file.fd, mode).map_err(|e| staged(e, "set the mode of"))?;
+        }
         rustix::fs::futimens(&file.fd, &mtime(meta))
             .map_err(|e| staged(e, "set the modification time of"))?;
         if file.anonymous_in.is_some() {

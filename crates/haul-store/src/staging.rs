@@ -191,6 +191,11 @@ impl StagingFile {
     /// An anonymous staging file of `size` bytes in the directory `dir`, or `None` where the
     /// file system has no `O_TMPFILE` (the caller then uses a named one).
     ///
+    /// It is created with the permission bits `perm` the installed file will have (the umask
+    /// and a default ACL may take some away): having no name, it is open to no one else
+    /// meanwhile, and install then skips the `fchmod` (an inode update in the journal) when
+    /// the mode came out right, which for a post office of small files is most of them.
+    ///
     /// It is not truncated to its size now: such a file is written whole, in one piece, and
     /// usually ends up exactly that long; [`StagingFile::fix_size`] at install truncates only
     /// a file whose last blocks were zeros (skipped, so left as a hole). For a post office of
@@ -200,9 +205,11 @@ impl StagingFile {
         dir: Arc<OwnedFd>,
         size: u64,
         name: String,
+        perm: u32,
     ) -> Result<Option<StagingFile>, StoreError> {
         let flags = OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC;
-        let fd = match rustix::fs::openat(&*dir, ".", flags, Mode::from_raw_mode(0o600)) {
+        let mode = Mode::from_raw_mode(perm & 0o777);
+        let fd = match rustix::fs::openat(&*dir, ".", flags, mode) {
             Ok(fd) => fd,
             Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => return Ok(None),
             Err(errno) => return Err(staging.err(errno, &name, "create staging file")),
@@ -219,20 +226,23 @@ impl StagingFile {
     }
 
     /// Gives a file created without its size (see [`StagingFile::create_anonymous`]) that
-    /// size, if its writes did not.
-    pub(crate) fn fix_size(&self) -> Result<(), StoreError> {
+    /// size, if its writes did not. Returns the mode bits (`0o7777`) the file has when it had
+    /// to look at it, so the caller can skip setting a mode that is already right.
+    pub(crate) fn fix_size(&self) -> Result<Option<u32>, StoreError> {
         if !self.size_pending {
-            return Ok(());
+            return Ok(None);
         }
         let st = rustix::fs::fstat(&self.fd)
             .map_err(|e| self.staging.err(e, &self.name, "inspect staging file"))?;
+        let mode = Some(st.st_mode & 0o7777);
         if u64::try_from(st.st_size).ok() == Some(self.size) {
-            return Ok(());
+            return Ok(mode);
         }
         rustix::fs::ftruncate(&self.fd, self.size).map_err(|e| {
             self.staging
                 .err(e, &self.name, "set the size of staging file")
-        })
+        })?;
+        Ok(mode)
     }
 
     /// Deletes the staging file.

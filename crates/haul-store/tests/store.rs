@@ -545,3 +545,36 @@ fn setuid_and_setgid_are_applied_only_when_the_operator_asks() {
         assert_eq!(st.mode() & 0o7777, expected, "keep={keep}");
     }
 }
+
+/// An anonymous staging file is created with its final permission bits; install sets the
+/// mode only where that came out wrong (umask, special bits), and every mode ends exact.
+#[test]
+fn anonymous_staging_files_end_with_exactly_their_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::open(dir.path()).unwrap();
+    // 0o777 and 0o666 lose bits to a usual umask; 0o1755 has the sticky bit, which is never
+    // given at create; 0o000 leaves the receiver no access, yet its open fd still writes.
+    for (i, mode) in [0o640, 0o600, 0o777, 0o666, 0o1755, 0o000, 0o444]
+        .into_iter()
+        .enumerate()
+    {
+        let target = rel(&format!("file-{i}"));
+        // Odd sizes, one ending in a zero block (left as a hole: install truncates it).
+        let mut data = vec![7u8; 5000 + i * 1000];
+        if i == 2 {
+            data.extend_from_slice(&[0u8; 8192]);
+        }
+        let f = root
+            .create_staging_for(&target, data.len() as u64, mode)
+            .unwrap();
+        f.write_at(0, &data).unwrap();
+        root.install_file(f, &target, &meta(mode, 1_600_000_000, 5))
+            .unwrap();
+        let path = dir.path().join(format!("file-{i}"));
+        let st = fs::symlink_metadata(&path).unwrap();
+        assert_eq!(st.mode() & 0o7777, mode, "file-{i}");
+        assert_eq!(st.len(), data.len() as u64, "file-{i}");
+        assert_eq!(fs::read(&path).unwrap(), data, "file-{i}");
+    }
+    assert!(staging_entries(dir.path()).is_empty());
+}

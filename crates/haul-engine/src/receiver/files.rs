@@ -352,7 +352,10 @@ impl Files {
                 );
             }
             if st.target.is_none() {
-                match self.root.create_staging_for(&slot.rel, slot.layout.size()) {
+                match self
+                    .root
+                    .create_staging_for(&slot.rel, slot.layout.size(), slot.meta.mode)
+                {
                     Ok(file) => st.target = Some(Arc::new(Target::Staging(file))),
                     Err(e) => {
                         drop(st);
