@@ -9,6 +9,16 @@ use rustix::io::Errno;
 
 const MIB: u64 = 1 << 20;
 
+/// A new, empty file `name` in `dir`, open for reading and writing.
+fn new_file(dir: &tempfile::TempDir, name: &str) -> File {
+    File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(dir.path().join(name))
+        .unwrap()
+}
+
 /// Whether this file system answers SEEK_DATA at all.
 fn seek_data_supported(file: &File) -> bool {
     match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(0)) {
@@ -20,12 +30,7 @@ fn seek_data_supported(file: &File) -> bool {
 #[test]
 fn finds_data_in_a_sparse_file() {
     let dir = tempfile::tempdir().unwrap();
-    let file = File::options()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(dir.path().join("s"))
-        .unwrap();
+    let file = new_file(&dir, "s");
     let size = 64 * MIB;
     file.set_len(size).unwrap();
     file.write_all_at(&vec![0xa5; MIB as usize], 32 * MIB)
@@ -52,12 +57,7 @@ fn finds_data_in_a_sparse_file() {
 #[test]
 fn dense_and_empty_files() {
     let dir = tempfile::tempdir().unwrap();
-    let mut file = File::options()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(dir.path().join("d"))
-        .unwrap();
+    let mut file = new_file(&dir, "d");
     assert_eq!(SparseMap::probe(&file, 0).unwrap().data_bytes(), 0);
     assert!(SparseMap::probe(&file, 0).unwrap().is_hole(0, 1));
 
@@ -78,12 +78,7 @@ fn dense_and_empty_files() {
 #[test]
 fn nearby_extents_are_merged() {
     let dir = tempfile::tempdir().unwrap();
-    let file = File::options()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(dir.path().join("m"))
-        .unwrap();
+    let file = new_file(&dir, "m");
     let size = 16 * MIB;
     file.set_len(size).unwrap();
     // Small pieces of data 16 KiB apart: fewer than 64 KiB of hole between them.
@@ -107,12 +102,7 @@ fn nearby_extents_are_merged() {
 #[test]
 fn data_in_clips_extents_to_the_asked_range() {
     let dir = tempfile::tempdir().unwrap();
-    let file = File::options()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(dir.path().join("s"))
-        .unwrap();
+    let file = new_file(&dir, "s");
     let size = 16 * MIB;
     file.set_len(size).unwrap();
     file.write_all_at(&vec![1; MIB as usize], MIB).unwrap();
