@@ -4,7 +4,7 @@
 use std::ffi::OsStr;
 use std::time::{Duration, Instant};
 
-use haul_testing::{Haul, TreeBuilder, assert_same_tree, summary_of};
+use haul_testing::{Haul, TreeBuilder, assert_same_tree, assert_success, summary_of};
 
 fn haul() -> Haul {
     Haul::new(env!("CARGO_BIN_EXE_haul"))
@@ -30,11 +30,7 @@ fn bwlimit_holds_the_rate_and_the_copy_is_exact() {
         let started = Instant::now();
         let out = haul().run(&cfg, &args);
         let took = started.elapsed();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out);
         assert_same_tree(&src, &dst);
         assert_eq!(summary_of(&out)["bytes_sent"], 24 * MIB as u64);
         // 24 MiB at 8 MiB/s: a 4 MiB chunk leaves every 0.5 s, so the sixth and last one

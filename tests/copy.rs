@@ -5,7 +5,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::Command;
 
-use haul_testing::{Haul, Tmpfs, TreeBuilder, assert_same_tree, sparse_blocks, summary_of};
+use haul_testing::{
+    Haul, Tmpfs, TreeBuilder, assert_same_tree, assert_success, sparse_blocks, summary_of,
+};
 
 fn haul() -> Haul {
     Haul::new(env!("CARGO_BIN_EXE_haul"))
@@ -154,11 +156,7 @@ fn a_single_file_goes_to_the_named_path_or_into_a_directory() {
     let file = t.file("wphost.db", 70_000);
     let named = tmp.path().join("out/renamed.db");
     let out = haul().run(&cfg, &[os("copy"), file.as_os_str(), named.as_os_str()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_eq!(
         std::fs::read(&named).unwrap(),
         std::fs::read(&file).unwrap()
@@ -167,11 +165,7 @@ fn a_single_file_goes_to_the_named_path_or_into_a_directory() {
     let into = tmp.path().join("existing-dir");
     std::fs::create_dir(&into).unwrap();
     let out = haul().run(&cfg, &[os("copy"), file.as_os_str(), into.as_os_str()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_eq!(
         std::fs::read(into.join("wphost.db")).unwrap(),
         std::fs::read(&file).unwrap()
@@ -292,11 +286,7 @@ fn setuid_bits_are_dropped_unless_the_operator_asks() {
         args.extend(flag.map(os));
         args.extend([src.as_os_str(), dst.as_os_str()]);
         let out = haul().run(&cfg, &args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out);
         let mode = std::fs::metadata(dst.join("bin/tool"))
             .unwrap()
             .permissions()
@@ -327,11 +317,7 @@ fn hole_hashes_are_kept_in_the_cache_and_a_damaged_cache_is_rebuilt() {
         .to_string();
     let hash = || {
         let out = haul().run(&cfg, &[os("hash"), disk.as_os_str()]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out);
         String::from_utf8(out.stdout).unwrap()
     };
     let cache = cfg.join("cache/zero-chunks.v1");
@@ -347,11 +333,7 @@ fn hole_hashes_are_kept_in_the_cache_and_a_damaged_cache_is_rebuilt() {
     assert_eq!(std::fs::metadata(&cache).unwrap().len(), full, "rebuilt");
 
     let out = haul().run(&cfg, &[os("copy"), src.as_os_str(), dst.as_os_str()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_same_tree(&src, &dst);
     assert!(
         sparse_blocks(&dst.join("disk.img")) * 512 <= 2 * MIB as u64,

@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
-use haul_testing::{Haul, TreeBuilder, assert_same_tree, summary_of};
+use haul_testing::{Haul, TreeBuilder, assert_same_tree, assert_success, summary_of};
 
 fn haul() -> Haul {
     Haul::new(env!("CARGO_BIN_EXE_haul"))
@@ -242,11 +242,7 @@ fn a_dry_run_reports_what_would_move_and_changes_nothing() {
         &cfg,
         &[os("plan"), os("--json"), src.as_os_str(), dst.as_os_str()],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let plan = summary_of(&out);
     assert_eq!(plan["dry_run"], true);
     assert_eq!(plan["would_send_bytes"], 10 * MIB + 1000);

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use haul_testing::{Haul, Tmpfs, TreeBuilder, assert_same_tree, partial_bytes, summary_of};
+use haul_testing::{
+    Haul, Tmpfs, TreeBuilder, assert_same_tree, assert_success, partial_bytes, summary_of,
+};
 
 fn haul() -> Haul {
     Haul::new(env!("CARGO_BIN_EXE_haul"))
@@ -83,11 +85,7 @@ fn copy_killed_three_times_resumes_from_verified_chunks() {
         &cfg,
         &[os("copy"), os("--json"), src.as_os_str(), dst.as_os_str()],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_same_tree(&src, &dst);
     let sent = summary_of(&out)["bytes_sent"].as_u64().unwrap();
     assert!(
@@ -187,11 +185,7 @@ fn push_resumes_after_the_sender_or_the_receiver_is_killed() {
         .args(remote.push_args(&server, &src))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_same_tree(&src, &root.join("po1"));
     let sent = summary_of(&out)["bytes_sent"].as_u64().unwrap();
     assert!(
@@ -253,11 +247,7 @@ fn a_full_disk_pauses_and_the_same_command_continues_after_expansion() {
         &cfg,
         &[os("copy"), os("--json"), src.as_os_str(), dst.as_os_str()],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_same_tree(&src, &dst);
     let second_sent = summary_of(&out)["bytes_sent"].as_u64().unwrap();
     assert!(
@@ -300,11 +290,7 @@ fn a_resume_trusts_its_journal_for_the_same_source_version_and_checksum_does_not
         args.extend(extra.iter().map(|a| os(a)));
         args.extend([src.as_os_str(), dst.as_os_str()]);
         let out = haul().run(&cfg, &args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out);
         summary_of(&out)
     };
     let resumed = run(&[]);
@@ -337,11 +323,7 @@ fn a_copy_killed_mid_patch_has_the_old_version_put_back() {
     let mut t = TreeBuilder::new(&src, 41);
     let disk = t.file("disk.vhdx", (256 * MIB) as usize);
     let out = haul().run(&cfg, &[os("copy"), src.as_os_str(), dst.as_os_str()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let target = dst.join("disk.vhdx");
     let undo = dst.join(".haul/undo");
     // A quarter of the file changes (the most that is patched in place): 64 MiB to overwrite
@@ -382,11 +364,7 @@ fn a_copy_killed_mid_patch_has_the_old_version_put_back() {
         if !killed || !logged {
             // The patch finished before the kill landed: finish the copy and try again.
             let out = haul().run(&cfg, &[os("copy"), src.as_os_str(), dst.as_os_str()]);
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert_success(&out);
             assert_same_tree(&src, &dst);
             continue;
         }
@@ -401,11 +379,7 @@ fn a_copy_killed_mid_patch_has_the_old_version_put_back() {
                 dst.as_os_str(),
             ],
         );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out);
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("put back the old version"),
             "no recovery reported: {}",
@@ -417,11 +391,7 @@ fn a_copy_killed_mid_patch_has_the_old_version_put_back() {
         assert_eq!(logs, 0, "the log stayed");
         let ino = std::fs::metadata(&target).unwrap().ino();
         let out = haul().run(&cfg, &[os("copy"), src.as_os_str(), dst.as_os_str()]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out);
         assert_same_tree(&src, &dst);
         assert_eq!(
             std::fs::metadata(&target).unwrap().ino(),

@@ -4,7 +4,7 @@
 use std::ffi::OsStr;
 use std::path::Path;
 
-use haul_testing::{Haul, TreeBuilder, assert_same_tree, summary_of};
+use haul_testing::{Haul, TreeBuilder, assert_same_tree, assert_success, summary_of};
 
 fn haul() -> Haul {
     Haul::new(env!("CARGO_BIN_EXE_haul"))
@@ -248,11 +248,7 @@ fn serve_generates_a_private_token_and_keeps_its_certificate() {
             token.as_os_str(),
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 }
 
 #[test]
@@ -311,18 +307,10 @@ fn a_granted_token_writes_only_under_its_own_subdirectory() {
         )
     };
     let out = push("po1.token", "copy");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_same_tree(&s.src, &s.root.join("po1/copy"));
     let out = push("po2.token", "copy");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_same_tree(&s.src, &s.root.join("po2/copy"));
 
     // A granted token cannot climb out of its sub-directory into another's.

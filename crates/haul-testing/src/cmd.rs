@@ -170,6 +170,18 @@ impl Drop for Server {
     }
 }
 
+/// Asserts that a run of the binary exited with success; the panic shows its status and
+/// stderr (what the user would have read).
+#[track_caller]
+pub fn assert_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "haul failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// The `"event":"summary"` object from `--json` output.
 pub fn summary_of(output: &Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&output.stdout);

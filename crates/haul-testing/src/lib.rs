@@ -21,7 +21,7 @@ pub mod linkemu;
 pub mod sim;
 pub mod tree;
 
-pub use cmd::{Haul, Server, summary_of};
+pub use cmd::{Haul, Server, assert_success, summary_of};
 pub use disk::Tmpfs;
 pub use linkemu::{DirStats, LinkEmu, LinkSpec, LinkStats};
 pub use tree::{TreeBuilder, assert_same_tree, partial_bytes, sparse_blocks};
