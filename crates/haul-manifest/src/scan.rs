@@ -11,20 +11,27 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use haul_proto::{EntryKind, Meta};
 
 /// One entry of a source tree.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ScanEntry {
     /// File, directory or symlink.
     pub kind: EntryKind,
     /// `/`-separated path relative to the scan root, as raw bytes; empty for the root itself.
     pub rel: Vec<u8>,
-    /// The path to open on the source side (the root as given, joined with `rel`).
+    /// The path to open on the source side (the root as given, joined with `rel`), for
+    /// messages; [`ScanEntry::open`] opens it relative to `dir`.
     pub source: PathBuf,
+    /// The directory the entry was found in, as the scan opened it (`O_NOFOLLOW`); `None`
+    /// for the root. Opening the entry relative to it costs one name lookup instead of a
+    /// walk of the whole path, and a directory of the path swapped for a symlink since the
+    /// scan is not followed.
+    pub dir: Option<Arc<OwnedFd>>,
     /// Size in bytes for files; 0 for everything else.
     pub size: u64,
     /// Permission bits (`st_mode & 0o7777`) and mtime with nanoseconds, from `lstat`.
@@ -102,8 +109,9 @@ pub struct Scanner {
 #[derive(Debug)]
 struct Listing {
     path: PathBuf,
-    /// The directory itself, opened once: its children are `statat`ed relative to it.
-    dir: OwnedFd,
+    /// The directory itself, opened once: its children are `statat`ed relative to it (and
+    /// later opened relative to it, through [`ScanEntry::dir`]).
+    dir: Arc<OwnedFd>,
     rel: Vec<u8>,
     /// Sorted in reverse so the next name is popped from the end.
     names: Vec<OsString>,
@@ -122,7 +130,7 @@ impl Listing {
     fn new(path: PathBuf, dir: OwnedFd, rel: Vec<u8>, names: Vec<OsString>) -> Listing {
         Listing {
             path,
-            dir,
+            dir: Arc::new(dir),
             rel,
             names,
             ready: std::collections::VecDeque::new(),
@@ -142,7 +150,7 @@ impl Listing {
                 rel.push(b'/');
             }
             rel.extend_from_slice(name.as_bytes());
-            entry_at(&self.dir, name, source, rel)
+            entry_at(Some(&self.dir), name, source, rel)
         };
         if threads < 2 || window.len() < PARALLEL_FROM {
             self.ready.extend(window.iter().map(one));
@@ -211,7 +219,7 @@ impl Scanner {
     /// an unreadable root ends the scan with its error instead of an empty tree.
     fn start(&mut self, root: PathBuf) -> Option<Result<ScanEntry, ScanError>> {
         // `lstat` of the root as named (a trailing slash follows a symlink, as ever).
-        let item = entry_at(rustix::fs::CWD, root.as_os_str(), root.clone(), Vec::new());
+        let item = entry_at(None, root.as_os_str(), root.clone(), Vec::new());
         if let Ok(
             dir @ ScanEntry {
                 kind: EntryKind::Dir,
@@ -266,15 +274,15 @@ fn read_listing(path: &Path, extra: OFlags) -> Result<(OwnedFd, Vec<OsString>), 
     Ok((fd, names))
 }
 
-/// `statat`s `name` in the open directory `dir` (never following a symlink) and describes
-/// it; `source` is its full path, for reading it later and for messages.
+/// `statat`s `name` in the open directory `parent` (the current directory for `None`; never
+/// following a symlink) and describes it; `source` is its full path, for messages.
 fn entry_at(
-    dir: impl AsFd,
+    parent: Option<&Arc<OwnedFd>>,
     name: &OsStr,
     source: PathBuf,
     rel: Vec<u8>,
 ) -> Result<ScanEntry, ScanError> {
-    let dir = dir.as_fd();
+    let dir = parent.map_or(rustix::fs::CWD, |d| d.as_fd());
     let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => st,
         Err(errno) => {
@@ -331,5 +339,26 @@ fn entry_at(
         dev: st.st_dev,
         ino: st.st_ino,
         source,
+        dir: parent.cloned(),
     })
+}
+
+impl ScanEntry {
+    /// Opens the entry for reading, relative to the directory it was found in, never
+    /// following a symlink: if the file was swapped for one since the scan, this fails
+    /// rather than open whatever the link points at.
+    pub fn open(&self) -> io::Result<std::fs::File> {
+        open_source(self.dir.as_deref(), &self.source)
+    }
+}
+
+/// Opens `source` for reading with `O_NOFOLLOW`: by its last component relative to `dir` when
+/// there is one (as [`ScanEntry::open`] does), else by the whole path.
+pub fn open_source(dir: Option<&OwnedFd>, source: &Path) -> io::Result<std::fs::File> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = match (dir, source.file_name()) {
+        (Some(dir), Some(name)) => rustix::fs::openat(dir, name, flags, Mode::empty()),
+        _ => rustix::fs::openat(rustix::fs::CWD, source, flags, Mode::empty()),
+    }?;
+    Ok(std::fs::File::from(fd))
 }

@@ -343,3 +343,33 @@ fn deep_and_wide_trees() {
     assert_eq!(rels[101..], sorted[..]);
     assert_eq!(rels[101], b"w00000");
 }
+
+#[test]
+fn entries_open_relative_to_their_directory_and_never_through_a_symlink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("src");
+    fs::create_dir_all(root.join("d")).unwrap();
+    fs::write(root.join("d/kept"), b"kept data").unwrap();
+    fs::write(root.join("d/swapped"), b"original").unwrap();
+    fs::write(tmp.path().join("outside"), b"secret").unwrap();
+    let entries: Vec<ScanEntry> = scan(&root).map(Result::unwrap).collect();
+    // The scan's directory handles follow the directories, not their paths: renaming the
+    // whole tree away after the scan does not stop its files from being read.
+    fs::rename(&root, tmp.path().join("moved")).unwrap();
+    let mut kept = String::new();
+    std::io::Read::read_to_string(&mut find(&entries, b"d/kept").open().unwrap(), &mut kept)
+        .unwrap();
+    assert_eq!(kept, "kept data");
+    // A file swapped for a symlink since the scan is refused, not followed.
+    let moved = tmp.path().join("moved/d/swapped");
+    fs::remove_file(&moved).unwrap();
+    symlink(tmp.path().join("outside"), &moved).unwrap();
+    let err = find(&entries, b"d/swapped").open().unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(rustix::io::Errno::LOOP.raw_os_error())
+    );
+    // The root itself has no directory handle: it is opened by its path.
+    assert!(find(&entries, b"").dir.is_none());
+    assert!(find(&entries, b"d/kept").dir.is_some());
+}

@@ -113,6 +113,8 @@ enum ScanItem {
 
 struct Pending {
     source: PathBuf,
+    /// The directory the scan found it in (see [`ScanEntry::dir`]).
+    dir: Option<Arc<std::os::fd::OwnedFd>>,
     rel: Vec<u8>,
     kind: EntryKind,
     size: u64,
@@ -353,6 +355,7 @@ pub async fn send(
                             }
                             pending.insert(id, Pending {
                                 source: entry.source,
+                                dir: entry.dir,
                                 rel: if opts.list_files { entry.rel.clone() } else { Vec::new() },
                                 kind: entry.kind,
                                 size: entry.size,
@@ -459,7 +462,10 @@ pub async fn send(
                             let have = haves.remove(&need.id).unwrap_or_default();
                             let file = Arc::new(FileJob::new(
                                 need.id,
-                                p.source.clone(),
+                                read::SourceFile {
+                                    path: p.source.clone(),
+                                    dir: p.dir.clone(),
+                                },
                                 layout,
                                 have,
                                 p.mtime,

@@ -7,9 +7,7 @@
 //! drive QUIC.
 
 use std::cell::RefCell;
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
@@ -56,10 +54,17 @@ impl Held {
     }
 }
 
+/// Where a file to read is: its path (for messages) and the directory the scan found it in,
+/// which it is opened relative to (see [`haul_manifest::ScanEntry::dir`]).
+pub(crate) struct SourceFile {
+    pub(crate) path: PathBuf,
+    pub(crate) dir: Option<Arc<std::os::fd::OwnedFd>>,
+}
+
 /// A file the receiver asked about, shared by the jobs that cover its chunk ranges.
 pub(crate) struct FileJob {
     pub(crate) id: u64,
-    pub(crate) source: PathBuf,
+    pub(crate) source: SourceFile,
     pub(crate) layout: ChunkLayout,
     /// What the receiver holds, per chunk (all zeros: nothing).
     have: Vec<Hash>,
@@ -83,7 +88,7 @@ impl FileJob {
     /// chunk `ranges`.
     pub(crate) fn new(
         id: u64,
-        source: PathBuf,
+        source: SourceFile,
         layout: ChunkLayout,
         held: Held,
         mtime: (i64, u32),
@@ -283,8 +288,8 @@ impl Worker {
         }
         let _ = self.notes.send(WorkerNote::SourceFailed {
             id: file.id,
-            path: file.source.display().to_string(),
-            message: format!("cannot read {}: {e}", file.source.display()),
+            path: file.source.path.display().to_string(),
+            message: format!("cannot read {}: {e}", file.source.path.display()),
         });
     }
 
@@ -295,12 +300,9 @@ impl Worker {
         job: &ReadJob,
     ) -> io::Result<()> {
         let file = &job.file;
-        // O_NOFOLLOW: if the file was swapped for a symlink since the scan, refuse rather than
-        // send whatever the link points at.
-        let handle = File::options()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&file.source)?;
+        // Relative to its directory as the scan opened it, O_NOFOLLOW: if the file was swapped
+        // for a symlink since the scan, refuse rather than send whatever the link points at.
+        let handle = haul_manifest::open_source(file.source.dir.as_deref(), &file.source.path)?;
         let meta = handle.metadata()?;
         let size = meta.len();
         // A journal vouches for chunks of the version it was written for; if the mtime moved
