@@ -21,8 +21,9 @@ pub(crate) const CAPACITY: usize = 64;
 const LIVE_FOR: Duration = Duration::from_secs(1);
 
 pub(crate) struct DirCache {
-    /// Per path: the fd, its last use (for eviction), and when it was last seen live.
-    entries: HashMap<Vec<u8>, (Arc<OwnedFd>, u64, Instant)>,
+    /// Per path: the fd, its last use (for eviction), when it was last seen live, and whether
+    /// this process made it (see [`DirCache::is_fresh`]).
+    entries: HashMap<Vec<u8>, (Arc<OwnedFd>, u64, Instant, bool)>,
     /// Monotonic use counter: the entry with the smallest stamp is the least recently used.
     clock: u64,
 }
@@ -39,7 +40,7 @@ impl DirCache {
     pub(crate) fn get(&mut self, key: &[u8]) -> Option<Arc<OwnedFd>> {
         self.clock += 1;
         let clock = self.clock;
-        self.entries.get_mut(key).map(|(fd, used, _)| {
+        self.entries.get_mut(key).map(|(fd, used, _, _)| {
             *used = clock;
             Arc::clone(fd)
         })
@@ -56,7 +57,7 @@ impl DirCache {
     pub(crate) fn get_live(&mut self, key: &[u8], recheck: bool) -> Option<Arc<OwnedFd>> {
         let fd = self.get(key)?;
         let now = Instant::now();
-        if let Some((_, _, seen)) = self.entries.get(key)
+        if let Some((_, _, seen, _)) = self.entries.get(key)
             && !recheck
             && now.duration_since(*seen) < LIVE_FOR
         {
@@ -64,7 +65,7 @@ impl DirCache {
         }
         match rustix::fs::fstat(&*fd) {
             Ok(st) if st.st_nlink > 0 => {
-                if let Some((_, _, seen)) = self.entries.get_mut(key) {
+                if let Some((_, _, seen, _)) = self.entries.get_mut(key) {
                     *seen = now;
                 }
                 Some(fd)
@@ -76,14 +77,20 @@ impl DirCache {
         }
     }
 
-    pub(crate) fn insert(&mut self, key: &[u8], fd: Arc<OwnedFd>) {
+    /// Whether the directory cached for `key` was made by this process (`insert`'s `fresh`).
+    pub(crate) fn is_fresh(&self, key: &[u8]) -> bool {
+        self.entries.get(key).is_some_and(|e| e.3)
+    }
+
+    /// Caches `fd` for `key`; `fresh`: this process made the directory just now.
+    pub(crate) fn insert(&mut self, key: &[u8], fd: Arc<OwnedFd>, fresh: bool) {
         self.clock += 1;
         if !self.entries.contains_key(key) && self.entries.len() >= CAPACITY {
             // A linear scan over 64 entries is cheaper than keeping an ordered list in sync.
             let oldest = self
                 .entries
                 .iter()
-                .min_by_key(|(_, (_, used, _))| *used)
+                .min_by_key(|(_, (_, used, _, _))| *used)
                 .map(|(k, _)| k.clone());
             if let Some(oldest) = oldest {
                 self.entries.remove(&oldest);
@@ -91,7 +98,7 @@ impl DirCache {
         }
         // Just opened by the caller: live now.
         self.entries
-            .insert(key.to_vec(), (fd, self.clock, Instant::now()));
+            .insert(key.to_vec(), (fd, self.clock, Instant::now(), fresh));
     }
 
     /// Drops `key` and every entry below it: the directory was renamed away, so its cached fd
@@ -121,11 +128,12 @@ mod tests {
     fn evicts_least_recently_used_and_stays_bounded() {
         let mut cache = DirCache::new();
         for i in 0..CAPACITY {
-            cache.insert(format!("d{i}").as_bytes(), fd());
+            cache.insert(format!("d{i}").as_bytes(), fd(), false);
         }
         // Touch d0 so that d1 becomes the oldest.
         assert!(cache.get(b"d0").is_some());
-        cache.insert(b"new", fd());
+        cache.insert(b"new", fd(), true);
+        assert!(cache.is_fresh(b"new") && !cache.is_fresh(b"d0"));
         assert_eq!(cache.len(), CAPACITY);
         assert!(cache.get(b"d0").is_some());
         assert!(cache.get(b"d1").is_none());
@@ -136,7 +144,7 @@ mod tests {
     fn forget_under_drops_the_subtree_only() {
         let mut cache = DirCache::new();
         for key in ["a", "a/b", "a/b/c", "ab", "b/a"] {
-            cache.insert(key.as_bytes(), fd());
+            cache.insert(key.as_bytes(), fd(), false);
         }
         cache.forget_under(b"a");
         for key in ["a", "a/b", "a/b/c"] {

@@ -64,6 +64,14 @@ impl Root {
     /// what a re-run's quick check needs for every file of the tree. `Ok(None)` as for
     /// [`Root::open_existing`].
     pub fn stat_existing(&self, rel: &RelPath) -> Result<Option<FileStat>, StoreError> {
+        // In a directory this receiver just made there is nothing to find: a fresh copy of a
+        // million files need not ask a million times.
+        if let Some((parent, _)) = rel.parent_and_name()
+            && !parent.is_root()
+            && self.is_fresh_dir(&parent)
+        {
+            return Ok(None);
+        }
         Ok(self
             .stat_regular(rel, "inspect existing file")?
             .map(|(_, st)| FileStat {
@@ -141,5 +149,39 @@ impl Root {
         };
         let st = rustix::fs::fstat(&fd).map_err(|e| self.err(e, rel, op))?;
         Ok(is_file(&st).then_some((fd, st)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{RelPath, Root};
+
+    #[test]
+    fn only_directories_made_in_this_session_are_taken_for_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("old")).unwrap();
+        std::fs::write(tmp.path().join("old/f"), b"x").unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let rel = |s: &str| RelPath::parse(s.as_bytes()).unwrap();
+        // A directory that was there: its files are looked at.
+        root.create_dir_all(&rel("old")).unwrap();
+        assert!(!root.is_fresh_dir(&rel("old")));
+        assert_eq!(root.stat_existing(&rel("old/f")).unwrap().unwrap().size, 1);
+        // Made now (with its parent): nothing to find there, without asking.
+        root.create_dir_all(&rel("new/deeper")).unwrap();
+        assert!(root.is_fresh_dir(&rel("new/deeper")));
+        assert!(root.stat_existing(&rel("new/deeper/f")).unwrap().is_none());
+        // A new session forgets: the directory is looked at again like any other.
+        std::fs::write(tmp.path().join("new/deeper/f"), b"yz").unwrap();
+        root.forget_cached_dirs();
+        root.create_dir_all(&rel("new/deeper")).unwrap();
+        assert!(!root.is_fresh_dir(&rel("new/deeper")));
+        assert_eq!(
+            root.stat_existing(&rel("new/deeper/f"))
+                .unwrap()
+                .unwrap()
+                .size,
+            2
+        );
     }
 }

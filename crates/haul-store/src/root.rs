@@ -125,14 +125,28 @@ pub(crate) fn open_child_dir(
     shown: &dyn Fn() -> PathBuf,
     space_path: &Path,
 ) -> Result<Option<OwnedFd>, StoreError> {
+    open_or_make_child_dir(parent, name, missing, shown, space_path).map(|d| d.map(|(fd, _)| fd))
+}
+
+/// [`open_child_dir`], also saying whether this call made the directory (its `mkdirat`
+/// succeeded): such a directory is empty but for what this process puts in it.
+fn open_or_make_child_dir(
+    parent: &OwnedFd,
+    name: &[u8],
+    missing: Missing,
+    shown: &dyn Fn() -> PathBuf,
+    space_path: &Path,
+) -> Result<Option<(OwnedFd, bool)>, StoreError> {
+    let mut made = false;
     // Two rounds: a directory made by mkdirat (or by a racing thread, EEXIST) is opened on
     // the second. A third would mean someone is deleting it as fast as it is made.
     for _ in 0..3 {
         match rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty()) {
-            Ok(fd) => return Ok(Some(fd)),
+            Ok(fd) => return Ok(Some((fd, made))),
             Err(Errno::NOENT) if missing == Missing::Create => {
                 match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(NEW_DIR_MODE)) {
-                    Ok(()) | Err(Errno::EXIST) => continue,
+                    Ok(()) => made = true,
+                    Err(Errno::EXIST) => continue,
                     Err(e) => {
                         return Err(StoreError::from_errno(
                             e,
@@ -569,11 +583,16 @@ impl Root {
         // The lock is not held while walking, so threads resolving different directories do
         // not wait on each other's syscalls.
         let mut end = start;
+        let mut fresh = false;
         for name in bytes[start..].split(|&b| b == b'/') {
             end += name.len();
             let shown = || self.path.join(OsStr::from_bytes(&bytes[..end]));
-            match open_child_dir(&fd, name, missing, &shown, &self.staging.root_path)? {
-                Some(child) => fd = Arc::new(child),
+            match open_or_make_child_dir(&fd, name, missing, &shown, &self.staging.root_path)? {
+                Some((child, made)) => {
+                    fd = Arc::new(child);
+                    // Everything below a directory made here was made here too.
+                    fresh |= made;
+                }
                 None => return Ok(None),
             }
             end += 1; // the '/' after this name
@@ -582,7 +601,17 @@ impl Root {
             .cache
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        cache.insert(bytes, Arc::clone(&fd));
+        cache.insert(bytes, Arc::clone(&fd), fresh);
         Ok(Some(fd))
+    }
+
+    /// True if `dir` was made by this process since the directory cache was last cleared
+    /// (and is still cached): nothing can be in it but what this process put there, since a
+    /// new directory is mode 0700 until [`Root::set_dir_meta`]. False when unsure.
+    pub(crate) fn is_fresh_dir(&self, dir: &RelPath) -> bool {
+        self.cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_fresh(dir.as_bytes())
     }
 }
