@@ -43,5 +43,5 @@ pub mod sparse;
 pub mod zeros;
 
 pub use hash::{chunk_hash, file_hash, hash_file, to_hex, zero_chunk_hash};
-pub use scan::{ScanEntry, ScanError, Scanner, open_source, scan};
+pub use scan::{MAX_SHARED_DIRS, ScanEntry, ScanError, Scanner, SourceDir, open_source, scan};
 pub use sparse::SparseMap;

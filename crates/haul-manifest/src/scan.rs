@@ -12,6 +12,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
@@ -27,11 +28,13 @@ pub struct ScanEntry {
     /// The path to open on the source side (the root as given, joined with `rel`), for
     /// messages; [`ScanEntry::open`] opens it relative to `dir`.
     pub source: PathBuf,
-    /// The directory the entry was found in, as the scan opened it (`O_NOFOLLOW`); `None`
-    /// for the root. Opening the entry relative to it costs one name lookup instead of a
-    /// walk of the whole path, and a directory of the path swapped for a symlink since the
-    /// scan is not followed.
-    pub dir: Option<Arc<OwnedFd>>,
+    /// The directory the entry was found in, as the scan opened it (`O_NOFOLLOW`): opening
+    /// the entry relative to it costs one name lookup instead of a walk of the whole path,
+    /// and a directory of the path swapped for a symlink since the scan is not followed.
+    /// `None` for the root, and while the entries already handed out hold
+    /// [`MAX_SHARED_DIRS`] directories open (a tree of one file per directory must not run
+    /// the process out of descriptors): such an entry is opened by its path.
+    pub dir: Option<Arc<SourceDir>>,
     /// Size in bytes for files; 0 for everything else.
     pub size: u64,
     /// Permission bits (`st_mode & 0o7777`) and mtime with nanoseconds, from `lstat`.
@@ -88,6 +91,7 @@ pub fn scan(root: &Path) -> Scanner {
         open_next: None,
         stack: Vec::new(),
         threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+        live: Arc::default(),
     }
 }
 
@@ -103,6 +107,32 @@ pub struct Scanner {
     stack: Vec<Listing>,
     /// Threads to `statat` a directory's names on.
     threads: usize,
+    /// Source directories open now, by listings and the entries they handed out.
+    live: Arc<AtomicUsize>,
+}
+
+/// Most directories the entries of one scan keep open at once (see [`ScanEntry::dir`]), far
+/// below the 1024 descriptors a process gets by default.
+pub const MAX_SHARED_DIRS: usize = 128;
+
+/// A source directory held open by the scan and the entries found in it.
+#[derive(Debug)]
+pub struct SourceDir {
+    fd: OwnedFd,
+    /// The scan's count of directories open, given back on drop.
+    live: Arc<AtomicUsize>,
+}
+
+impl AsFd for SourceDir {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for SourceDir {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The names of one directory not yet yielded.
@@ -110,8 +140,11 @@ pub struct Scanner {
 struct Listing {
     path: PathBuf,
     /// The directory itself, opened once: its children are `statat`ed relative to it (and
-    /// later opened relative to it, through [`ScanEntry::dir`]).
-    dir: Arc<OwnedFd>,
+    /// later opened relative to it, through [`ScanEntry::dir`], if `share`).
+    dir: Arc<SourceDir>,
+    /// Hand `dir` to the entries: fewer than [`MAX_SHARED_DIRS`] were open when this
+    /// listing was made.
+    share: bool,
     rel: Vec<u8>,
     /// Sorted in reverse so the next name is popped from the end.
     names: Vec<OsString>,
@@ -127,10 +160,21 @@ const STAT_WINDOW: usize = 4096;
 const PARALLEL_FROM: usize = 128;
 
 impl Listing {
-    fn new(path: PathBuf, dir: OwnedFd, rel: Vec<u8>, names: Vec<OsString>) -> Listing {
+    fn new(
+        path: PathBuf,
+        fd: OwnedFd,
+        rel: Vec<u8>,
+        names: Vec<OsString>,
+        live: &Arc<AtomicUsize>,
+    ) -> Listing {
+        let share = live.fetch_add(1, Ordering::Relaxed) < MAX_SHARED_DIRS;
         Listing {
             path,
-            dir: Arc::new(dir),
+            dir: Arc::new(SourceDir {
+                fd,
+                live: Arc::clone(live),
+            }),
+            share,
             rel,
             names,
             ready: std::collections::VecDeque::new(),
@@ -153,7 +197,13 @@ impl Listing {
                 rel.push(b'/');
             }
             rel.extend_from_slice(name.as_bytes());
-            entry_at(Some(&self.dir), name, source, rel)
+            let entry = entry_at(Some(&self.dir), name, source, rel);
+            entry.map(|mut e| {
+                if !self.share {
+                    e.dir = None;
+                }
+                e
+            })
         };
         if threads < 2 || window.len() < PARALLEL_FROM {
             self.ready.extend(window.iter().map(one));
@@ -186,7 +236,10 @@ impl Iterator for Scanner {
         }
         if let Some((path, rel)) = self.open_next.take() {
             match read_listing(&path, OFlags::NOFOLLOW) {
-                Ok((dir, names)) => self.stack.push(Listing::new(path, dir, rel, names)),
+                Ok((dir, names)) => {
+                    let listing = Listing::new(path, dir, rel, names, &self.live);
+                    self.stack.push(listing);
+                }
                 Err(err) => return Some(Err(err)),
             }
         }
@@ -235,7 +288,8 @@ impl Scanner {
             match read_listing(&dir.source, OFlags::empty()) {
                 Ok((fd, names)) => {
                     let path = dir.source.clone();
-                    self.stack.push(Listing::new(path, fd, Vec::new(), names));
+                    let listing = Listing::new(path, fd, Vec::new(), names, &self.live);
+                    self.stack.push(listing);
                 }
                 Err(err) => return Some(Err(err)),
             }
@@ -280,7 +334,7 @@ fn read_listing(path: &Path, extra: OFlags) -> Result<(OwnedFd, Vec<OsString>), 
 /// `statat`s `name` in the open directory `parent` (the current directory for `None`; never
 /// following a symlink) and describes it; `source` is its full path, for messages.
 fn entry_at(
-    parent: Option<&Arc<OwnedFd>>,
+    parent: Option<&Arc<SourceDir>>,
     name: &OsStr,
     source: PathBuf,
     rel: Vec<u8>,
@@ -357,7 +411,7 @@ impl ScanEntry {
 
 /// Opens `source` for reading with `O_NOFOLLOW`: by its last component relative to `dir` when
 /// there is one (as [`ScanEntry::open`] does), else by the whole path.
-pub fn open_source(dir: Option<&OwnedFd>, source: &Path) -> io::Result<std::fs::File> {
+pub fn open_source(dir: Option<&SourceDir>, source: &Path) -> io::Result<std::fs::File> {
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = match (dir, source.file_name()) {
         (Some(dir), Some(name)) => rustix::fs::openat(dir, name, flags, Mode::empty()),

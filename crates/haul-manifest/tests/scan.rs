@@ -373,3 +373,43 @@ fn entries_open_relative_to_their_directory_and_never_through_a_symlink() {
     assert!(find(&entries, b"").dir.is_none());
     assert!(find(&entries, b"d/kept").dir.is_some());
 }
+
+#[test]
+fn entries_held_at_once_keep_a_bounded_number_of_directories_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = haul_manifest::MAX_SHARED_DIRS * 2 + 10;
+    for d in 0..dirs {
+        let dir = tmp.path().join(format!("d{d:04}"));
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("f"), format!("file {d}")).unwrap();
+    }
+    // Every entry of the tree held at once, as a sender's window of files in flight does.
+    let entries: Vec<ScanEntry> = scan(tmp.path()).map(Result::unwrap).collect();
+    let mut open: Vec<*const haul_manifest::SourceDir> = entries
+        .iter()
+        .filter_map(|e| e.dir.as_ref().map(std::sync::Arc::as_ptr))
+        .collect();
+    open.sort();
+    open.dedup();
+    assert!(
+        open.len() <= haul_manifest::MAX_SHARED_DIRS,
+        "{} directories held open",
+        open.len()
+    );
+    assert!(
+        open.len() >= haul_manifest::MAX_SHARED_DIRS / 2,
+        "{}",
+        open.len()
+    );
+    // With or without a directory handle, every file opens and reads as it is.
+    for d in 0..dirs {
+        let rel = format!("d{d:04}/f");
+        let mut got = String::new();
+        std::io::Read::read_to_string(
+            &mut find(&entries, rel.as_bytes()).open().unwrap(),
+            &mut got,
+        )
+        .unwrap();
+        assert_eq!(got, format!("file {d}"));
+    }
+}

@@ -114,7 +114,7 @@ enum ScanItem {
 struct Pending {
     source: PathBuf,
     /// The directory the scan found it in (see [`ScanEntry::dir`]).
-    dir: Option<Arc<std::os::fd::OwnedFd>>,
+    dir: Option<Arc<haul_manifest::SourceDir>>,
     rel: Vec<u8>,
     kind: EntryKind,
     size: u64,
@@ -355,7 +355,9 @@ pub async fn send(
                             }
                             pending.insert(id, Pending {
                                 source: entry.source,
-                                dir: entry.dir,
+                                // Only a file is opened again; a directory's handle is not
+                                // held for nothing while the entry is in flight.
+                                dir: if entry.kind == EntryKind::File { entry.dir } else { None },
                                 rel: if opts.list_files { entry.rel.clone() } else { Vec::new() },
                                 kind: entry.kind,
                                 size: entry.size,

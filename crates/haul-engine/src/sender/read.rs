@@ -58,7 +58,7 @@ impl Held {
 /// which it is opened relative to (see [`haul_manifest::ScanEntry::dir`]).
 pub(crate) struct SourceFile {
     pub(crate) path: PathBuf,
-    pub(crate) dir: Option<Arc<std::os::fd::OwnedFd>>,
+    pub(crate) dir: Option<Arc<haul_manifest::SourceDir>>,
 }
 
 /// A file the receiver asked about, shared by the jobs that cover its chunk ranges.
