@@ -197,13 +197,8 @@ impl Listing {
                 rel.push(b'/');
             }
             rel.extend_from_slice(name.as_bytes());
-            let entry = entry_at(Some(&self.dir), name, source, rel);
-            entry.map(|mut e| {
-                if !self.share {
-                    e.dir = None;
-                }
-                e
-            })
+            let shared = self.share.then_some(&self.dir);
+            entry_at(self.dir.as_fd(), shared, name, source, rel)
         };
         if threads < 2 || window.len() < PARALLEL_FROM {
             self.ready.extend(window.iter().map(one));
@@ -275,7 +270,13 @@ impl Scanner {
     /// an unreadable root ends the scan with its error instead of an empty tree.
     fn start(&mut self, root: PathBuf) -> Option<Result<ScanEntry, ScanError>> {
         // `lstat` of the root as named (a trailing slash follows a symlink, as ever).
-        let item = entry_at(None, root.as_os_str(), root.clone(), Vec::new());
+        let item = entry_at(
+            rustix::fs::CWD,
+            None,
+            root.as_os_str(),
+            root.clone(),
+            Vec::new(),
+        );
         if let Ok(
             dir @ ScanEntry {
                 kind: EntryKind::Dir,
@@ -331,15 +332,16 @@ fn read_listing(path: &Path, extra: OFlags) -> Result<(OwnedFd, Vec<OsString>), 
     Ok((fd, names))
 }
 
-/// `statat`s `name` in the open directory `parent` (the current directory for `None`; never
-/// following a symlink) and describes it; `source` is its full path, for messages.
+/// `statat`s `name` in the open directory `dir` (never following a symlink) and describes
+/// it; `source` is its full path, for messages. `shared`: the handle of `dir` the entry
+/// keeps (see [`ScanEntry::dir`]), if any.
 fn entry_at(
-    parent: Option<&Arc<SourceDir>>,
+    dir: std::os::fd::BorrowedFd<'_>,
+    shared: Option<&Arc<SourceDir>>,
     name: &OsStr,
     source: PathBuf,
     rel: Vec<u8>,
 ) -> Result<ScanEntry, ScanError> {
-    let dir = parent.map_or(rustix::fs::CWD, |d| d.as_fd());
     let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => st,
         Err(errno) => {
@@ -396,7 +398,7 @@ fn entry_at(
         dev: st.st_dev,
         ino: st.st_ino,
         source,
-        dir: parent.cloned(),
+        dir: shared.cloned(),
     })
 }
 

@@ -112,9 +112,8 @@ enum ScanItem {
 }
 
 struct Pending {
-    source: PathBuf,
-    /// The directory the scan found it in (see [`ScanEntry::dir`]).
-    dir: Option<Arc<haul_manifest::SourceDir>>,
+    /// Where to read it (a directory handle only for files: see [`ScanEntry::dir`]).
+    source: read::SourceFile,
     rel: Vec<u8>,
     kind: EntryKind,
     size: u64,
@@ -354,10 +353,12 @@ pub async fn send(
                                 EntryKind::Symlink => summary.symlinks += 1,
                             }
                             pending.insert(id, Pending {
-                                source: entry.source,
-                                // Only a file is opened again; a directory's handle is not
-                                // held for nothing while the entry is in flight.
-                                dir: if entry.kind == EntryKind::File { entry.dir } else { None },
+                                source: read::SourceFile {
+                                    path: entry.source,
+                                    // Only a file is opened again; a directory's handle is not
+                                    // held for nothing while the entry is in flight.
+                                    dir: if entry.kind == EntryKind::File { entry.dir } else { None },
+                                },
                                 rel: if opts.list_files { entry.rel.clone() } else { Vec::new() },
                                 kind: entry.kind,
                                 size: entry.size,
@@ -464,10 +465,7 @@ pub async fn send(
                             let have = haves.remove(&need.id).unwrap_or_default();
                             let file = Arc::new(FileJob::new(
                                 need.id,
-                                read::SourceFile {
-                                    path: p.source.clone(),
-                                    dir: p.dir.clone(),
-                                },
+                                p.source.clone(),
                                 layout,
                                 have,
                                 p.mtime,
@@ -516,7 +514,7 @@ pub async fn send(
                             summary.files_failed += 1;
                             // A file whose source could not be read was reported already.
                             if !source_failed.remove(&failed.id) {
-                                let path = p.map(|p| p.source.display().to_string()).unwrap_or_default();
+                                let path = p.map(|p| p.source.path.display().to_string()).unwrap_or_default();
                                 problem(&mut summary, &events, path, failed.message);
                             }
                         }

@@ -56,6 +56,7 @@ impl Held {
 
 /// Where a file to read is: its path (for messages) and the directory the scan found it in,
 /// which it is opened relative to (see [`haul_manifest::ScanEntry::dir`]).
+#[derive(Clone)]
 pub(crate) struct SourceFile {
     pub(crate) path: PathBuf,
     pub(crate) dir: Option<Arc<haul_manifest::SourceDir>>,
