@@ -247,6 +247,31 @@ impl Chunk {
     const RAW: u8 = 0;
     const ZERO: u8 = 1;
     const ZSTD: u8 = 2;
+
+    /// The length of a chunk frame before its data: frame header, id, index, hash, encoding
+    /// and data length. The same for every chunk, so a sender can leave room for it and read
+    /// a chunk's bytes straight into its place in an outgoing buffer.
+    pub const HEAD_LEN: usize = HEADER_LEN + 8 + 8 + 32 + 1 + 4;
+
+    /// Writes the head of this chunk's frame for `data_len` bytes of data (which need not be
+    /// in `self.data`: see [`Chunk::HEAD_LEN`]) into `out`, exactly as
+    /// [`Message::encode_parts`] does. `out` must be [`Chunk::HEAD_LEN`] bytes long.
+    pub fn write_head(&self, out: &mut [u8], data_len: usize) {
+        let body_len = Self::HEAD_LEN - HEADER_LEN + data_len;
+        let mut out = out;
+        out.put_slice(&header(kind::CHUNK, body_len));
+        out.put_u64(self.id);
+        out.put_u64(self.index);
+        out.put_slice(&self.hash);
+        out.put_u8(if self.zero {
+            Chunk::ZERO
+        } else if self.compressed {
+            Chunk::ZSTD
+        } else {
+            Chunk::RAW
+        });
+        out.put_u32(data_len as u32);
+    }
 }
 
 /// A fatal error: the sender closes the session after this.
@@ -359,7 +384,6 @@ impl Message {
     /// chunk data.
     pub fn encode_parts(&self) -> (Bytes, Bytes) {
         let mut body = BytesMut::with_capacity(64);
-        let mut payload = Bytes::new();
         let kind = match self {
             Message::Hello(m) => {
                 body.put_u16(m.version);
@@ -456,19 +480,9 @@ impl Message {
                 kind::FINISHED
             }
             Message::Chunk(m) => {
-                body.put_u64(m.id);
-                body.put_u64(m.index);
-                body.put_slice(&m.hash);
-                body.put_u8(if m.zero {
-                    Chunk::ZERO
-                } else if m.compressed {
-                    Chunk::ZSTD
-                } else {
-                    Chunk::RAW
-                });
-                body.put_u32(m.data.len() as u32);
-                payload = m.data.clone();
-                kind::CHUNK
+                let mut head = BytesMut::zeroed(Chunk::HEAD_LEN);
+                m.write_head(&mut head, m.data.len());
+                return (head.freeze(), m.data.clone());
             }
             Message::Abort(m) => {
                 put_bytes(&mut body, m.message.as_bytes());
@@ -476,9 +490,9 @@ impl Message {
             }
         };
         let mut head = BytesMut::with_capacity(HEADER_LEN + body.len());
-        head.put_slice(&header(kind, body.len() + payload.len()));
+        head.put_slice(&header(kind, body.len()));
         head.put_slice(&body);
-        (head.freeze(), payload)
+        (head.freeze(), Bytes::new())
     }
 
     /// Decodes one frame, checking every declared length against `limits`.

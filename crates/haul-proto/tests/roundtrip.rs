@@ -167,6 +167,28 @@ proptest! {
         prop_assert_eq!(got, msgs);
     }
 
+    /// A sender that reads a chunk straight into its outgoing buffer writes the head with
+    /// `Chunk::write_head`: what it sends must be the frame `encode` makes, and decode back.
+    #[test]
+    fn chunk_head_written_in_place_is_the_encoded_frame(
+        id in any::<u64>(), index in any::<u64>(), hash in any::<[u8; 32]>(),
+        encoding in 0u8..3, data in bytes(3000),
+    ) {
+        let (zero, compressed) = (encoding == 1, encoding == 2);
+        let data = if zero { Bytes::new() } else { data };
+        let chunk = Chunk { id, index, hash, zero, compressed, data: data.clone() };
+        let mut wire = vec![0xAA; Chunk::HEAD_LEN];
+        chunk.write_head(&mut wire, data.len());
+        wire.extend_from_slice(&data);
+        let msg = Message::Chunk(chunk);
+        prop_assert_eq!(&wire[..], &msg.encode()[..]);
+        let limits = Limits::default();
+        let mut dec = FrameDecoder::new(limits.clone());
+        dec.push(&wire);
+        let frame = dec.next_frame().unwrap().unwrap();
+        prop_assert_eq!(Message::decode(frame, &limits).unwrap(), msg);
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic(wire in proptest::collection::vec(any::<u8>(), 0..2000)) {
         let limits = Limits::default();

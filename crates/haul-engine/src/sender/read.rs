@@ -7,6 +7,7 @@
 //! drive QUIC.
 
 use std::cell::RefCell;
+use std::fs::File;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -187,6 +188,35 @@ const FLUSH_AT: usize = 512 << 10;
 /// Held messages go to the control loop once there are this many.
 const MAX_HELD_NOTES: usize = 256;
 
+/// Where a chunk's bytes were read to.
+enum Payload {
+    /// A buffer of their own (empty for a hole).
+    Bytes(Bytes),
+    /// The held frame buffer, past what it holds, after room for the frame's head.
+    InFrame,
+}
+
+/// Reads the chunk at `offset` into `out`: only the data extents are read; a hole inside the
+/// chunk (a sparse disk's data rarely lines up with chunks) is zero-filled instead of copied.
+fn read_chunk(
+    reader: &mut ChunkReader,
+    file: &File,
+    sparse: &SparseMap,
+    offset: u64,
+    out: &mut [u8],
+) -> io::Result<()> {
+    let end = offset + out.len() as u64;
+    let mut at = offset;
+    for data in sparse.data_in(offset, end) {
+        out[(at - offset) as usize..(data.start - offset) as usize].fill(0);
+        let range = (data.start - offset) as usize..(data.end - offset) as usize;
+        reader.read_exact_at(file, &mut out[range], data.start)?;
+        at = data.end;
+    }
+    out[(at - offset) as usize..].fill(0);
+    Ok(())
+}
+
 enum Decision {
     Send,
     Reuse,
@@ -283,6 +313,43 @@ impl Worker {
             .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
     }
 
+    /// Sends a chunk whose `len` bytes were read into the held buffer just past the frames
+    /// it holds (room left for the head): writes its head there, or first compresses the
+    /// bytes in place when that is worth it. Returns the bytes of data the frame carries.
+    fn send_in_frame(
+        &self,
+        mut chunk: Chunk,
+        len: usize,
+        compressor: Option<&mut ChunkCompressor>,
+    ) -> io::Result<usize> {
+        let (full, sent) = {
+            let mut held = self.held.borrow_mut();
+            let HeldOutput { frames, used, .. } = &mut *held;
+            // Nothing flushes between the read and this: the chunk is still there.
+            let Some(buf) = frames.as_mut() else {
+                return Err(io::Error::other("the held frame buffer went missing"));
+            };
+            let (head, body) = buf.as_mut_slice()[*used..].split_at_mut(Chunk::HEAD_LEN);
+            let raw = &mut body[..len];
+            let sent = match compressor.and_then(|c| c.compress(raw)) {
+                // Only ever shorter than the raw bytes it replaces.
+                Some(packed) => {
+                    raw[..packed.len()].copy_from_slice(&packed);
+                    chunk.compressed = true;
+                    packed.len()
+                }
+                None => len,
+            };
+            chunk.write_head(head, sent);
+            *used += Chunk::HEAD_LEN + sent;
+            (*used >= FLUSH_AT, sent)
+        };
+        if full {
+            self.flush()?;
+        }
+        Ok(sent)
+    }
+
     fn fail(&self, file: &FileJob, e: io::Error) {
         if file.failed.swap(true, Ordering::Relaxed) {
             return;
@@ -354,28 +421,31 @@ impl Worker {
                 continue;
             }
             let hole = sparse.is_hole(offset, offset + u64::from(len));
+            // A small chunk is read straight into its place in the held frames, after room for
+            // its head: no pooled buffer, no copy (see `send_in_frame`).
+            let in_frame = !hole && Chunk::HEAD_LEN + len as usize <= SMALL_FRAME;
             let (hash, data) = if hole {
                 (
                     haul_manifest::zero_chunk_hash(&file.layout, index),
-                    Bytes::new(),
+                    Payload::Bytes(Bytes::new()),
+                )
+            } else if in_frame {
+                let mut held = self.held.borrow_mut();
+                let HeldOutput { frames, used, .. } = &mut *held;
+                let buf = frames.get_or_insert_with(|| self.buffers.take(HELD_CAPACITY));
+                let at = *used + Chunk::HEAD_LEN;
+                let body = &mut buf.as_mut_slice()[at..at + len as usize];
+                read_chunk(reader, &handle, &sparse, offset, body)?;
+                (
+                    haul_manifest::chunk_hash(&file.layout, index, body),
+                    Payload::InFrame,
                 )
             } else {
                 let mut buf = self.buffers.take(len as usize);
-                let end = offset + u64::from(len);
-                let slice = buf.as_mut_slice();
-                // Only the data extents are read; a hole inside the chunk (a sparse disk's
-                // data rarely lines up with chunks) is zero-filled instead of copied in.
-                let mut at = offset;
-                for data in sparse.data_in(offset, end) {
-                    slice[(at - offset) as usize..(data.start - offset) as usize].fill(0);
-                    let range = (data.start - offset) as usize..(data.end - offset) as usize;
-                    reader.read_exact_at(&handle, &mut slice[range], data.start)?;
-                    at = data.end;
-                }
-                slice[(at - offset) as usize..].fill(0);
+                read_chunk(reader, &handle, &sparse, offset, buf.as_mut_slice())?;
                 (
                     haul_manifest::chunk_hash(&file.layout, index, buf.as_ref()),
-                    buf.into_bytes(),
+                    Payload::Bytes(buf.into_bytes()),
                 )
             };
             let decision = if !needed && held == Some(hash) {
@@ -390,28 +460,42 @@ impl Worker {
                 }
                 Decision::Send if file.dry_run => self.would_send(file, len),
                 Decision::Send => {
-                    // A hole is sent as no data at all; other chunks go compressed when the
-                    // compressed form is worth it (the raw buffer then returns to the pool).
-                    let packed = compressor
-                        .as_deref_mut()
-                        .filter(|_| !hole)
-                        .and_then(|c| c.compress(&data));
-                    let compressed = packed.is_some();
-                    let data = packed.map_or(data, Bytes::from);
-                    // What crosses the network: compressed bytes when compressed.
-                    let payload = data.len() as u64;
-                    let (head, body) = Message::Chunk(Chunk {
+                    let chunk = Chunk {
                         id: file.id,
                         index,
                         hash,
                         zero: hole,
-                        compressed,
-                        data,
-                    })
-                    .encode_parts();
-                    self.send_frame(head, body)?;
+                        compressed: false,
+                        data: Bytes::new(),
+                    };
+                    // What crosses the network: compressed bytes when compressed.
+                    let payload = match data {
+                        Payload::InFrame => {
+                            self.send_in_frame(chunk, len as usize, compressor.as_deref_mut())?
+                        }
+                        Payload::Bytes(data) => {
+                            // A hole is sent as no data at all; other chunks go compressed
+                            // when the compressed form is worth it (the raw buffer then
+                            // returns to the pool).
+                            let packed = compressor
+                                .as_deref_mut()
+                                .filter(|_| !hole)
+                                .and_then(|c| c.compress(&data));
+                            let compressed = packed.is_some();
+                            let data = packed.map_or(data, Bytes::from);
+                            let payload = data.len();
+                            let (head, body) = Message::Chunk(Chunk {
+                                compressed,
+                                data,
+                                ..chunk
+                            })
+                            .encode_parts();
+                            self.send_frame(head, body)?;
+                            payload
+                        }
+                    };
                     file.sent.fetch_add(1, Ordering::Relaxed);
-                    Progress::add(&self.progress.bytes_sent, payload);
+                    Progress::add(&self.progress.bytes_sent, payload as u64);
                     Progress::add(&self.progress.chunks_sent, 1);
                 }
             }
