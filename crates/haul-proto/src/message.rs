@@ -256,9 +256,8 @@ impl Chunk {
     /// Writes the head of this chunk's frame for `data_len` bytes of data (which need not be
     /// in `self.data`: see [`Chunk::HEAD_LEN`]) into `out`, exactly as
     /// [`Message::encode_parts`] does. `out` must be [`Chunk::HEAD_LEN`] bytes long.
-    pub fn write_head(&self, out: &mut [u8], data_len: usize) {
+    pub fn write_head(&self, mut out: &mut [u8], data_len: usize) {
         let body_len = Self::HEAD_LEN - HEADER_LEN + data_len;
-        let mut out = out;
         out.put_slice(&header(kind::CHUNK, body_len));
         out.put_u64(self.id);
         out.put_u64(self.index);

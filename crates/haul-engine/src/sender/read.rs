@@ -163,10 +163,11 @@ pub(crate) struct Worker {
     pub(crate) held: RefCell<HeldOutput>,
 }
 
-/// Frames of small chunks, copied one after another into one buffer, and the `FileDone`
-/// messages that go with them. A post office of a million 4 KiB files must not cost a hand-off
-/// to a stream writer and a wake-up of the control loop per file: on two cores those
-/// wake-ups took a third of the sender's time. What is held goes out once the buffer reaches
+/// Frames of small chunks, one after another in one buffer (each chunk read straight into its
+/// place, after room for its head), and the `FileDone` messages that go with them. A post
+/// office of a million 4 KiB files must not cost a hand-off to a stream writer and a wake-up
+/// of the control loop per file: on two cores those wake-ups took a third of the sender's
+/// time. What is held goes out once the buffer reaches
 /// [`FLUSH_AT`], and always before the worker waits for more work, so nothing is held while
 /// the pipeline is idle.
 #[derive(Default)]
