@@ -271,6 +271,13 @@ impl Chunk {
         });
         out.put_u32(data_len as u32);
     }
+
+    /// The chunk's frame as its head and its data, the data not copied.
+    fn frame_parts(&self) -> (Bytes, Bytes) {
+        let mut head = BytesMut::zeroed(Self::HEAD_LEN);
+        self.write_head(&mut head, self.data.len());
+        (head.freeze(), self.data.clone())
+    }
 }
 
 /// A fatal error: the sender closes the session after this.
@@ -382,6 +389,10 @@ impl Message {
     /// unchanged. Only chunks have a payload; sending the two parts separately avoids copying
     /// chunk data.
     pub fn encode_parts(&self) -> (Bytes, Bytes) {
+        // Before the field buffer below, which a chunk does not use: one allocation per chunk.
+        if let Message::Chunk(m) = self {
+            return m.frame_parts();
+        }
         let mut body = BytesMut::with_capacity(64);
         let kind = match self {
             Message::Hello(m) => {
@@ -478,11 +489,7 @@ impl Message {
                 body.put_u64(m.failed);
                 kind::FINISHED
             }
-            Message::Chunk(m) => {
-                let mut head = BytesMut::zeroed(Chunk::HEAD_LEN);
-                m.write_head(&mut head, m.data.len());
-                return (head.freeze(), m.data.clone());
-            }
+            Message::Chunk(m) => return m.frame_parts(),
             Message::Abort(m) => {
                 put_bytes(&mut body, m.message.as_bytes());
                 kind::ABORT

@@ -167,9 +167,8 @@ pub(crate) struct Worker {
 /// place, after room for its head), and the `FileDone` messages that go with them. A post
 /// office of a million 4 KiB files must not cost a hand-off to a stream writer and a wake-up
 /// of the control loop per file: on two cores those wake-ups took a third of the sender's
-/// time. What is held goes out once the buffer reaches
-/// [`FLUSH_AT`], and always before the worker waits for more work, so nothing is held while
-/// the pipeline is idle.
+/// time. What is held goes out once the buffer reaches [`FLUSH_AT`], and always before the
+/// worker waits for more work, so nothing is held while the pipeline is idle.
 #[derive(Default)]
 pub(crate) struct HeldOutput {
     /// A pooled buffer of [`HELD_CAPACITY`] bytes (fresh 576 KiB allocations cost a page fault
