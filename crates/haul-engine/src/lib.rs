@@ -23,6 +23,7 @@
 
 pub mod compress;
 mod error;
+mod idmap;
 pub mod jobs;
 pub mod local_link;
 pub mod progress;

@@ -100,9 +100,7 @@ impl FramedSend {
 
     /// Appends a message to the outgoing buffer (call [`flush`](Self::flush) to send).
     pub(crate) fn queue(&mut self, msg: &Message) {
-        let (head, payload) = msg.encode_parts();
-        self.pending.extend_from_slice(&head);
-        self.pending.extend_from_slice(&payload);
+        msg.encode_into(&mut self.pending);
     }
 
     /// Bytes queued and not yet flushed.

@@ -189,6 +189,24 @@ proptest! {
         prop_assert_eq!(Message::decode(frame, &limits).unwrap(), msg);
     }
 
+    /// Control writers append message after message with `encode_into`: every frame must be
+    /// byte for byte the one `encode_parts` makes, whatever the buffer already held.
+    #[test]
+    fn frames_encoded_into_a_shared_buffer_are_the_encoded_frames(
+        msgs in proptest::collection::vec(message(), 1..8),
+        lead in bytes(100),
+    ) {
+        let mut out = bytes::BytesMut::from(&lead[..]);
+        let mut want = lead.to_vec();
+        for m in &msgs {
+            m.encode_into(&mut out);
+            let (head, payload) = m.encode_parts();
+            want.extend_from_slice(&head);
+            want.extend_from_slice(&payload);
+        }
+        prop_assert_eq!(&out[..], &want[..]);
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic(wire in proptest::collection::vec(any::<u8>(), 0..2000)) {
         let limits = Limits::default();

@@ -9,7 +9,6 @@
 //! the whole-file hash assembled from all its chunk hashes equals the sender's.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +19,7 @@ use haul_store::{PatchRange, RelPath, Root, StoreError};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::target::{Disposal, Target};
+use crate::idmap::IdMap;
 
 /// What the control writer must send, and which entry it resolves.
 pub(crate) enum Outcome {
@@ -81,7 +81,7 @@ pub(crate) struct Slot {
 /// Every file of one session that is being received.
 pub(crate) struct Files {
     root: Arc<Root>,
-    slots: Mutex<HashMap<u64, Arc<Slot>>>,
+    slots: Mutex<IdMap<Arc<Slot>>>,
     out: UnboundedSender<Vec<Outcome>>,
     /// Chunks of all files in flight, against [`super::entry::MAX_CHUNKS_IN_FLIGHT`].
     chunks_in_flight: AtomicU64,
@@ -146,7 +146,7 @@ impl Files {
     ) -> Self {
         Files {
             root,
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(IdMap::default()),
             out,
             chunks_in_flight: AtomicU64::new(0),
             busy: Arc::new(AtomicU64::new(0)),

@@ -18,7 +18,7 @@ mod pool;
 mod read;
 mod uring;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 
 use crate::compress::Compression;
 use crate::error::EngineError;
+use crate::idmap::{IdMap, IdSet};
 use crate::progress::{Event, EventSink, FileProblem, Progress, RenamedAside, Summary};
 use crate::transport::Link;
 use crate::wire::{FramedRecv, FramedSend};
@@ -212,14 +213,16 @@ pub async fn send(
         })
         .map_err(|e| EngineError::connection("cannot start the scanner thread", e))?;
 
-    // Control writer: coalesces small messages into few writes.
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
+    // Control writer: coalesces small messages into few writes. Messages travel in batches
+    // (the entries of one scan batch, the notes of one worker flush): one channel send and
+    // one wake-up per message cost more than encoding it on a no-change re-run.
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<Message>>();
     let ctl_writer = tokio::spawn(async move {
-        while let Some(msg) = out_rx.recv().await {
-            ctl_tx.queue(&msg);
+        while let Some(msgs) = out_rx.recv().await {
+            msgs.iter().for_each(|msg| ctl_tx.queue(msg));
             while ctl_tx.queued() < (256 << 10) {
                 match out_rx.try_recv() {
-                    Ok(msg) => ctl_tx.queue(&msg),
+                    Ok(msgs) => msgs.iter().for_each(|msg| ctl_tx.queue(msg)),
                     Err(_) => break,
                 }
             }
@@ -330,76 +333,90 @@ pub async fn send(
         ..Summary::default()
     };
     // Hashes the receiver holds per file, collected until its `Need` arrives.
-    let mut haves: HashMap<u64, read::Held> = HashMap::new();
+    let mut haves: IdMap<read::Held> = IdMap::default();
     let mut needed_bytes = 0u64;
     let mut warned_space = false;
-    let mut pending: HashMap<u64, Pending> = HashMap::new();
-    let mut source_failed: HashSet<u64> = HashSet::new();
+    let mut pending: IdMap<Pending> = IdMap::default();
+    let mut source_failed = IdSet::default();
     let mut scan_done = false;
     let window = opts.window.max(1);
     let result: Result<(), EngineError> = async {
         loop {
             tokio::select! {
                 item = next_of(&mut scanned, || scan_rx.recv()), if !scan_done && session.outstanding() < window => {
-                    match item {
-                        Some(ScanItem::Entry(entry)) => {
-                            let id = session.announce(entry.kind);
-                            match entry.kind {
-                                EntryKind::File => {
-                                    summary.files_total += 1;
-                                    summary.bytes_total += entry.size;
+                    // Announce every scanned entry the window has room for before looking at
+                    // anything else, and send their Entry messages as one batch.
+                    let mut entries = Vec::new();
+                    let mut item = item;
+                    loop {
+                        match item {
+                            Some(ScanItem::Entry(entry)) => {
+                                let id = session.announce(entry.kind);
+                                match entry.kind {
+                                    EntryKind::File => {
+                                        summary.files_total += 1;
+                                        summary.bytes_total += entry.size;
+                                    }
+                                    EntryKind::Dir => summary.dirs += 1,
+                                    EntryKind::Symlink => summary.symlinks += 1,
                                 }
-                                EntryKind::Dir => summary.dirs += 1,
-                                EntryKind::Symlink => summary.symlinks += 1,
-                            }
-                            pending.insert(id, Pending {
-                                source: read::SourceFile {
-                                    path: entry.source,
-                                    // Only a file is opened again; a directory's handle is not
-                                    // held for nothing while the entry is in flight.
-                                    dir: if entry.kind == EntryKind::File { entry.dir } else { None },
-                                },
-                                rel: if opts.list_files { entry.rel.clone() } else { Vec::new() },
-                                kind: entry.kind,
-                                size: entry.size,
-                                mtime: (entry.meta.mtime_sec, entry.meta.mtime_nsec),
-                            });
-                            let _ = out_tx.send(Message::Entry(Entry {
-                                id,
-                                kind: entry.kind,
-                                path: Bytes::from(entry.rel),
-                                size: entry.size,
-                                meta: entry.meta,
-                                link_target: Bytes::from(entry.link_target),
-                            }));
-                        }
-                        Some(ScanItem::Problem(e)) => {
-                            if matches!(e, ScanError::Io { .. }) {
-                                summary.files_failed += 1;
-                            }
-                            problem(&mut summary, &events, e.path().display().to_string(), e.to_string());
-                        }
-                        None => {
-                            scan_done = true;
-                            if summary.files_total + summary.dirs + summary.symlinks == 0 {
-                                return Err(EngineError::Source {
-                                    path: request.source.clone(),
-                                    message: summary.errors.first().map_or_else(
-                                        || "nothing to copy".to_string(),
-                                        |p| p.message.clone(),
-                                    ),
+                                pending.insert(id, Pending {
+                                    source: read::SourceFile {
+                                        path: entry.source,
+                                        // Only a file is opened again; a directory's handle is not
+                                        // held for nothing while the entry is in flight.
+                                        dir: if entry.kind == EntryKind::File { entry.dir } else { None },
+                                    },
+                                    rel: if opts.list_files { entry.rel.clone() } else { Vec::new() },
+                                    kind: entry.kind,
+                                    size: entry.size,
+                                    mtime: (entry.meta.mtime_sec, entry.meta.mtime_nsec),
                                 });
+                                entries.push(Message::Entry(Entry {
+                                    id,
+                                    kind: entry.kind,
+                                    path: Bytes::from(entry.rel),
+                                    size: entry.size,
+                                    meta: entry.meta,
+                                    link_target: Bytes::from(entry.link_target),
+                                }));
                             }
-                            session.end_of_entries();
-                            let _ = out_tx.send(Message::EndOfEntries);
+                            Some(ScanItem::Problem(e)) => {
+                                if matches!(e, ScanError::Io { .. }) {
+                                    summary.files_failed += 1;
+                                }
+                                problem(&mut summary, &events, e.path().display().to_string(), e.to_string());
+                            }
+                            None => {
+                                scan_done = true;
+                                if summary.files_total + summary.dirs + summary.symlinks == 0 {
+                                    return Err(EngineError::Source {
+                                        path: request.source.clone(),
+                                        message: summary.errors.first().map_or_else(
+                                            || "nothing to copy".to_string(),
+                                            |p| p.message.clone(),
+                                        ),
+                                    });
+                                }
+                                session.end_of_entries();
+                                entries.push(Message::EndOfEntries);
+                            }
                         }
+                        if scan_done || session.outstanding() >= window {
+                            break;
+                        }
+                        match scanned.pop_front() {
+                            Some(next) => item = Some(next),
+                            None => break,
+                        }
+                    }
+                    if !entries.is_empty() {
+                        let _ = out_tx.send(entries);
                     }
                 }
                 note = note_rx.recv() => match note {
                     Some(WorkerNote::Control(msgs)) => {
-                        for msg in msgs {
-                            let _ = out_tx.send(msg);
-                        }
+                        let _ = out_tx.send(msgs);
                     }
                     Some(WorkerNote::StreamFailed(e)) => {
                         // A receiver that stopped for a full disk closes the link right after
@@ -419,10 +436,10 @@ pub async fn send(
                     }
                     Some(WorkerNote::SourceFailed { id, path, message }) => {
                         source_failed.insert(id);
-                        let _ = out_tx.send(Message::SourceFailed(haul_proto::SourceFailed {
+                        let _ = out_tx.send(vec![Message::SourceFailed(haul_proto::SourceFailed {
                             id,
                             message: message.clone(),
-                        }));
+                        })]);
                         problem(&mut summary, &events, path, message);
                     }
                     None => {}
@@ -534,9 +551,9 @@ pub async fn send(
     job_tx.close();
     drop(scan_rx);
     if let Err(e) = &result {
-        let _ = out_tx.send(Message::Abort(haul_proto::Abort {
+        let _ = out_tx.send(vec![Message::Abort(haul_proto::Abort {
             message: e.to_string(),
-        }));
+        })]);
     }
     drop(out_tx);
     // Once `Finished` has arrived every file is installed: a stream that fails while closing
