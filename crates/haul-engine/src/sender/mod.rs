@@ -445,101 +445,106 @@ pub async fn send(
                     None => {}
                 },
                 msg = next_of(&mut inbox, || in_rx.recv()) => {
-                    let msg = match msg {
-                        Some(Ok(Some(msg))) => msg,
-                        Some(Err(e)) => return Err(e.into()),
-                        Some(Ok(None)) | None => return Err(EngineError::Protocol(
-                            "the receiver ended the session before every file was resolved".into(),
-                        )),
-                    };
-                    session.handle(&msg)?;
-                                        match msg {
-                        Message::Have(have) => {
-                            let Some(p) = pending.get(&have.id) else { continue };
-                            let count = ChunkLayout::new(p.size, opts.chunk_size).count();
-                            // Under --checksum nothing is taken on trust: every chunk is read.
-                            let trusted = have.journaled && !opts.checksum;
-                            haves.entry(have.id).or_default().add(have.start, &have.hashes, trusted, count);
-                        }
-                        Message::Need(need) => {
-                            let Some(p) = pending.get(&need.id) else { continue };
-                            let layout = ChunkLayout::new(p.size, opts.chunk_size);
-                            for &(start, n) in &need.ranges {
-                                let end = start.saturating_add(n).min(layout.count());
-                                for index in start..end {
-                                    needed_bytes += layout.len(index).map_or(0, u64::from);
+                    // Every answer that has arrived is handled before anything else: one turn
+                    // of this loop per answer cost more than handling it on a re-run.
+                    let more = std::iter::from_fn(|| inbox.pop_front().map(Some));
+                    for msg in std::iter::once(msg).chain(more) {
+                        let msg = match msg {
+                            Some(Ok(Some(msg))) => msg,
+                            Some(Err(e)) => return Err(e.into()),
+                            Some(Ok(None)) | None => return Err(EngineError::Protocol(
+                                "the receiver ended the session before every file was resolved".into(),
+                            )),
+                        };
+                        session.handle(&msg)?;
+                        match msg {
+                            Message::Have(have) => {
+                                let Some(p) = pending.get(&have.id) else { continue };
+                                let count = ChunkLayout::new(p.size, opts.chunk_size).count();
+                                // Under --checksum nothing is taken on trust: every chunk is read.
+                                let trusted = have.journaled && !opts.checksum;
+                                haves.entry(have.id).or_default().add(have.start, &have.hashes, trusted, count);
+                            }
+                            Message::Need(need) => {
+                                let Some(p) = pending.get(&need.id) else { continue };
+                                let layout = ChunkLayout::new(p.size, opts.chunk_size);
+                                for &(start, n) in &need.ranges {
+                                    let end = start.saturating_add(n).min(layout.count());
+                                    for index in start..end {
+                                        needed_bytes += layout.len(index).map_or(0, u64::from);
+                                    }
+                                }
+                                if !warned_space && !opts.dry_run && needed_bytes > welcome.free_bytes {
+                                    warned_space = true;
+                                    events(Event::Warning { message: format!(
+                                        "the target has {} bytes free but at least {needed_bytes} must be \
+                                         written: it will run out of space. The run continues and pauses \
+                                         (exit 3) when the disk is full; expand the storage first to avoid it",
+                                        welcome.free_bytes
+                                    )});
+                                }
+                                let have = haves.remove(&need.id).unwrap_or_default();
+                                let file = Arc::new(FileJob::new(
+                                    need.id,
+                                    p.source.clone(),
+                                    layout,
+                                    have,
+                                    p.mtime,
+                                    &need.ranges,
+                                    opts.dry_run,
+                                ));
+                                // Every chunk is read and hashed (the whole-file hash needs them
+                                // all); only those the receiver lacks are sent.
+                                let count = layout.count();
+                                let mut at = 0;
+                                while at < count {
+                                    let stop = (at + CHUNKS_PER_JOB).min(count);
+                                    let _ = job_tx.try_send(ReadJob { file: file.clone(), start: at, end: stop });
+                                    at = stop;
                                 }
                             }
-                            if !warned_space && !opts.dry_run && needed_bytes > welcome.free_bytes {
-                                warned_space = true;
-                                events(Event::Warning { message: format!(
-                                    "the target has {} bytes free but at least {needed_bytes} must be \
-                                     written: it will run out of space. The run continues and pauses \
-                                     (exit 3) when the disk is full; expand the storage first to avoid it",
-                                    welcome.free_bytes
-                                )});
-                            }
-                            let have = haves.remove(&need.id).unwrap_or_default();
-                            let file = Arc::new(FileJob::new(
-                                need.id,
-                                p.source.clone(),
-                                layout,
-                                have,
-                                p.mtime,
-                                &need.ranges,
-                                opts.dry_run,
-                            ));
-                            // Every chunk is read and hashed (the whole-file hash needs them
-                            // all); only those the receiver lacks are sent.
-                            let count = layout.count();
-                            let mut at = 0;
-                            while at < count {
-                                let stop = (at + CHUNKS_PER_JOB).min(count);
-                                let _ = job_tx.try_send(ReadJob { file: file.clone(), start: at, end: stop });
-                                at = stop;
-                            }
-                        }
-                        Message::Installed(done) => {
-                                                        if let Some(p) = pending.remove(&done.id)
-                                && p.kind == EntryKind::File
-                            {
-                                if done.unchanged {
-                                    summary.files_unchanged += 1;
+                            Message::Installed(done) => {
+                                if let Some(p) = pending.remove(&done.id)
+                                    && p.kind == EntryKind::File
+                                {
+                                    if done.unchanged {
+                                        summary.files_unchanged += 1;
+                                    }
+                                    summary.files_transferred += 1;
+                                    Progress::add(&progress.files_done, 1);
+                                    Progress::add(&progress.bytes_done, p.size);
+                                    if opts.list_files {
+                                        events(Event::FileInstalled {
+                                            path: String::from_utf8_lossy(&p.rel).into_owned(),
+                                            bytes: p.size,
+                                            blake3: haul_manifest::to_hex(&done.hash),
+                                        });
+                                    }
                                 }
-                                summary.files_transferred += 1;
-                                Progress::add(&progress.files_done, 1);
-                                Progress::add(&progress.bytes_done, p.size);
-                                if opts.list_files {
-                                    events(Event::FileInstalled {
-                                        path: String::from_utf8_lossy(&p.rel).into_owned(),
-                                        bytes: p.size,
-                                        blake3: haul_manifest::to_hex(&done.hash),
+                            }
+                            Message::Failed(failed) => {
+                                let p = pending.remove(&failed.id);
+                                if failed.no_space {
+                                    let path = failed.message.clone();
+                                    let done = Progress::get(&progress.bytes_done);
+                                    return Err(EngineError::NoSpace {
+                                        path,
+                                        bytes_remaining: summary.bytes_total.saturating_sub(done),
                                     });
                                 }
+                                summary.files_failed += 1;
+                                // A file whose source could not be read was reported already.
+                                if !source_failed.remove(&failed.id) {
+                                    let path = p.map(|p| p.source.path.display().to_string()).unwrap_or_default();
+                                    problem(&mut summary, &events, path, failed.message);
+                                }
                             }
+                            Message::Finished(_) => return Ok(()),
+                            Message::Abort(abort) => return Err(EngineError::PeerAborted(abort.message)),
+                            other => return Err(EngineError::Protocol(format!(
+                                "unexpected {} on the control stream", other.name()
+                            ))),
                         }
-                        Message::Failed(failed) => {
-                            let p = pending.remove(&failed.id);
-                            if failed.no_space {
-                                let path = failed.message.clone();
-                                let done = Progress::get(&progress.bytes_done);
-                                return Err(EngineError::NoSpace {
-                                    path,
-                                    bytes_remaining: summary.bytes_total.saturating_sub(done),
-                                });
-                            }
-                            summary.files_failed += 1;
-                            // A file whose source could not be read was reported already.
-                            if !source_failed.remove(&failed.id) {
-                                let path = p.map(|p| p.source.path.display().to_string()).unwrap_or_default();
-                                problem(&mut summary, &events, path, failed.message);
-                            }
-                        }
-                        Message::Finished(_) => return Ok(()),
-                        Message::Abort(abort) => return Err(EngineError::PeerAborted(abort.message)),
-                        other => return Err(EngineError::Protocol(format!(
-                            "unexpected {} on the control stream", other.name()
-                        ))),
                     }
                 }
             }
