@@ -6,10 +6,10 @@
 //! relative to their directory's descriptor (opened `O_NOFOLLOW`), so a million files do not
 //! each cost a walk of their whole path.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -147,7 +147,7 @@ struct Listing {
     share: bool,
     rel: Vec<u8>,
     /// Sorted in reverse so the next name is popped from the end.
-    names: Vec<OsString>,
+    names: Names,
     /// The next names, already `statat`ed (in order): at most [`STAT_WINDOW`] of them.
     ready: std::collections::VecDeque<Result<ScanEntry, ScanError>>,
 }
@@ -164,7 +164,7 @@ impl Listing {
         path: PathBuf,
         fd: OwnedFd,
         rel: Vec<u8>,
-        names: Vec<OsString>,
+        names: Names,
         live: &Arc<AtomicUsize>,
     ) -> Listing {
         let share = live.fetch_add(1, Ordering::Relaxed) < MAX_SHARED_DIRS;
@@ -185,10 +185,16 @@ impl Listing {
     /// million-file post office spends most of a no-change re-run in these calls; in one
     /// thread they kept one core busy while the receiver waited.
     fn refill(&mut self, threads: usize) {
-        let take = self.names.len().min(STAT_WINDOW);
-        let window: Vec<OsString> = self.names.drain(self.names.len() - take..).rev().collect();
-        let one = |name: &OsString| {
-            let source = self.path.join(name);
+        let take = self.names.spans.len().min(STAT_WINDOW);
+        let from = self.names.spans.len() - take;
+        let window: Vec<(usize, usize)> = self.names.spans.drain(from..).rev().collect();
+        let bytes = &self.names.bytes;
+        let one = |&(start, end): &(usize, usize)| {
+            let name = OsStr::from_bytes(&bytes[start..end]);
+            // One allocation of the final length (`join` reallocated once more per file).
+            let mut source = PathBuf::with_capacity(self.path.as_os_str().len() + 1 + name.len());
+            source.push(&self.path);
+            source.push(name);
             // One allocation of the final length (a clone and two pushes reallocated twice per
             // file of a million-file re-run).
             let mut rel = Vec::with_capacity(self.rel.len() + 1 + name.len());
@@ -242,7 +248,7 @@ impl Iterator for Scanner {
             let threads = self.threads;
             let listing = self.stack.last_mut()?;
             if listing.ready.is_empty() {
-                if listing.names.is_empty() {
+                if listing.names.spans.is_empty() {
                     self.stack.pop();
                     continue;
                 }
@@ -302,7 +308,7 @@ impl Scanner {
 /// Opens a directory (with `extra` flags: `O_NOFOLLOW` for one found by `lstat`, so a
 /// directory swapped for a symlink since is refused) and lists all its names, reverse-sorted
 /// by bytes (popped from the end in order).
-fn read_listing(path: &Path, extra: OFlags) -> Result<(OwnedFd, Vec<OsString>), ScanError> {
+fn read_listing(path: &Path, extra: OFlags) -> Result<(OwnedFd, Names), ScanError> {
     let io_err = |source: rustix::io::Errno| ScanError::Io {
         path: path.to_path_buf(),
         op: "read directory",
@@ -318,18 +324,33 @@ fn read_listing(path: &Path, extra: OFlags) -> Result<(OwnedFd, Vec<OsString>), 
             source: e,
         })
         .and_then(|dup| rustix::fs::Dir::new(dup).map_err(io_err))?;
-    let mut names = Vec::new();
+    let mut names = Names::default();
     for dirent in reader {
         // A failure partway through drops the whole listing: a directory reported as
         // unreadable never looks complete but short.
         let dirent = dirent.map_err(io_err)?;
         let name = dirent.file_name().to_bytes();
         if name != b"." && name != b".." {
-            names.push(OsString::from_vec(name.to_vec()));
+            let start = names.bytes.len();
+            names.bytes.extend_from_slice(name);
+            names.spans.push((start, names.bytes.len()));
         }
     }
-    names.sort_unstable_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
+    let bytes = &names.bytes;
+    names
+        .spans
+        .sort_unstable_by(|a, b| bytes[b.0..b.1].cmp(&bytes[a.0..a.1]));
     Ok((fd, names))
+}
+
+/// A directory's names, all in one buffer: a post office's directories hold thousands of names
+/// each, and a re-run of a big tree spends a large share of its scan in the allocator; one
+/// allocation per name (made here, freed once it was `statat`ed) was part of that.
+#[derive(Debug, Default)]
+struct Names {
+    bytes: Vec<u8>,
+    /// Each name's range in `bytes`.
+    spans: Vec<(usize, usize)>,
 }
 
 /// `statat`s `name` in the open directory `dir` (never following a symlink) and describes
