@@ -266,6 +266,7 @@ pub async fn send(
     let (note_tx, mut note_rx) = mpsc::unbounded_channel::<WorkerNote>();
     // Enough free buffers for what QUIC holds unacknowledged plus the frames queued for it.
     let buffers = pool::BufferPool::new(32);
+    let held_buffers = pool::BufferPool::limited(read::MAX_HELD_BUFFERS);
     let mut workers = Vec::new();
     for n in 0..opts.readers {
         let worker = Worker {
@@ -274,6 +275,7 @@ pub async fn send(
             notes: note_tx.clone(),
             progress: progress.clone(),
             buffers: buffers.clone(),
+            held_buffers: held_buffers.clone(),
             compress: opts.compress,
             held: Default::default(),
         };
@@ -554,6 +556,7 @@ pub async fn send(
 
     // Shut the pipeline down in order: no more jobs, workers drain, writers finish.
     job_tx.close();
+    held_buffers.close();
     drop(scan_rx);
     if let Err(e) = &result {
         let _ = out_tx.send(vec![Message::Abort(haul_proto::Abort {

@@ -14,7 +14,8 @@
 //! in a sparse disk copy those faults were a tenth of the sender's CPU). Where the kernel has
 //! no huge pages the advice is ignored and they are ordinary pages.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -64,14 +65,73 @@ pub(crate) struct BufferPool {
     free: Mutex<Vec<Backing>>,
     /// Most free buffers kept; more are released to the allocator.
     keep: usize,
+    /// Most buffers on loan at once (`None`: no limit), and how many are.
+    limit: Option<usize>,
+    loaned: Mutex<Loans>,
+    returned: Condvar,
+}
+
+#[derive(Default)]
+struct Loans {
+    out: usize,
+    /// Set when the session ends: nobody waits for a buffer any more.
+    closed: bool,
 }
 
 impl BufferPool {
     pub(crate) fn new(keep: usize) -> Arc<Self> {
+        Self::build(keep, None)
+    }
+
+    /// A pool that lends at most `most` buffers at once: `take` waits until one comes back
+    /// (QUIC gives a buffer back once the peer acknowledged its data). The sender's memory
+    /// is then set by this bound rather than by how far QUIC happened to run ahead: every
+    /// buffer lent once stays in the pool, so a burst at any moment of a long push was its
+    /// peak for the rest of it.
+    pub(crate) fn limited(most: usize) -> Arc<Self> {
+        Self::build(most, Some(most.max(1)))
+    }
+
+    fn build(keep: usize, limit: Option<usize>) -> Arc<Self> {
         Arc::new(BufferPool {
             free: Mutex::new(Vec::new()),
             keep,
+            limit,
+            loaned: Mutex::default(),
+            returned: Condvar::new(),
         })
+    }
+
+    /// Stops waiting for buffers to come back (the session is over; QUIC may hold its
+    /// buffers until the connection goes): `take` lends beyond the limit from now on.
+    pub(crate) fn close(&self) {
+        if self.limit.is_some() {
+            lock(&self.loaned).closed = true;
+            self.returned.notify_all();
+        }
+    }
+
+    /// Waits for room under the limit and counts one more loan.
+    fn reserve(&self) {
+        let Some(limit) = self.limit else { return };
+        let mut loans = lock(&self.loaned);
+        while loans.out >= limit && !loans.closed {
+            // Timed, so a loan lost to a bug cannot hang a worker: it only runs slower.
+            loans = self
+                .returned
+                .wait_timeout(loans, Duration::from_millis(200))
+                .map_or_else(|p| p.into_inner().0, |(l, _)| l);
+        }
+        loans.out += 1;
+    }
+
+    fn release(&self) {
+        if self.limit.is_some() {
+            let mut loans = lock(&self.loaned);
+            loans.out = loans.out.saturating_sub(1);
+            drop(loans);
+            self.returned.notify_one();
+        }
     }
 
     /// A buffer of exactly `len` bytes (contents unspecified: the caller overwrites them).
@@ -80,6 +140,7 @@ impl BufferPool {
     /// 4 MiB per chunk only to read over it was a measurable share of the sender's CPU. A
     /// recycled buffer too small for the loan is replaced by a new one.
     pub(crate) fn take(self: &Arc<Self>, len: usize) -> PooledBuf {
+        self.reserve();
         let recycled = self.free.lock().ok().and_then(|mut f| f.pop());
         let fits = |b: &Backing| {
             let bytes = b.bytes();
@@ -104,7 +165,12 @@ impl BufferPool {
         {
             free.push(buf);
         }
+        self.release();
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A buffer on loan from a [`BufferPool`].
@@ -195,6 +261,36 @@ mod tests {
         assert_eq!(big.as_ref().len(), ALIGN + 150);
         assert!(big.as_ref().iter().all(|&b| b == 0));
         assert_eq!(big.into_bytes().len(), ALIGN + 150);
+    }
+
+    #[test]
+    fn a_limited_pool_waits_for_a_loan_to_come_back() {
+        let pool = BufferPool::limited(2);
+        let a = pool.take(100).into_bytes();
+        let b = pool.take(100);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                let c = pool.take(100);
+                tx.send(()).unwrap();
+                c
+            })
+        };
+        // Two on loan: the third waits.
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+        drop(a); // what QUIC does once the peer acknowledged it
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("a returned buffer wakes the waiter");
+        let c = waiter.join().unwrap();
+        drop((b, c));
+        // A closed pool lends beyond its limit instead of waiting.
+        let held: Vec<_> = (0..2).map(|_| pool.take(10)).collect();
+        pool.close();
+        let extra = pool.take(10);
+        assert_eq!(extra.as_ref().len(), 10);
+        drop((held, extra));
+        assert_eq!(lock(&pool.loaned).out, 0);
     }
 
     #[test]
