@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use haul_proto::{Chunk, Limits, Message, ServerSession};
 
+use super::PROTOCOL_ERROR;
 use super::files::Files;
-use super::{PROTOCOL_ERROR, lock};
 use crate::compress;
 use crate::error::EngineError;
+use crate::lock;
 use crate::transport::{BoxRecv, Link};
 use crate::wire::FramedRecv;
 

@@ -92,9 +92,7 @@ pub(crate) fn handle_entry(
     }
     let result = match entry.kind {
         EntryKind::Dir => root.create_dir_all(&rel).map(|()| {
-            dirs.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((rel.clone(), entry.meta));
+            crate::lock(dirs).push((rel.clone(), entry.meta));
             files.send(done(id, [0; 32], false));
         }),
         EntryKind::Symlink => root

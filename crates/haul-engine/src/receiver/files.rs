@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use haul_proto::{Chunk, ChunkLayout, Failed, Hash, Installed, Message, Meta};
 use haul_store::{PatchRange, RelPath, Root, StoreError};
@@ -20,6 +20,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::target::{Disposal, Target};
 use crate::idmap::IdMap;
+use crate::lock;
 
 /// What the control writer must send, and which entry it resolves.
 pub(crate) enum Outcome {
@@ -119,10 +120,6 @@ impl Drop for Busy {
 thread_local! {
     /// Outcomes held back by [`Files::batched`] on this thread (`None`: send at once).
     static HELD: RefCell<Option<Vec<Outcome>>> = const { RefCell::new(None) };
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A new file to receive, as planned by the session.

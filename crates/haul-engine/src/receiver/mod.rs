@@ -22,6 +22,7 @@ use haul_store::{RelPath, Root};
 use tokio::sync::mpsc;
 
 use crate::error::EngineError;
+use crate::lock;
 use crate::progress::{Event, EventSink};
 use crate::transport::Link;
 use crate::wire::{FramedRecv, FramedSend};
@@ -379,10 +380,6 @@ pub async fn receive(
         error: result.as_ref().err().map(|e| e.to_string()),
     });
     result.map(|(installed, failed)| SessionReport { installed, failed })
-}
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Writes answers to the client, coalesced; finishes the session once every entry is resolved

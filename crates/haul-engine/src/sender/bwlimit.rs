@@ -31,10 +31,7 @@ impl RateLimit {
 
     /// Books `bytes` on the schedule and returns how long to wait before sending them.
     fn book(&self, bytes: u64, now: Instant) -> Duration {
-        let mut next = self
-            .next_free
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut next = crate::lock(&self.next_free);
         // After idle time the schedule restarts from now (minus a burst's worth of credit).
         let start = (*next).max(now.checked_sub(SLACK).unwrap_or(now));
         let cost = Duration::from_secs_f64(bytes as f64 / self.bytes_per_s as f64);

@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::lock;
+
 /// Alignment of every loan's first byte (what direct I/O asks of a buffer).
 const ALIGN: usize = 4096;
 
@@ -167,10 +169,6 @@ impl BufferPool {
         }
         self.release();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A buffer on loan from a [`BufferPool`].

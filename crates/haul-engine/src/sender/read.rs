@@ -522,7 +522,7 @@ impl Worker {
     /// Stores a chunk hash; the worker that stores the last one sends the whole-file hash and
     /// how many chunks crossed the network.
     fn record(&self, file: &FileJob, index: u64, hash: Hash) {
-        let mut hashes = file.hashes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut hashes = crate::lock(&file.hashes);
         hashes[index as usize] = hash;
         if file.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             let hash = haul_manifest::file_hash(&file.layout, &hashes).unwrap_or([0; 32]);
