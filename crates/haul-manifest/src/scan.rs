@@ -191,7 +191,7 @@ impl Listing {
         let bytes = &self.names.bytes;
         let one = |&(start, end): &(usize, usize)| {
             let name = OsStr::from_bytes(&bytes[start..end]);
-            // One allocation of the final length (`join` reallocated once more per file).
+            // The source path in one allocation too (`join` reallocated once more per file).
             let mut source = PathBuf::with_capacity(self.path.as_os_str().len() + 1 + name.len());
             source.push(&self.path);
             source.push(name);

@@ -67,17 +67,6 @@ impl DirCache {
         }
     }
 
-    /// The fd for `key` without looking whether it is still live (what the eviction tests see).
-    #[cfg(test)]
-    fn get(&mut self, key: &[u8]) -> Option<Arc<OwnedFd>> {
-        self.clock += 1;
-        let clock = self.clock;
-        self.entries.get_mut(key).map(|(fd, used, _, _)| {
-            *used = clock;
-            Arc::clone(fd)
-        })
-    }
-
     /// Whether the directory cached for `key` was made by this process (`insert`'s `fresh`).
     pub(crate) fn is_fresh(&self, key: &[u8]) -> bool {
         self.entries.get(key).is_some_and(|e| e.3)
@@ -132,13 +121,13 @@ mod tests {
             cache.insert(format!("d{i}").as_bytes(), fd(), false);
         }
         // Touch d0 so that d1 becomes the oldest.
-        assert!(cache.get(b"d0").is_some());
+        assert!(cache.get_live(b"d0", false).is_some());
         cache.insert(b"new", fd(), true);
         assert!(cache.is_fresh(b"new") && !cache.is_fresh(b"d0"));
         assert_eq!(cache.len(), CAPACITY);
-        assert!(cache.get(b"d0").is_some());
-        assert!(cache.get(b"d1").is_none());
-        assert!(cache.get(b"new").is_some());
+        assert!(cache.get_live(b"d0", false).is_some());
+        assert!(cache.get_live(b"d1", false).is_none());
+        assert!(cache.get_live(b"new", false).is_some());
     }
 
     #[test]
@@ -149,9 +138,9 @@ mod tests {
         }
         cache.forget_under(b"a");
         for key in ["a", "a/b", "a/b/c"] {
-            assert!(cache.get(key.as_bytes()).is_none(), "{key}");
+            assert!(cache.get_live(key.as_bytes(), false).is_none(), "{key}");
         }
-        assert!(cache.get(b"ab").is_some());
-        assert!(cache.get(b"b/a").is_some());
+        assert!(cache.get_live(b"ab", false).is_some());
+        assert!(cache.get_live(b"b/a", false).is_some());
     }
 }
