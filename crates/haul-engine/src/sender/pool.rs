@@ -15,7 +15,6 @@
 //! no huge pages the advice is ignored and they are ordinary pages.
 
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -117,12 +116,12 @@ impl BufferPool {
     fn reserve(&self) {
         let Some(limit) = self.limit else { return };
         let mut loans = lock(&self.loaned);
+        // Every loan is given back when its buffer drops, and `close` wakes every waiter.
         while loans.out >= limit && !loans.closed {
-            // Timed, so a loan lost to a bug cannot hang a worker: it only runs slower.
             loans = self
                 .returned
-                .wait_timeout(loans, Duration::from_millis(200))
-                .map_or_else(|p| p.into_inner().0, |(l, _)| l);
+                .wait(loans)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
         loans.out += 1;
     }
@@ -215,6 +214,8 @@ impl Drop for PooledBuf {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
