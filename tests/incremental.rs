@@ -409,3 +409,88 @@ fn a_few_changed_chunks_are_patched_in_place_but_never_through_a_hard_link() {
     assert_same_tree(&p.join("src"), &p.join("root/x"));
     assert_eq!(undo_logs(), 0);
 }
+
+/// A re-run asks about each directory's run of files as a whole (one quick check each way
+/// instead of one message per file), and whatever differs in a run on either side sends it
+/// back to the per-file check: a changed source file, a file deleted, chmodded, replaced by a
+/// symlink or added on the target. Driven as a user would, by `copy` and by `push` over QUIC.
+#[test]
+fn quick_checks_of_whole_runs_skip_unchanged_dirs_and_miss_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path();
+    std::fs::create_dir(p.join("root")).unwrap();
+    std::fs::write(p.join("token"), "t0k").unwrap();
+    let src = p.join("src");
+    let mut t = TreeBuilder::new(&src, 23);
+    // Eight directories of 60 files; in fd0 a subdirectory and a symlink split the run.
+    for d in 0..8 {
+        for i in 0..60 {
+            t.file(format!("po/fd{d}/b{i:03}"), 100 + i * 7 + d * 3);
+        }
+    }
+    t.file("po/fd0/b030.d/inner", 10);
+    t.symlink("po/fd0/b040.lnk", "b001");
+    let server = haul().serve(&p.join("root"), &p.join("scfg"), Some(&p.join("token")));
+    let dst = p.join("dst");
+    let cfg = p.join("cfg");
+    let targets = [dst.clone(), p.join("root/x")];
+    let both = |what: &str| {
+        let copied = copy_json(&cfg, &[], &src, &dst);
+        let pushed = remote_json(p, &server, "push", "x");
+        for s in [&copied, &pushed] {
+            assert_eq!(s["files_failed"], 0, "{what}: {s}");
+        }
+        [copied, pushed]
+    };
+    both("first copy");
+
+    // Nothing changed: every file is found unchanged, the long runs as runs.
+    for s in both("no change") {
+        assert_eq!(s["files_unchanged"], 481, "{s}");
+        assert_eq!(s["bytes_sent"], 0, "{s}");
+        assert!(s["files_unchanged_by_run"].as_u64().unwrap() >= 400, "{s}");
+    }
+    for dst in &targets {
+        assert_same_tree(&src, dst);
+    }
+
+    // One change in each of five directories, on one side or the other.
+    let new_data = t.file("po/fd1/b007", 5000); // the source changes
+    t.mtime("po/fd1/b007", 1_750_000_000, 5);
+    for dst in &targets {
+        std::fs::remove_file(dst.join("po/fd2/b059")).unwrap(); // the last of a run
+        let chmod = dst.join("po/fd3/b000");
+        std::fs::set_permissions(&chmod, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let swapped = dst.join("po/fd4/b033");
+        std::fs::remove_file(&swapped).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", &swapped).unwrap();
+        // Same size and mtime as its neighbour's source, but a name the source lacks.
+        std::fs::write(dst.join("po/fd5/b010x"), b"extra").unwrap();
+    }
+    for s in both("five changes") {
+        // fd1's changed file is sent; fd2's deleted one too; the others only fixed up.
+        assert_eq!(s["files_unchanged"], 481 - 3, "{s}");
+        assert!(s["bytes_sent"].as_u64().unwrap() >= 5000, "{s}");
+        assert!(s["files_unchanged_by_run"].as_u64().unwrap() >= 100, "{s}");
+    }
+    for dst in &targets {
+        // The extra file stays: nothing is deleted without being asked.
+        assert_eq!(std::fs::read(dst.join("po/fd5/b010x")).unwrap(), b"extra");
+        std::fs::remove_file(dst.join("po/fd5/b010x")).unwrap();
+        assert_eq!(
+            std::fs::read(dst.join("po/fd1/b007")).unwrap(),
+            std::fs::read(&new_data).unwrap()
+        );
+    }
+    // Once it is gone, the next run finds everything unchanged (and puts back the mtime of
+    // the directory it was removed from): the target is the source.
+    for s in both("extra file removed") {
+        assert_eq!(s["files_unchanged"], 481, "{s}");
+        assert_eq!(s["bytes_sent"], 0, "{s}");
+    }
+    for dst in &targets {
+        assert_same_tree(&src, dst);
+    }
+    server.stop();
+}

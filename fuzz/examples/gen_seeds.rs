@@ -253,6 +253,27 @@ fn session_seeds() -> Vec<SessionSeed> {
     };
     vec![
         (
+            // A re-run: a directory, a quick check of its run of files (which takes no data
+            // and no file hash), resolved; the session finishes.
+            "quick-check",
+            None,
+            vec![
+                good_hello(),
+                accept.clone(),
+                entry(IdSel::Next, KindSel::Dir, b"d", SizeSel::Bytes(0)),
+                Op::Send(ClientMsg::QuickCheck {
+                    id: IdSel::Next,
+                    dir: Blob(b"d".to_vec()),
+                    files: 300,
+                }),
+                chunk(1, IndexSel::Nth(0), LenSel::Exact),
+                Op::Send(ClientMsg::EndOfEntries),
+                Op::Resolve(IdRef::Announced(0)),
+                Op::Resolve(IdRef::Announced(1)),
+            ],
+            reached(4, 1, 0, true, true),
+        ),
+        (
             "happy-path",
             None,
             vec![

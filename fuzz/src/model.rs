@@ -99,6 +99,16 @@ impl Model {
                 }
                 increasing && room
             }
+            (State::Active, Message::QuickCheck(q)) => {
+                // Outstanding like a directory until resolved; never takes data.
+                let increasing = m.last_id.is_none_or(|last| q.id > last);
+                let room = m.outstanding.len() < m.limits.max_outstanding as usize;
+                if increasing && room {
+                    m.last_id = Some(q.id);
+                    m.outstanding.insert(q.id, (EntryKind::Dir, 0));
+                }
+                increasing && room
+            }
             (State::Active | State::Draining, Message::FileDone(FileDone { id, .. }))
             | (State::Active | State::Draining, Message::SourceFailed(SourceFailed { id, .. })) => {
                 matches!(m.outstanding.get(id), Some((EntryKind::File, _)))

@@ -210,6 +210,15 @@ pub enum ClientMsg {
     },
     /// A message the server never accepts on the control stream.
     Stray(StrayMsg),
+    /// `QuickCheck` of a run in directory `dir`.
+    QuickCheck {
+        /// Id (from the entry sequence).
+        id: IdSel,
+        /// Directory bytes.
+        dir: Blob,
+        /// Files in the run.
+        files: u64,
+    },
 }
 
 /// Messages only the server sends, and chunks (which belong on data streams).
@@ -231,6 +240,8 @@ pub enum StrayMsg {
     Finished,
     /// `Chunk` with 16 bytes.
     Chunk(IdRef),
+    /// `QuickChecked` (`unchanged` as given).
+    QuickChecked(IdRef, bool),
 }
 
 /// One step of an input.

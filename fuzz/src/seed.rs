@@ -186,14 +186,15 @@ impl Encode for LenSel {
 impl Encode for StrayMsg {
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            StrayMsg::Welcome => enc!(out, 0, 8),
-            StrayMsg::Refused => enc!(out, 1, 8),
-            StrayMsg::Need(id) => enc!(out, 2, 8, id),
-            StrayMsg::Have(id) => enc!(out, 3, 8, id),
-            StrayMsg::Installed(id, unchanged) => enc!(out, 4, 8, id, unchanged),
-            StrayMsg::Failed(id) => enc!(out, 5, 8, id),
-            StrayMsg::Finished => enc!(out, 6, 8),
-            StrayMsg::Chunk(id) => enc!(out, 7, 8, id),
+            StrayMsg::Welcome => enc!(out, 0, 9),
+            StrayMsg::Refused => enc!(out, 1, 9),
+            StrayMsg::Need(id) => enc!(out, 2, 9, id),
+            StrayMsg::Have(id) => enc!(out, 3, 9, id),
+            StrayMsg::Installed(id, unchanged) => enc!(out, 4, 9, id, unchanged),
+            StrayMsg::Failed(id) => enc!(out, 5, 9, id),
+            StrayMsg::Finished => enc!(out, 6, 9),
+            StrayMsg::Chunk(id) => enc!(out, 7, 9, id),
+            StrayMsg::QuickChecked(id, unchanged) => enc!(out, 8, 9, id, unchanged),
         }
     }
 }
@@ -201,7 +202,7 @@ impl Encode for StrayMsg {
 impl Encode for ClientMsg {
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            ClientMsg::Hello(args) => enc!(out, 0, 7, args),
+            ClientMsg::Hello(args) => enc!(out, 0, 8, args),
             ClientMsg::Entry {
                 id,
                 kind,
@@ -215,7 +216,7 @@ impl Encode for ClientMsg {
                 enc!(
                     out,
                     1,
-                    7,
+                    8,
                     id,
                     kind,
                     path,
@@ -226,15 +227,16 @@ impl Encode for ClientMsg {
                     link_target
                 )
             }
-            ClientMsg::EndOfEntries => enc!(out, 2, 7),
+            ClientMsg::EndOfEntries => enc!(out, 2, 8),
             ClientMsg::FileDone {
                 id,
                 hash,
                 chunks_sent,
-            } => enc!(out, 3, 7, id, hash, chunks_sent),
-            ClientMsg::SourceFailed { id, message } => enc!(out, 4, 7, id, message),
-            ClientMsg::Abort { message } => enc!(out, 5, 7, message),
-            ClientMsg::Stray(stray) => enc!(out, 6, 7, stray),
+            } => enc!(out, 3, 8, id, hash, chunks_sent),
+            ClientMsg::SourceFailed { id, message } => enc!(out, 4, 8, id, message),
+            ClientMsg::Abort { message } => enc!(out, 5, 8, message),
+            ClientMsg::Stray(stray) => enc!(out, 6, 8, stray),
+            ClientMsg::QuickCheck { id, dir, files } => enc!(out, 7, 8, id, dir, files),
         }
     }
 }

@@ -28,8 +28,8 @@ use crate::model::{Model, State};
 use haul_proto::session::ServerEvent;
 use haul_proto::{
     Abort, Chunk, ChunkLayout, Entry, EntryKind, Failed, FileDone, Finished, Have, Hello,
-    Installed, Limits, Message, Meta, Need, PROTOCOL_VERSION, RefuseReason, Refused, Renamed,
-    ServerSession, SourceFailed, Welcome,
+    Installed, Limits, Message, Meta, Need, PROTOCOL_VERSION, QuickCheck, QuickChecked,
+    RefuseReason, Refused, Renamed, ServerSession, SourceFailed, Welcome,
 };
 
 /// Frame body bytes of a `Chunk` message besides its data: id, index, hash, zero flag, length.
@@ -237,6 +237,7 @@ impl Harness {
                 self.last_hello = Some(hello);
             }
             Ok(ServerEvent::Entry(entry)) => self.announced.push(entry.id),
+            Ok(ServerEvent::QuickCheck(check)) => self.announced.push(check.id),
             _ => {}
         }
     }
@@ -387,6 +388,21 @@ impl Harness {
                 message: text(message),
             }),
             ClientMsg::Stray(stray) => self.stray(stray),
+            ClientMsg::QuickCheck { id, dir, files } => {
+                let last = self.model.last_id;
+                Message::QuickCheck(QuickCheck {
+                    id: match id {
+                        IdSel::Next => last.map_or(1, |l| l.wrapping_add(1)),
+                        IdSel::Skip(n) => last.unwrap_or(0).wrapping_add(u64::from(n)),
+                        IdSel::Raw(id) => id,
+                    },
+                    dir: dir.0.into(),
+                    first: Bytes::from_static(b"a"),
+                    last: Bytes::from_static(b"z"),
+                    files,
+                    digest: [0; 32],
+                })
+            }
         }
     }
 
@@ -437,6 +453,10 @@ impl Harness {
                 zero: false,
                 compressed: false,
                 data: Bytes::from_static(&[0; 16]),
+            }),
+            StrayMsg::QuickChecked(id, unchanged) => Message::QuickChecked(QuickChecked {
+                id: self.id(id),
+                unchanged,
             }),
         }
     }
@@ -490,6 +510,7 @@ fn expected_event(msg: &Message) -> Option<ServerEvent> {
     Some(match msg {
         Message::Hello(hello) => ServerEvent::Hello(hello.clone()),
         Message::Entry(entry) => ServerEvent::Entry(entry.clone()),
+        Message::QuickCheck(check) => ServerEvent::QuickCheck(check.clone()),
         Message::FileDone(done) => ServerEvent::FileDone {
             id: done.id,
             hash: done.hash,

@@ -146,6 +146,9 @@ pub struct Summary {
     pub errors: Vec<FileProblem>,
     /// Regular files the target already held unchanged (nothing sent or written).
     pub files_unchanged: u64,
+    /// Of `files_unchanged`, those found unchanged a directory run at a time (one quick check
+    /// each way for up to a thousand files instead of one message each way per file).
+    pub files_unchanged_by_run: u64,
     /// Bytes the receiver copied locally from what it held instead of receiving them.
     pub bytes_reused: u64,
     /// Directories renamed aside before their fresh copy was made.

@@ -10,6 +10,8 @@
 //!   a file on disk the same way.
 //! - [`sparse`]: the data extents of a sparse file ([`SparseMap`]), so holes are sent as zero
 //!   chunks without being read.
+//! - [`quick`]: the quick-check digest of a run of files ([`QuickDigest`]), which lets a
+//!   re-run answer a whole directory of unchanged files with one message each way.
 //! - [`zeros`]: the hashes of hole chunks, computed once per machine ([`zeros::persist_in`],
 //!   [`zeros::save`]) instead of hashing gigabytes of zeros on every copy.
 //!
@@ -38,10 +40,12 @@
 //! caller says.)
 
 pub mod hash;
+pub mod quick;
 pub mod scan;
 pub mod sparse;
 pub mod zeros;
 
 pub use hash::{chunk_hash, file_hash, hash_file, to_hex, zero_chunk_hash};
+pub use quick::QuickDigest;
 pub use scan::{MAX_SHARED_DIRS, ScanEntry, ScanError, Scanner, SourceDir, open_source, scan};
 pub use sparse::SparseMap;

@@ -46,13 +46,14 @@ pub use layout::ChunkLayout;
 pub use limits::Limits;
 pub use message::{
     Abort, Chunk, DecodeError, Entry, EntryKind, Failed, FileDone, Finished, Hash, Have, Hello,
-    Installed, Message, Meta, Need, RefuseReason, Refused, Renamed, SourceFailed, Welcome,
+    Installed, Message, Meta, Need, QuickCheck, QuickChecked, RefuseReason, Refused, Renamed,
+    SourceFailed, Welcome,
 };
 pub use session::{ClientSession, ProtocolError, ServerSession};
 
 /// The protocol version this build speaks. Peers with a different version are refused with a
 /// message naming both versions.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The default chunk size: 4 MiB. Chunk sizes are powers of two so that every chunk is a whole
 /// BLAKE3 subtree and a file's hash can be assembled from its chunk hashes.

@@ -203,6 +203,42 @@ pub struct Installed {
     pub unchanged: bool,
 }
 
+/// The client asks whether the target already holds a run of files unchanged, instead of
+/// announcing them one by one: on a re-run of a tree where little changed, one message each
+/// way per directory replaces one each way per file.
+///
+/// The run is every non-directory entry of the source directory `dir` whose name lies between
+/// `first` and `last` (inclusive, compared as bytes), and all of them are regular files. The
+/// receiver lists the same range of its own directory and answers with [`QuickChecked`]:
+/// unchanged when its regular files there have exactly the same names, sizes, mtimes and
+/// permission bits (the quick check, `digest` over `files` of them), and nothing else but
+/// directories is in that range. Either way the id is resolved; when the answer is not
+/// unchanged, the client announces the run's files as entries of their own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuickCheck {
+    /// Client-chosen id from the same sequence as entry ids (strictly increasing).
+    pub id: u64,
+    /// The directory, relative to the destination (`/`-separated; empty for the destination).
+    pub dir: Bytes,
+    /// The run's first name.
+    pub first: Bytes,
+    /// The run's last name.
+    pub last: Bytes,
+    /// How many files the run holds.
+    pub files: u64,
+    /// The combined quick-check digest of the run's files (see `haul_manifest::QuickDigest`).
+    pub digest: Hash,
+}
+
+/// The receiver's answer to a [`QuickCheck`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuickChecked {
+    /// The check's id.
+    pub id: u64,
+    /// True when the target holds every file of the run unchanged: the run is done.
+    pub unchanged: bool,
+}
+
 /// The receiver could not install an entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failed {
@@ -318,6 +354,10 @@ pub enum Message {
     Chunk(Chunk),
     /// See [`Abort`].
     Abort(Abort),
+    /// See [`QuickCheck`].
+    QuickCheck(QuickCheck),
+    /// See [`QuickChecked`].
+    QuickChecked(QuickChecked),
 }
 
 /// A frame that does not decode to a valid message.
@@ -370,6 +410,8 @@ mod kind {
     pub(super) const CHUNK: u8 = 12;
     pub(super) const ABORT: u8 = 13;
     pub(super) const HAVE: u8 = 14;
+    pub(super) const QUICK_CHECK: u8 = 15;
+    pub(super) const QUICK_CHECKED: u8 = 16;
 }
 
 impl Message {
@@ -519,6 +561,20 @@ impl Message {
             Message::Abort(m) => {
                 put_bytes(body, m.message.as_bytes());
                 kind::ABORT
+            }
+            Message::QuickCheck(m) => {
+                body.put_u64(m.id);
+                put_bytes(body, &m.dir);
+                put_bytes(body, &m.first);
+                put_bytes(body, &m.last);
+                body.put_u64(m.files);
+                body.put_slice(&m.digest);
+                kind::QUICK_CHECK
+            }
+            Message::QuickChecked(m) => {
+                body.put_u64(m.id);
+                body.put_u8(u8::from(m.unchanged));
+                kind::QUICK_CHECKED
             }
         }
     }
@@ -704,6 +760,27 @@ impl Message {
             kind::ABORT => Message::Abort(Abort {
                 message: r.text("message", limits.max_text)?,
             }),
+            kind::QUICK_CHECK => Message::QuickCheck(QuickCheck {
+                id: r.u64("id")?,
+                dir: r.bytes("dir", limits.max_path)?,
+                first: r.bytes("first", limits.max_path)?,
+                last: r.bytes("last", limits.max_path)?,
+                files: r.u64("files")?,
+                digest: r.hash()?,
+            }),
+            kind::QUICK_CHECKED => Message::QuickChecked(QuickChecked {
+                id: r.u64("id")?,
+                unchanged: match r.u8("unchanged")? {
+                    0 => false,
+                    1 => true,
+                    v => {
+                        return Err(DecodeError::Invalid {
+                            field: "unchanged",
+                            value: v.into(),
+                        });
+                    }
+                },
+            }),
             other => return Err(DecodeError::UnknownType(other)),
         };
         if r.buf.has_remaining() || !r.tail.is_empty() {
@@ -729,6 +806,8 @@ impl Message {
             Message::Finished(_) => "Finished",
             Message::Chunk(_) => "Chunk",
             Message::Abort(_) => "Abort",
+            Message::QuickCheck(_) => "QuickCheck",
+            Message::QuickChecked(_) => "QuickChecked",
         }
     }
 }

@@ -10,8 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{
-    Chunk, ChunkLayout, Entry, EntryKind, Hello, Limits, Message, PROTOCOL_VERSION, RefuseReason,
-    Refused, Welcome,
+    Chunk, ChunkLayout, Entry, EntryKind, Hello, Limits, Message, PROTOCOL_VERSION, QuickCheck,
+    RefuseReason, Refused, Welcome,
 };
 
 /// A peer broke the protocol.
@@ -112,6 +112,8 @@ pub enum ServerEvent {
     Hello(Hello),
     /// A new entry to create or receive.
     Entry(Entry),
+    /// A run of files the client asks about as a whole (answered with `QuickChecked`).
+    QuickCheck(QuickCheck),
     /// The client's whole-file hash.
     FileDone {
         /// The entry id.
@@ -170,33 +172,18 @@ impl ServerSession {
                 Ok(ServerEvent::Hello(hello))
             }
             (ServerState::Active, Message::Entry(entry)) => {
-                if let Some(previous) = self.last_id
-                    && entry.id <= previous
-                {
-                    return Err(ProtocolError::IdNotIncreasing {
-                        id: entry.id,
-                        previous,
-                    });
-                }
-                if self.outstanding.len() >= self.limits.max_outstanding as usize {
-                    return Err(ProtocolError::TooManyOutstanding {
-                        limit: self.limits.max_outstanding,
-                    });
-                }
-                self.last_id = Some(entry.id);
                 let size = if entry.kind == EntryKind::File {
                     entry.size
                 } else {
                     0
                 };
-                self.outstanding.insert(
-                    entry.id,
-                    Outstanding {
-                        kind: entry.kind,
-                        layout: ChunkLayout::new(size, self.chunk_size),
-                    },
-                );
+                self.open_id(entry.id, entry.kind, size)?;
                 Ok(ServerEvent::Entry(entry))
+            }
+            (ServerState::Active, Message::QuickCheck(check)) => {
+                // Outstanding like a directory: no chunks or file hash may name it.
+                self.open_id(check.id, EntryKind::Dir, 0)?;
+                Ok(ServerEvent::QuickCheck(check))
             }
             (ServerState::Active | ServerState::Draining, Message::FileDone(done)) => {
                 self.expect_file(done.id, "FileDone")?;
@@ -227,6 +214,30 @@ impl ServerSession {
             }
             (state, msg) => Err(unexpected(state, &msg)),
         }
+    }
+
+    /// Records a new outstanding id (an entry or a quick check): ids must increase, and no
+    /// more than the limit may be outstanding.
+    fn open_id(&mut self, id: u64, kind: EntryKind, size: u64) -> Result<(), ProtocolError> {
+        if let Some(previous) = self.last_id
+            && id <= previous
+        {
+            return Err(ProtocolError::IdNotIncreasing { id, previous });
+        }
+        if self.outstanding.len() >= self.limits.max_outstanding as usize {
+            return Err(ProtocolError::TooManyOutstanding {
+                limit: self.limits.max_outstanding,
+            });
+        }
+        self.last_id = Some(id);
+        self.outstanding.insert(
+            id,
+            Outstanding {
+                kind,
+                layout: ChunkLayout::new(size, self.chunk_size),
+            },
+        );
+        Ok(())
     }
 
     fn expect_file(&self, id: u64, message: &'static str) -> Result<ChunkLayout, ProtocolError> {
@@ -426,7 +437,8 @@ impl ClientSession {
         }
     }
 
-    /// Assigns the next entry id and records the entry as outstanding.
+    /// Assigns the next entry id and records the entry as outstanding. A quick check takes its
+    /// id the same way, as a [`EntryKind::Dir`] (it is answered, never sent data).
     pub fn announce(&mut self, kind: EntryKind) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
@@ -460,6 +472,11 @@ impl ClientSession {
             (ClientState::Active | ClientState::Draining, Message::Installed(i)) => {
                 known(&self.outstanding, i.id, "Installed")?;
                 self.outstanding.remove(&i.id);
+                Ok(())
+            }
+            (ClientState::Active | ClientState::Draining, Message::QuickChecked(q)) => {
+                known(&self.outstanding, q.id, "QuickChecked")?;
+                self.outstanding.remove(&q.id);
                 Ok(())
             }
             (ClientState::Active | ClientState::Draining, Message::Failed(f)) => {
@@ -692,6 +709,58 @@ mod tests {
             s.check_hello(&h).unwrap_err().reason,
             RefuseReason::BadVersion
         );
+    }
+
+    #[test]
+    fn a_quick_check_is_outstanding_until_answered_and_takes_no_data() {
+        let mut s = active();
+        let check = Message::QuickCheck(crate::QuickCheck {
+            id: 1,
+            dir: Bytes::from_static(b"fd0"),
+            first: Bytes::from_static(b"a"),
+            last: Bytes::from_static(b"z"),
+            files: 10,
+            digest: [7; 32],
+        });
+        assert!(matches!(
+            s.handle(check.clone()),
+            Ok(ServerEvent::QuickCheck(_))
+        ));
+        assert_eq!(s.outstanding(), 1);
+        // Its id is used up, and it is not a file: no file hash may name it.
+        assert!(matches!(
+            s.handle(check),
+            Err(ProtocolError::IdNotIncreasing { .. })
+        ));
+        let done = Message::FileDone(crate::FileDone {
+            id: 1,
+            hash: [0; 32],
+            chunks_sent: 0,
+        });
+        assert!(matches!(
+            s.handle(done),
+            Err(ProtocolError::UnknownEntry { .. })
+        ));
+        assert!(matches!(
+            s.handle(Message::EndOfEntries),
+            Ok(ServerEvent::EndOfEntries)
+        ));
+        assert!(s.resolve(1));
+        assert!(s.is_finished());
+
+        let mut c = ClientSession::new();
+        c.handle_answer(Message::Welcome(welcome())).unwrap();
+        let id = c.announce(EntryKind::Dir);
+        let answer = |id| {
+            Message::QuickChecked(crate::QuickChecked {
+                id,
+                unchanged: true,
+            })
+        };
+        assert!(c.handle(&answer(id + 1)).is_err());
+        c.handle(&answer(id)).unwrap();
+        assert_eq!(c.outstanding(), 0);
+        assert!(c.handle(&answer(id)).is_err(), "answered twice");
     }
 
     #[test]

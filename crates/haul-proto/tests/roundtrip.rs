@@ -100,6 +100,27 @@ fn message() -> impl Strategy<Value = Message> {
                     hashes
                 })
             ),
+        (
+            any::<u64>(),
+            bytes(300),
+            bytes(255),
+            bytes(255),
+            any::<u64>(),
+            any::<[u8; 32]>()
+        )
+            .prop_map(|(id, dir, first, last, files, digest)| Message::QuickCheck(
+                haul_proto::QuickCheck {
+                    id,
+                    dir,
+                    first,
+                    last,
+                    files,
+                    digest
+                }
+            )),
+        (any::<u64>(), any::<bool>()).prop_map(|(id, unchanged)| Message::QuickChecked(
+            haul_proto::QuickChecked { id, unchanged }
+        )),
     ]
 }
 

@@ -82,6 +82,65 @@ impl Root {
             }))
     }
 
+    /// Lists the directory `dir` once and calls `each` for every entry named between `first`
+    /// and `last` (inclusive, compared as bytes) that is not a directory: a regular file with
+    /// its size, mtime and mode from one `statat` (no symlink followed), anything else (a
+    /// symlink, a special file) with `None`. What a re-run's quick check of a whole run of
+    /// files needs: one listing and a `statat` per file, and no path resolved per file.
+    ///
+    /// Returns `Ok(false)`, having called `each` for nothing, when `dir` is missing or not a
+    /// directory, or when this receiver made it (nothing is in it that it did not put there).
+    pub fn stat_range(
+        &self,
+        dir: &RelPath,
+        first: &[u8],
+        last: &[u8],
+        mut each: impl FnMut(&[u8], Option<FileStat>),
+    ) -> Result<bool, StoreError> {
+        let op = "list directory";
+        if !dir.is_root() && self.is_fresh_dir(dir) {
+            return Ok(false);
+        }
+        let fd = match self.resolve_dir(dir, crate::root::Missing::Absent) {
+            Ok(Some(fd)) => fd,
+            Ok(None) | Err(StoreError::NotADirectory { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let listing = rustix::fs::Dir::read_from(&*fd).map_err(|e| self.err(e, dir, op))?;
+        for entry in listing {
+            let entry = entry.map_err(|e| self.err(e, dir, op))?;
+            let name = entry.file_name().to_bytes();
+            if name < first || name > last || name == b"." || name == b".." {
+                continue;
+            }
+            match entry.file_type() {
+                FileType::Directory => continue,
+                FileType::RegularFile | FileType::Unknown => {}
+                _ => {
+                    each(name, None);
+                    continue;
+                }
+            }
+            match rustix::fs::statat(&*fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) if is_file(&st) => each(
+                    name,
+                    Some(FileStat {
+                        size: u64::try_from(st.st_size).unwrap_or(0),
+                        mtime_sec: st.st_mtime,
+                        mtime_nsec: u32::try_from(st.st_mtime_nsec).unwrap_or(0),
+                        mode: st.st_mode & 0o7777,
+                    }),
+                ),
+                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
+                Ok(_) => each(name, None),
+                // Gone between the listing and the stat: as if it had not been listed.
+                Err(Errno::NOENT) => {}
+                Err(e) => return Err(self.err(e, dir, "inspect existing file")),
+            }
+        }
+        Ok(true)
+    }
+
     /// The confined parent directory of `rel` and the `statat` of `rel` in it, when a regular
     /// file is there; `None` for anything else or nothing.
     fn stat_regular(

@@ -4,7 +4,8 @@
 
 use std::sync::Mutex;
 
-use haul_proto::{ChunkLayout, Entry, EntryKind, Have, Message, Meta, Need};
+use haul_manifest::QuickDigest;
+use haul_proto::{ChunkLayout, Entry, EntryKind, Have, Message, Meta, Need, QuickCheck};
 use haul_store::{ExistingFile, FileStat, RelPath, Root, SourceIdentity};
 
 use super::files::{Files, Outcome, Plan, Reuse, failed, installed};
@@ -138,6 +139,43 @@ pub(crate) fn handle_entry(
     if let Err(e) = result {
         files.send(failed(id, e.to_string(), e.is_no_space()));
     }
+}
+
+/// Answers a quick check: does the target hold this run of files exactly as the sender has
+/// them (the per-file quick check, for all of them at once)? One listing of the directory and
+/// a `statat` per file; nothing is changed. Whatever stands in the way (the directory is
+/// missing, a name is a symlink, a file differs, the directory cannot be read) makes the
+/// answer "not unchanged", and the sender then announces the files one by one, so every
+/// problem is found and reported per file, as without the check.
+pub(crate) fn quick_check(files: &Files, rules: &EntryRules, check: &QuickCheck) {
+    // Under --checksum nothing is taken on size and mtime; a dry run and renamed-aside
+    // directories go file by file too. A sender does not ask then; a peer that does is told no.
+    let unchanged = !rules.checksum
+        && !rules.dry_run
+        && rules.aside.is_empty()
+        && run_unchanged(files.root(), rules, check);
+    files.send(Outcome::Checked {
+        id: check.id,
+        files: check.files,
+        unchanged,
+    });
+}
+
+fn run_unchanged(root: &Root, rules: &EntryRules, check: &QuickCheck) -> bool {
+    let Ok(dir) = RelPath::parse(&check.dir) else {
+        return false;
+    };
+    let dir = rules.dest.join(&dir);
+    let mut digest = QuickDigest::default();
+    let mut other = false;
+    let listed = root.stat_range(&dir, &check.first, &check.last, |name, stat| match stat {
+        Some(st) => digest.add(name, st.size, st.mtime_sec, st.mtime_nsec, st.mode),
+        None => other = true,
+    });
+    matches!(listed, Ok(true))
+        && !other
+        && digest.files() == check.files
+        && digest.digest() == check.digest
 }
 
 /// Opens the partial for `rel`, waiting a while if another session still holds it: a session

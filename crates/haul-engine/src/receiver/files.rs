@@ -28,6 +28,12 @@ pub(crate) enum Outcome {
     Resolved(u64, Message),
     /// A message that resolves nothing (Have, Need).
     Plain(Message),
+    /// The answer to a quick check of `files` files (see [`super::entry::quick_check`]).
+    Checked {
+        id: u64,
+        files: u64,
+        unchanged: bool,
+    },
     /// The client has announced its last entry.
     EndOfEntries,
 }

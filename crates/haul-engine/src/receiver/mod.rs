@@ -27,7 +27,7 @@ use crate::progress::{Event, EventSink};
 use crate::transport::Link;
 use crate::wire::{FramedRecv, FramedSend};
 use data::accept_data;
-use entry::{EntryRules, handle_entry, rename_aside};
+use entry::{EntryRules, handle_entry, quick_check, rename_aside};
 use files::{Files, Outcome};
 
 /// Running sessions by destination path: (session id, its connection).
@@ -422,6 +422,20 @@ async fn control_writer(
                     drop(session);
                     ctl_tx.queue(&msg);
                 }
+                Outcome::Checked {
+                    id,
+                    files,
+                    unchanged,
+                } => {
+                    if unchanged {
+                        installed += files;
+                    }
+                    finished |= lock(&session).resolve(id);
+                    ctl_tx.queue(&Message::QuickChecked(haul_proto::QuickChecked {
+                        id,
+                        unchanged,
+                    }));
+                }
                 Outcome::EndOfEntries => {
                     end_seen = true;
                     finished |= lock(&session).outstanding() == 0;
@@ -496,6 +510,7 @@ fn handle_batch(
                 continue;
             }
             ServerEvent::Entry(entry) => entry.id,
+            ServerEvent::QuickCheck(check) => check.id,
             ServerEvent::FileDone { id, .. } | ServerEvent::SourceFailed { id, .. } => *id,
             ServerEvent::EndOfEntries => {
                 end = true;
@@ -545,6 +560,7 @@ fn run_event(
     }
     match event {
         ServerEvent::Entry(entry) => handle_entry(files, rules, dirs, entry),
+        ServerEvent::QuickCheck(check) => quick_check(files, rules, &check),
         ServerEvent::FileDone {
             id,
             hash,

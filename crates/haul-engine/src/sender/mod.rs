@@ -24,9 +24,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use haul_manifest::{ScanEntry, ScanError};
+use haul_manifest::{QuickDigest, ScanEntry, ScanError};
 use haul_proto::{
     ChunkLayout, ClientSession, Entry, EntryKind, Hello, Limits, Message, PROTOCOL_VERSION,
+    QuickCheck,
 };
 use tokio::sync::mpsc;
 
@@ -107,9 +108,156 @@ pub struct SendRequest {
 /// Scan items per batch handed from the scanner thread to the control loop.
 const SCAN_BATCH: usize = 256;
 
+/// Files in one directory run (see [`QuickRun`]) at least this many to be checked as one.
+const MIN_QUICK_RUN: usize = 16;
+/// At most this many files are checked as one run: they are held meanwhile, and count
+/// against the window as entries.
+const MAX_QUICK_RUN: usize = 1024;
+
 enum ScanItem {
     Entry(ScanEntry),
     Problem(ScanError),
+    /// Files of one directory to be quick-checked as one before being announced.
+    Run(QuickRun),
+}
+
+impl ScanItem {
+    /// Entries the item stands for.
+    fn entries(&self) -> usize {
+        match self {
+            ScanItem::Run(run) => run.files.len(),
+            ScanItem::Entry(_) | ScanItem::Problem(_) => 1,
+        }
+    }
+}
+
+/// A run of regular files of one directory, consecutive in the scan's name order with nothing
+/// else of that directory between them but subdirectories (every non-directory name between
+/// the first and the last is in it), with their quick-check digest.
+struct QuickRun {
+    /// The directory, relative to the source root.
+    dir: Vec<u8>,
+    files: Vec<ScanEntry>,
+    digest: QuickDigest,
+}
+
+/// Groups the scan's files into [`QuickRun`]s on the scanner thread.
+#[derive(Default)]
+struct RunBuilder {
+    dir: Vec<u8>,
+    files: Vec<ScanEntry>,
+    digest: QuickDigest,
+}
+
+impl RunBuilder {
+    /// Takes a scanned item; pushes what is complete to `out`.
+    fn push(&mut self, item: Result<ScanEntry, ScanError>, out: &mut Vec<ScanItem>) {
+        let entry = match item {
+            Ok(entry) if entry.kind == EntryKind::File && !entry.rel.is_empty() => entry,
+            Ok(entry) => {
+                self.flush(out);
+                return out.push(ScanItem::Entry(entry));
+            }
+            Err(e) => {
+                // A problem breaks the run: its name lies between the runs around it.
+                self.flush(out);
+                return out.push(ScanItem::Problem(e));
+            }
+        };
+        let split = entry.rel.iter().rposition(|&b| b == b'/');
+        let (dir, name) = match split {
+            Some(at) => (&entry.rel[..at], &entry.rel[at + 1..]),
+            None => (&entry.rel[..0], &entry.rel[..]),
+        };
+        if self.files.len() >= MAX_QUICK_RUN || (!self.files.is_empty() && self.dir != dir) {
+            self.flush(out);
+        }
+        if self.files.is_empty() {
+            self.dir.clear();
+            self.dir.extend_from_slice(dir);
+        }
+        let meta = &entry.meta;
+        // The mode as the receiver's per-file check compares it (setuid/setgid not sent).
+        self.digest.add(
+            name,
+            entry.size,
+            meta.mtime_sec,
+            meta.mtime_nsec,
+            meta.mode & 0o1777,
+        );
+        self.files.push(entry);
+    }
+
+    /// Ends the run being built: as a run if it is long enough, else as single entries.
+    fn flush(&mut self, out: &mut Vec<ScanItem>) {
+        let digest = std::mem::take(&mut self.digest);
+        if self.files.len() >= MIN_QUICK_RUN {
+            out.push(ScanItem::Run(QuickRun {
+                dir: self.dir.clone(),
+                files: std::mem::take(&mut self.files),
+                digest,
+            }));
+        } else {
+            out.extend(self.files.drain(..).map(ScanItem::Entry));
+        }
+    }
+}
+
+/// When quick checks pay: on a re-run most runs are unchanged and one message stands for a
+/// run of files; on a fresh copy every check fails and costs a round trip before the files
+/// go. After a streak of failed checks, runs are announced file by file for a while (longer
+/// each time), then tried again.
+struct QuickPolicy {
+    enabled: bool,
+    misses_in_row: u32,
+    skip: u64,
+    backoff: u64,
+}
+
+impl QuickPolicy {
+    const STREAK: u32 = 8;
+    const FIRST_BACKOFF: u64 = 8;
+    const MAX_BACKOFF: u64 = 1024;
+
+    fn new(opts: &TransferOptions) -> QuickPolicy {
+        QuickPolicy {
+            // --checksum trusts no size and mtime; a dry run, --list-files (which prints every
+            // file's hash) and renamed-aside directories need each file's own answer.
+            enabled: !opts.checksum
+                && !opts.dry_run
+                && !opts.list_files
+                && opts.rename_aside.is_empty(),
+            misses_in_row: 0,
+            skip: 0,
+            backoff: Self::FIRST_BACKOFF,
+        }
+    }
+
+    /// Whether to check the next run as one.
+    fn check_next(&mut self) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        if self.skip > 0 {
+            self.skip -= 1;
+            return false;
+        }
+        true
+    }
+
+    fn answered(&mut self, unchanged: bool) {
+        if unchanged {
+            self.misses_in_row = 0;
+            self.backoff = Self::FIRST_BACKOFF;
+            return;
+        }
+        self.misses_in_row += 1;
+        if self.misses_in_row >= Self::STREAK {
+            self.misses_in_row = 0;
+            self.skip = self.backoff;
+            self.backoff = (self.backoff * 2).min(Self::MAX_BACKOFF);
+        }
+    }
 }
 
 struct Pending {
@@ -185,25 +333,29 @@ pub async fn send(
         .name("haul-scan".into())
         .spawn(move || {
             let mut batch = Vec::with_capacity(SCAN_BATCH);
+            let mut runs = RunBuilder::default();
+            let mut weight = 0;
             for item in haul_manifest::scan(&source) {
-                let item = match item {
-                    Ok(entry) => {
-                        if entry.kind == EntryKind::File {
-                            Progress::add(&scan_progress.files_scanned, 1);
-                            Progress::add(&scan_progress.bytes_scanned, entry.size);
-                        }
-                        ScanItem::Entry(entry)
-                    }
-                    Err(e) => ScanItem::Problem(e),
-                };
-                batch.push(item);
-                if batch.len() >= SCAN_BATCH {
+                if let Ok(entry) = &item
+                    && entry.kind == EntryKind::File
+                {
+                    Progress::add(&scan_progress.files_scanned, 1);
+                    Progress::add(&scan_progress.bytes_scanned, entry.size);
+                }
+                let before = batch.len();
+                runs.push(item, &mut batch);
+                // A batch is full by the entries it holds, runs counted by their files: the
+                // channel's few batches must not hold a million entries.
+                weight += batch[before..].iter().map(ScanItem::entries).sum::<usize>();
+                if weight >= SCAN_BATCH {
+                    weight = 0;
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(SCAN_BATCH));
                     if scan_tx.blocking_send(full).is_err() {
                         return;
                     }
                 }
             }
+            runs.flush(&mut batch);
             if !batch.is_empty() && scan_tx.blocking_send(batch).is_err() {
                 return;
             }
@@ -341,11 +493,21 @@ pub async fn send(
     let mut pending: IdMap<Pending> = IdMap::default();
     let mut source_failed = IdSet::default();
     let mut scan_done = false;
+    // Runs being quick-checked, by check id, and how many files they hold.
+    let mut checking: IdMap<QuickRun> = IdMap::default();
+    let mut held = 0usize;
+    let mut quick = QuickPolicy::new(&opts);
+    // The scanner has ended but runs are still being checked: their files may yet have to be
+    // announced, so the end of the entries waits for their answers.
+    let mut scan_exhausted = false;
     let window = opts.window.max(1);
     let result: Result<(), EngineError> = async {
         loop {
             tokio::select! {
-                item = next_of(&mut scanned, || scan_rx.recv()), if !scan_done && session.outstanding() < window => {
+                item = next_of(&mut scanned, || scan_rx.recv()),
+                    if !scan_done
+                        && (!scan_exhausted || !scanned.is_empty() || checking.is_empty())
+                        && session.outstanding() + held < window => {
                     // Announce every scanned entry the window has room for before looking at
                     // anything else, and send their Entry messages as one batch.
                     let mut entries = Vec::new();
@@ -383,11 +545,42 @@ pub async fn send(
                                     link_target: Bytes::from(entry.link_target),
                                 }));
                             }
+                            Some(ScanItem::Run(run)) if quick.check_next() => {
+                                let id = session.announce(EntryKind::Dir);
+                                let name = |e: &ScanEntry| {
+                                    let at = e.rel.iter().rposition(|&b| b == b'/').map_or(0, |at| at + 1);
+                                    Bytes::copy_from_slice(&e.rel[at..])
+                                };
+                                let (first, last) = match (run.files.first(), run.files.last()) {
+                                    (Some(first), Some(last)) => (name(first), name(last)),
+                                    _ => unreachable!("a run holds at least {MIN_QUICK_RUN} files"),
+                                };
+                                entries.push(Message::QuickCheck(QuickCheck {
+                                    id,
+                                    dir: Bytes::copy_from_slice(&run.dir),
+                                    first,
+                                    last,
+                                    files: run.files.len() as u64,
+                                    digest: run.digest.digest(),
+                                }));
+                                held += run.files.len();
+                                checking.insert(id, run);
+                            }
+                            Some(ScanItem::Run(run)) => {
+                                // Not checked: its files go one by one, next.
+                                for file in run.files.into_iter().rev() {
+                                    scanned.push_front(ScanItem::Entry(file));
+                                }
+                            }
                             Some(ScanItem::Problem(e)) => {
                                 if matches!(e, ScanError::Io { .. }) {
                                     summary.files_failed += 1;
                                 }
                                 problem(&mut summary, &events, e.path().display().to_string(), e.to_string());
+                            }
+                            None if !checking.is_empty() => {
+                                scan_exhausted = true;
+                                break;
                             }
                             None => {
                                 scan_done = true;
@@ -404,7 +597,7 @@ pub async fn send(
                                 entries.push(Message::EndOfEntries);
                             }
                         }
-                        if scan_done || session.outstanding() >= window {
+                        if scan_done || session.outstanding() + held >= window {
                             break;
                         }
                         match scanned.pop_front() {
@@ -521,6 +714,28 @@ pub async fn send(
                                             bytes: p.size,
                                             blake3: haul_manifest::to_hex(&done.hash),
                                         });
+                                    }
+                                }
+                            }
+                            Message::QuickChecked(answer) => {
+                                let Some(run) = checking.remove(&answer.id) else { continue };
+                                held -= run.files.len();
+                                quick.answered(answer.unchanged);
+                                if answer.unchanged {
+                                    let files = run.files.len() as u64;
+                                    let bytes: u64 = run.files.iter().map(|f| f.size).sum();
+                                    summary.files_total += files;
+                                    summary.bytes_total += bytes;
+                                    summary.files_unchanged += files;
+                                    summary.files_unchanged_by_run += files;
+                                    summary.files_transferred += files;
+                                    Progress::add(&progress.files_done, files);
+                                    Progress::add(&progress.bytes_done, bytes);
+                                } else {
+                                    // The target differs somewhere in the run: its files are
+                                    // announced one by one, next, and each is checked on its own.
+                                    for file in run.files.into_iter().rev() {
+                                        scanned.push_front(ScanItem::Entry(file));
                                     }
                                 }
                             }
