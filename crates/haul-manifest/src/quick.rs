@@ -24,14 +24,27 @@ impl QuickDigest {
     /// Adds one regular file. `mode` is the permission bits as the quick check compares them
     /// (the sender's `mode & 0o1777`, the receiver's `st_mode & 0o7777`).
     pub fn add(&mut self, name: &[u8], size: u64, mtime_sec: i64, mtime_nsec: u32, mode: u32) {
-        let mut h = blake3::Hasher::new();
-        h.update(&(name.len() as u64).to_le_bytes());
-        h.update(name);
-        h.update(&size.to_le_bytes());
-        h.update(&mtime_sec.to_le_bytes());
-        h.update(&mtime_nsec.to_le_bytes());
-        h.update(&mode.to_le_bytes());
-        let out = h.finalize();
+        // One buffer and one `hash` call: a `Hasher` costs more to set up than a short name
+        // costs to hash, and this runs once per file on both sides of a re-run.
+        let mut buf = [0u8; 256];
+        let fields = |buf: &mut [u8]| {
+            buf[..8].copy_from_slice(&size.to_le_bytes());
+            buf[8..16].copy_from_slice(&mtime_sec.to_le_bytes());
+            buf[16..20].copy_from_slice(&mtime_nsec.to_le_bytes());
+            buf[20..24].copy_from_slice(&mode.to_le_bytes());
+        };
+        // The fixed-size fields first, then the name: no length prefix is needed.
+        let out = if name.len() <= buf.len() - 24 {
+            fields(&mut buf);
+            buf[24..24 + name.len()].copy_from_slice(name);
+            blake3::hash(&buf[..24 + name.len()])
+        } else {
+            let mut h = blake3::Hasher::new();
+            fields(&mut buf);
+            h.update(&buf[..24]);
+            h.update(name);
+            h.finalize()
+        };
         for (lane, bytes) in self.lanes.iter_mut().zip(out.as_bytes().chunks_exact(8)) {
             let mut word = [0; 8];
             word.copy_from_slice(bytes);

@@ -491,8 +491,8 @@ async fn control_writer(
 ///
 /// Order matters only per entry and for directories: directories are created first, in
 /// order (a directory's parent comes before it), then the other events are split by entry id,
-/// so an entry's `FileDone` runs on the same thread after the entry itself. The end of the
-/// entries is passed on last.
+/// so an entry's `FileDone` runs on the same thread after the entry itself; quick checks,
+/// which nothing follows, are dealt out in turn. The end of the entries is passed on last.
 fn handle_batch(
     files: &Files,
     rules: &EntryRules,
@@ -502,6 +502,7 @@ fn handle_batch(
     let threads = crate::cores().clamp(1, 4);
     let mut lanes: Vec<Vec<ServerEvent>> = (0..threads).map(|_| Vec::new()).collect();
     let mut end = false;
+    let mut quick_checks = 0u64;
     for event in batch {
         let id = match &event {
             ServerEvent::Entry(entry) if entry.kind == haul_proto::EntryKind::Dir => {
@@ -510,7 +511,12 @@ fn handle_batch(
                 continue;
             }
             ServerEvent::Entry(entry) => entry.id,
-            ServerEvent::QuickCheck(check) => check.id,
+            ServerEvent::QuickCheck(_) => {
+                // No later event names a check: spread them evenly (by id they could all
+                // land in one lane, their ids alternating with their directories').
+                quick_checks += 1;
+                quick_checks
+            }
             ServerEvent::FileDone { id, .. } | ServerEvent::SourceFailed { id, .. } => *id,
             ServerEvent::EndOfEntries => {
                 end = true;
@@ -521,7 +527,17 @@ fn handle_batch(
         lanes[(id % threads as u64) as usize].push(event);
     }
     let busy_lanes = lanes.iter().filter(|l| !l.is_empty()).count();
-    if busy_lanes <= 1 || lanes.iter().map(Vec::len).sum::<usize>() < 32 {
+    // A quick check stands for up to a thousand files' `statat`s: weigh it so.
+    let weight = |event: &ServerEvent| match event {
+        ServerEvent::QuickCheck(check) => usize::try_from(check.files).unwrap_or(usize::MAX),
+        _ => 1,
+    };
+    let work = lanes
+        .iter()
+        .flatten()
+        .map(weight)
+        .fold(0, usize::saturating_add);
+    if busy_lanes <= 1 || work < 32 {
         // Not worth a thread.
         for event in lanes.into_iter().flatten() {
             run_event(files, rules, dirs, event);
