@@ -107,6 +107,16 @@ impl Harness {
         }
     }
 
+    /// The id a new entry or quick check carries, relative to the last one accepted.
+    fn new_id(&self, sel: IdSel) -> u64 {
+        let last = self.model.last_id;
+        match sel {
+            IdSel::Next => last.map_or(1, |l| l.wrapping_add(1)),
+            IdSel::Skip(n) => last.unwrap_or(0).wrapping_add(u64::from(n)),
+            IdSel::Raw(id) => id,
+        }
+    }
+
     fn id(&self, r: IdRef) -> u64 {
         match r {
             IdRef::Announced(n) if !self.announced.is_empty() => {
@@ -341,35 +351,28 @@ impl Harness {
                 mtime_sec,
                 mtime_nsec,
                 link_target,
-            } => {
-                let last = self.model.last_id;
-                Message::Entry(Entry {
-                    id: match id {
-                        IdSel::Next => last.map_or(1, |l| l.wrapping_add(1)),
-                        IdSel::Skip(n) => last.unwrap_or(0).wrapping_add(u64::from(n)),
-                        IdSel::Raw(id) => id,
-                    },
-                    kind: match kind {
-                        KindSel::File => EntryKind::File,
-                        KindSel::Dir => EntryKind::Dir,
-                        KindSel::Symlink => EntryKind::Symlink,
-                    },
-                    path: path.0.into(),
-                    size: match size {
-                        SizeSel::Bytes(n) => u64::from(n),
-                        SizeSel::Chunks { chunks, extra } => {
-                            u64::from(chunks) * u64::from(self.model.chunk_size) + u64::from(extra)
-                        }
-                        SizeSel::Raw(n) => n,
-                    },
-                    meta: Meta {
-                        mode: u32::from(mode),
-                        mtime_sec,
-                        mtime_nsec,
-                    },
-                    link_target: link_target.0.into(),
-                })
-            }
+            } => Message::Entry(Entry {
+                id: self.new_id(id),
+                kind: match kind {
+                    KindSel::File => EntryKind::File,
+                    KindSel::Dir => EntryKind::Dir,
+                    KindSel::Symlink => EntryKind::Symlink,
+                },
+                path: path.0.into(),
+                size: match size {
+                    SizeSel::Bytes(n) => u64::from(n),
+                    SizeSel::Chunks { chunks, extra } => {
+                        u64::from(chunks) * u64::from(self.model.chunk_size) + u64::from(extra)
+                    }
+                    SizeSel::Raw(n) => n,
+                },
+                meta: Meta {
+                    mode: u32::from(mode),
+                    mtime_sec,
+                    mtime_nsec,
+                },
+                link_target: link_target.0.into(),
+            }),
             ClientMsg::EndOfEntries => Message::EndOfEntries,
             ClientMsg::FileDone {
                 id,
@@ -388,21 +391,14 @@ impl Harness {
                 message: text(message),
             }),
             ClientMsg::Stray(stray) => self.stray(stray),
-            ClientMsg::QuickCheck { id, dir, files } => {
-                let last = self.model.last_id;
-                Message::QuickCheck(QuickCheck {
-                    id: match id {
-                        IdSel::Next => last.map_or(1, |l| l.wrapping_add(1)),
-                        IdSel::Skip(n) => last.unwrap_or(0).wrapping_add(u64::from(n)),
-                        IdSel::Raw(id) => id,
-                    },
-                    dir: dir.0.into(),
-                    first: Bytes::from_static(b"a"),
-                    last: Bytes::from_static(b"z"),
-                    files,
-                    digest: [0; 32],
-                })
-            }
+            ClientMsg::QuickCheck { id, dir, files } => Message::QuickCheck(QuickCheck {
+                id: self.new_id(id),
+                dir: dir.0.into(),
+                first: Bytes::from_static(b"a"),
+                last: Bytes::from_static(b"z"),
+                files,
+                digest: [0; 32],
+            }),
         }
     }
 

@@ -26,21 +26,17 @@ impl QuickDigest {
     pub fn add(&mut self, name: &[u8], size: u64, mtime_sec: i64, mtime_nsec: u32, mode: u32) {
         // One buffer and one `hash` call: a `Hasher` costs more to set up than a short name
         // costs to hash, and this runs once per file on both sides of a re-run.
-        let mut buf = [0u8; 256];
-        let fields = |buf: &mut [u8]| {
-            buf[..8].copy_from_slice(&size.to_le_bytes());
-            buf[8..16].copy_from_slice(&mtime_sec.to_le_bytes());
-            buf[16..20].copy_from_slice(&mtime_nsec.to_le_bytes());
-            buf[20..24].copy_from_slice(&mode.to_le_bytes());
-        };
         // The fixed-size fields first, then the name: no length prefix is needed.
+        let mut buf = [0u8; 256];
+        buf[..8].copy_from_slice(&size.to_le_bytes());
+        buf[8..16].copy_from_slice(&mtime_sec.to_le_bytes());
+        buf[16..20].copy_from_slice(&mtime_nsec.to_le_bytes());
+        buf[20..24].copy_from_slice(&mode.to_le_bytes());
         let out = if name.len() <= buf.len() - 24 {
-            fields(&mut buf);
             buf[24..24 + name.len()].copy_from_slice(name);
             blake3::hash(&buf[..24 + name.len()])
         } else {
             let mut h = blake3::Hasher::new();
-            fields(&mut buf);
             h.update(&buf[..24]);
             h.update(name);
             h.finalize()

@@ -164,11 +164,7 @@ impl RunBuilder {
                 return out.push(ScanItem::Problem(e));
             }
         };
-        let split = entry.rel.iter().rposition(|&b| b == b'/');
-        let (dir, name) = match split {
-            Some(at) => (&entry.rel[..at], &entry.rel[at + 1..]),
-            None => (&entry.rel[..0], &entry.rel[..]),
-        };
+        let (dir, name) = dir_and_name(&entry.rel);
         if self.files.len() >= MAX_QUICK_RUN || (!self.files.is_empty() && self.dir != dir) {
             self.flush(out);
         }
@@ -199,6 +195,24 @@ impl RunBuilder {
             }));
         } else {
             out.extend(self.files.drain(..).map(ScanItem::Entry));
+        }
+    }
+}
+
+/// A relative path's directory (empty at the top) and last name.
+fn dir_and_name(rel: &[u8]) -> (&[u8], &[u8]) {
+    match rel.iter().rposition(|&b| b == b'/') {
+        Some(at) => (&rel[..at], &rel[at + 1..]),
+        None => (&[], rel),
+    }
+}
+
+impl QuickRun {
+    /// Puts the run's files at the front of `scanned`, in order, to be announced one by one
+    /// next.
+    fn announce_singly(self, scanned: &mut VecDeque<ScanItem>) {
+        for file in self.files.into_iter().rev() {
+            scanned.push_front(ScanItem::Entry(file));
         }
     }
 }
@@ -547,10 +561,7 @@ pub async fn send(
                             }
                             Some(ScanItem::Run(run)) if quick.check_next() => {
                                 let id = session.announce(EntryKind::Dir);
-                                let name = |e: &ScanEntry| {
-                                    let at = e.rel.iter().rposition(|&b| b == b'/').map_or(0, |at| at + 1);
-                                    Bytes::copy_from_slice(&e.rel[at..])
-                                };
+                                let name = |e: &ScanEntry| Bytes::copy_from_slice(dir_and_name(&e.rel).1);
                                 let (first, last) = match (run.files.first(), run.files.last()) {
                                     (Some(first), Some(last)) => (name(first), name(last)),
                                     _ => unreachable!("a run holds at least {MIN_QUICK_RUN} files"),
@@ -566,12 +577,8 @@ pub async fn send(
                                 held += run.files.len();
                                 checking.insert(id, run);
                             }
-                            Some(ScanItem::Run(run)) => {
-                                // Not checked: its files go one by one, next.
-                                for file in run.files.into_iter().rev() {
-                                    scanned.push_front(ScanItem::Entry(file));
-                                }
-                            }
+                            // Not checked: its files go one by one, next.
+                            Some(ScanItem::Run(run)) => run.announce_singly(&mut scanned),
                             Some(ScanItem::Problem(e)) => {
                                 if matches!(e, ScanError::Io { .. }) {
                                     summary.files_failed += 1;
@@ -734,9 +741,7 @@ pub async fn send(
                                 } else {
                                     // The target differs somewhere in the run: its files are
                                     // announced one by one, next, and each is checked on its own.
-                                    for file in run.files.into_iter().rev() {
-                                        scanned.push_front(ScanItem::Entry(file));
-                                    }
+                                    run.announce_singly(&mut scanned);
                                 }
                             }
                             Message::Failed(failed) => {
