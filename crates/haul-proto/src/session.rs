@@ -518,7 +518,7 @@ impl ClientSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Abort, FileDone, Meta};
+    use crate::{Abort, FileDone, Meta, QuickChecked};
     use bytes::Bytes;
 
     fn hello() -> Hello {
@@ -714,7 +714,7 @@ mod tests {
     #[test]
     fn a_quick_check_is_outstanding_until_answered_and_takes_no_data() {
         let mut s = active();
-        let check = Message::QuickCheck(crate::QuickCheck {
+        let check = Message::QuickCheck(QuickCheck {
             id: 1,
             dir: Bytes::from_static(b"fd0"),
             first: Bytes::from_static(b"a"),
@@ -732,7 +732,7 @@ mod tests {
             s.handle(check),
             Err(ProtocolError::IdNotIncreasing { .. })
         ));
-        let done = Message::FileDone(crate::FileDone {
+        let done = Message::FileDone(FileDone {
             id: 1,
             hash: [0; 32],
             chunks_sent: 0,
@@ -749,10 +749,12 @@ mod tests {
         assert!(s.is_finished());
 
         let mut c = ClientSession::new();
-        c.handle_answer(Message::Welcome(welcome())).unwrap();
+        c.handle_answer(Message::Welcome(welcome()))
+            .unwrap()
+            .unwrap();
         let id = c.announce(EntryKind::Dir);
         let answer = |id| {
-            Message::QuickChecked(crate::QuickChecked {
+            Message::QuickChecked(QuickChecked {
                 id,
                 unchanged: true,
             })
