@@ -19,7 +19,7 @@ use crate::dircache::DirCache;
 use crate::error::StoreError;
 use crate::partial_open::PartialDir;
 use crate::path::{RESERVED, RelPath};
-use crate::staging::{StagingDir, StagingFile};
+use crate::staging::{Place, StagingDir, StagingFile};
 
 /// How every directory on the way is opened: never following a symlink.
 const DIR_FLAGS: OFlags = OFlags::RDONLY
@@ -377,6 +377,27 @@ impl Root {
         }
     }
 
+    /// Like [`Root::create_staging_for`], for a file whose name was found to hold nothing (a
+    /// fresh copy): the file is created under its final name and written in place, which costs
+    /// the file system less per file than a staging file linked or renamed there (see the
+    /// `staging` module). Should the name be taken after all, the file is staged as usual.
+    /// Dropping the result uninstalled removes the file again.
+    pub fn create_fresh_for(
+        &self,
+        rel: &RelPath,
+        size: u64,
+        mode: u32,
+    ) -> Result<StagingFile, StoreError> {
+        let (parent, file_name) = self.parent_of(rel)?;
+        let name = format!("{} (being received)", self.display_path(rel).display());
+        let perm = mode_bits(mode, false).as_raw_mode();
+        let staging = Arc::clone(&self.staging);
+        match StagingFile::create_in_place(staging, parent, file_name, size, name, perm)? {
+            Some(file) => Ok(file),
+            None => self.create_staging_for(rel, size, mode),
+        }
+    }
+
     /// Sets the mode (permission bits and sticky; setuid/setgid dropped) and the mtime (ns) of
     /// `file`, then renames it over `rel`, replacing a file or symlink there; a directory
     /// there is [`StoreError::IsADirectory`]. The parent must already exist.
@@ -395,10 +416,18 @@ impl Root {
         }
         rustix::fs::futimens(&file.fd, &mtime(meta))
             .map_err(|e| staged(e, "set the modification time of"))?;
-        if file.anonymous_in.is_some() {
-            self.link_anonymous(&file.fd, &parent, rel, name)?;
-            file.finished = true;
-            return Ok(());
+        match &file.place {
+            Place::Anonymous => {
+                self.link_anonymous(&file.fd, &parent, rel, name)?;
+                file.finished = true;
+                return Ok(());
+            }
+            // Created under this very name (by `create_staging_for`): it is in place.
+            Place::InPlace { .. } => {
+                file.finished = true;
+                return Ok(());
+            }
+            Place::Staging => {}
         }
         rustix::fs::renameat(&file.staging.dir, file.name.as_str(), &*parent, name)
             .map_err(|e| self.err(e, rel, "install (rename into place)"))?;

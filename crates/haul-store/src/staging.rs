@@ -10,6 +10,16 @@
 //! its directory, as it does for `cp`. With one staging directory for a million small files,
 //! ext4 crowded every new inode into that directory's block group and spent most of the
 //! receiver's time searching it for a free inode.
+//!
+//! A file whose name holds nothing yet (every file of a fresh copy) is written *in place*:
+//! created under its final name with `O_CREAT|O_EXCL`, so there is nothing to replace and no
+//! reader can see an old copy mixed with a new one. That is one inode creation and one
+//! directory entry, where an anonymous file costs those plus the orphan-list insert and
+//! removal and the link count update of `linkat`: 20% less kernel time per file for a post
+//! office of small files (measured with two threads on ext4). A failure removes the file
+//! again; a kill between create and install leaves a file whose mtime is the kill's time, not
+//! the source's, so the next run's quick check sees it as changed and replaces it, and it
+//! never stood in for anything of the user's.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
@@ -109,15 +119,25 @@ impl StagingDir {
     }
 }
 
+/// Where a staging file lives, which decides how it is installed and removed.
+pub(crate) enum Place {
+    /// Named [`StagingFile::name`] in `.haul/staging`: renamed into place.
+    Staging,
+    /// Anonymous (`O_TMPFILE`) in this directory: no name to remove, linked into place.
+    Anonymous,
+    /// Already under its final name `name` in `dir`, created there by us (`O_EXCL`): install
+    /// only sets its metadata, and removing it checks that the name is still this file.
+    InPlace { dir: Arc<OwnedFd>, name: Vec<u8> },
+}
+
 /// A file being received, in `<root>/.haul/staging/`. Dropping it without
 /// [`crate::Root::install_file`] or [`StagingFile::discard`] removes it (best effort), so a
 /// failed file leaves nothing partial behind.
 pub struct StagingFile {
     pub(crate) fd: OwnedFd,
-    /// The name in `.haul/staging`, or a description for an anonymous file.
+    /// The name in `.haul/staging`, or a description for an anonymous or in-place file.
     pub(crate) name: String,
-    /// Anonymous (`O_TMPFILE`) in this directory: no name to remove or rename.
-    pub(crate) anonymous_in: Option<Arc<OwnedFd>>,
+    pub(crate) place: Place,
     size: u64,
     pub(crate) staging: Arc<StagingDir>,
     /// Set once installed or discarded: Drop then has nothing to remove.
@@ -135,7 +155,7 @@ impl StagingFile {
         let (name, fd) = staging.create_unique("create staging file", |name| {
             rustix::fs::openat(&staging.dir, name, flags, Mode::from_raw_mode(0o600))
         })?;
-        StagingFile::sized(fd, name, None, staging, size)
+        StagingFile::sized(fd, name, staging, size)
     }
 
     /// Wraps a new, empty staging file and gives it its size. Truncating up (not writing
@@ -143,14 +163,13 @@ impl StagingFile {
     fn sized(
         fd: OwnedFd,
         name: String,
-        anonymous_in: Option<Arc<OwnedFd>>,
         staging: Arc<StagingDir>,
         size: u64,
     ) -> Result<StagingFile, StoreError> {
         let file = StagingFile {
             fd,
             name,
-            anonymous_in,
+            place: Place::Staging,
             size,
             staging,
             finished: false,
@@ -217,12 +236,71 @@ impl StagingFile {
         Ok(Some(StagingFile {
             fd,
             name,
-            anonymous_in: Some(dir),
+            place: Place::Anonymous,
             size,
             staging,
             finished: false,
             size_pending: true,
         }))
+    }
+
+    /// A file of `size` bytes created under its final name `file_name` in `dir`, where nothing
+    /// may exist yet (see the module docs), with the permission bits `perm` as for
+    /// [`StagingFile::create_anonymous`]. `None` when the name is taken (by anything: a file,
+    /// a symlink, which is not followed, a directory); the caller then stages the file as usual.
+    pub(crate) fn create_in_place(
+        staging: Arc<StagingDir>,
+        dir: Arc<OwnedFd>,
+        file_name: &[u8],
+        size: u64,
+        name: String,
+        perm: u32,
+    ) -> Result<Option<StagingFile>, StoreError> {
+        let flags =
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let mode = Mode::from_raw_mode(perm & 0o777);
+        let fd = match rustix::fs::openat(&*dir, file_name, flags, mode) {
+            Ok(fd) => fd,
+            Err(Errno::EXIST) => return Ok(None),
+            Err(errno) => return Err(staging.err(errno, &name, "create")),
+        };
+        Ok(Some(StagingFile {
+            fd,
+            name,
+            place: Place::InPlace {
+                dir,
+                name: file_name.to_vec(),
+            },
+            size,
+            staging,
+            finished: false,
+            size_pending: true,
+        }))
+    }
+
+    /// Removes whatever name this file has, if it has one of its own (best effort for an
+    /// in-place file: its name is removed only while it still is this file, so a file someone
+    /// else put there meanwhile is left alone).
+    fn remove_name(&self) -> Result<(), StoreError> {
+        match &self.place {
+            Place::Staging => self.staging.remove(&self.name),
+            Place::Anonymous => Ok(()),
+            Place::InPlace { dir, name } => {
+                let (Ok(ours), Ok(there)) = (
+                    rustix::fs::fstat(&self.fd),
+                    rustix::fs::statat(&**dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW),
+                ) else {
+                    return Ok(());
+                };
+                if ours.st_ino != there.st_ino || ours.st_dev != there.st_dev {
+                    return Ok(());
+                }
+                rustix::fs::unlinkat(&**dir, name.as_slice(), AtFlags::empty()).map_err(|e| {
+                    self.staging
+                        .err(e, &self.name, "remove the unfinished file")
+                })
+            }
+        }
     }
 
     /// Gives a file created without its size (see [`StagingFile::create_anonymous`]) that
@@ -248,28 +326,25 @@ impl StagingFile {
     /// Deletes the staging file.
     pub fn discard(mut self) -> Result<(), StoreError> {
         self.finished = true;
-        if self.anonymous_in.is_some() {
-            return Ok(());
-        }
-        self.staging.remove(&self.name)
+        self.remove_name()
     }
 
     /// The full path, for messages.
     pub(crate) fn path(&self) -> PathBuf {
-        if self.anonymous_in.is_some() {
-            return PathBuf::from(&self.name);
+        match self.place {
+            Place::Staging => self.staging.path.join(&self.name),
+            Place::Anonymous | Place::InPlace { .. } => PathBuf::from(&self.name),
         }
-        self.staging.path.join(&self.name)
     }
 }
 
 impl Drop for StagingFile {
     fn drop(&mut self) {
         // An anonymous file has no name: closing it frees it.
-        if !self.finished && self.anonymous_in.is_none() {
-            // Best effort: a failure here leaves an orphan in .haul/staging, never a partial
-            // file under a user-visible name.
-            let _ = self.staging.remove(&self.name);
+        if !self.finished {
+            // Best effort: a failure here leaves an orphan in .haul/staging, or an unfinished
+            // in-place file whose mtime makes the next run replace it.
+            let _ = self.remove_name();
         }
     }
 }

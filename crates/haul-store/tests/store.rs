@@ -578,3 +578,77 @@ fn anonymous_staging_files_end_with_exactly_their_mode() {
     }
     assert!(staging_entries(dir.path()).is_empty());
 }
+
+/// A fresh file is written in place under its final name: installed with its exact size,
+/// mode and mtime; dropped uninstalled, it is gone again; and only a name it created itself
+/// is ever removed.
+#[test]
+fn fresh_files_are_written_in_place_and_removed_if_unfinished() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::open(dir.path()).unwrap();
+    let target = rel("fresh.bin");
+    let path = dir.path().join("fresh.bin");
+    let data = vec![3u8; 6000];
+
+    // Installed: exact content, mode and mtime, and nothing left in staging.
+    let f = root.create_fresh_for(&target, 6000, 0o640).unwrap();
+    assert!(
+        path.exists(),
+        "a fresh file is created under its final name"
+    );
+    f.write_at(0, &data).unwrap();
+    root.install_file(f, &target, &meta(0o640, 1_600_000_000, 7))
+        .unwrap();
+    let st = fs::symlink_metadata(&path).unwrap();
+    assert_eq!(fs::read(&path).unwrap(), data);
+    assert_eq!(st.mode() & 0o7777, 0o640);
+    assert_eq!((st.mtime(), st.mtime_nsec()), (1_600_000_000, 7));
+    assert!(staging_entries(dir.path()).is_empty());
+
+    // Dropped before install (a failed file): the name is removed again.
+    let other = rel("unfinished.bin");
+    let f = root.create_fresh_for(&other, 10, 0o644).unwrap();
+    f.write_at(0, b"0123456789").unwrap();
+    assert!(dir.path().join("unfinished.bin").exists());
+    drop(f);
+    assert!(!dir.path().join("unfinished.bin").exists());
+
+    // Replaced by someone else meanwhile: their file is left alone.
+    let f = root.create_fresh_for(&other, 10, 0o644).unwrap();
+    fs::remove_file(dir.path().join("unfinished.bin")).unwrap();
+    fs::write(dir.path().join("unfinished.bin"), b"theirs").unwrap();
+    f.discard().unwrap();
+    assert_eq!(
+        fs::read(dir.path().join("unfinished.bin")).unwrap(),
+        b"theirs"
+    );
+}
+
+/// A name that is taken after all (a file, or a symlink pointing out of the root) is not
+/// written through: the new file is staged and replaces it only at install.
+#[test]
+fn a_taken_name_is_staged_not_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let root = Root::open(dir.path()).unwrap();
+    fs::write(dir.path().join("old.bin"), b"old copy").unwrap();
+    std::os::unix::fs::symlink(outside.path().join("victim"), dir.path().join("link")).unwrap();
+    for name in ["old.bin", "link"] {
+        let target = rel(name);
+        let f = root.create_fresh_for(&target, 3, 0o644).unwrap();
+        f.write_at(0, b"new").unwrap();
+        if name == "old.bin" {
+            assert_eq!(fs::read(dir.path().join(name)).unwrap(), b"old copy");
+        }
+        root.install_file(f, &target, &meta(0o644, 1_600_000_000, 0))
+            .unwrap();
+        let st = fs::symlink_metadata(dir.path().join(name)).unwrap();
+        assert!(st.file_type().is_file(), "{name} is now a regular file");
+        assert_eq!(fs::read(dir.path().join(name)).unwrap(), b"new");
+    }
+    assert!(
+        !outside.path().join("victim").exists(),
+        "the symlink was not followed"
+    );
+    assert!(staging_entries(dir.path()).is_empty());
+}

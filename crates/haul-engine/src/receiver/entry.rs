@@ -110,6 +110,11 @@ pub(crate) fn handle_entry(
             match existing {
                 Some(e) if quick_match(Some(&e), &entry) => keep_unchanged(root, &rel, &e, &entry)
                     .map(|()| files.send(done(id, *blake3::hash(b"").as_bytes(), true))),
+                // Nothing there: made in place, as for any fresh file.
+                None if !rules.checksum => root
+                    .create_fresh_for(&rel, 0, entry.meta.mode)
+                    .and_then(|file| root.install_file(file, &rel, &entry.meta))
+                    .map(|()| files.send(done(id, *blake3::hash(b"").as_bytes(), false))),
                 _ => root
                     .create_staging(0)
                     .and_then(|staging| root.install_file(staging, &rel, &entry.meta))
@@ -284,6 +289,7 @@ fn plan_file(files: &Files, rules: &EntryRules, entry: Entry, rel: RelPath, abse
         layout,
         meta: entry.meta,
         dry_run: rules.dry_run,
+        fresh: absent && in_place && reuse.is_none(),
         target,
         verified,
         reuse,

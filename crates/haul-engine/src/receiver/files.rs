@@ -77,6 +77,9 @@ pub(crate) struct Slot {
     layout: ChunkLayout,
     meta: Meta,
     dry_run: bool,
+    /// Nothing was at the destination name when the file was planned: it is created there
+    /// and written in place (see `Root::create_fresh_for`).
+    fresh: bool,
     reuse: Option<Reuse>,
     state: Mutex<SlotState>,
     /// Held while writing to the target. Chunks of one file are verified in parallel but
@@ -135,6 +138,8 @@ pub(crate) struct Plan {
     pub(crate) layout: ChunkLayout,
     pub(crate) meta: Meta,
     pub(crate) dry_run: bool,
+    /// Nothing is at the destination name (see [`Slot`]'s field of the same name).
+    pub(crate) fresh: bool,
     /// The journaled partial, with the chunks it already holds (multi-chunk files).
     pub(crate) target: Option<Target>,
     pub(crate) verified: Vec<(u64, Hash)>,
@@ -302,6 +307,7 @@ impl Files {
             layout: plan.layout,
             meta: plan.meta,
             dry_run: plan.dry_run,
+            fresh: plan.fresh,
             reuse: plan.reuse,
             writing: Mutex::new(()),
             state: Mutex::new(SlotState {
@@ -355,10 +361,13 @@ impl Files {
                 );
             }
             if st.target.is_none() {
-                match self
-                    .root
-                    .create_staging_for(&slot.rel, slot.layout.size(), slot.meta.mode)
-                {
+                let (size, mode) = (slot.layout.size(), slot.meta.mode);
+                let created = if slot.fresh {
+                    self.root.create_fresh_for(&slot.rel, size, mode)
+                } else {
+                    self.root.create_staging_for(&slot.rel, size, mode)
+                };
+                match created {
                     Ok(file) => st.target = Some(Arc::new(Target::Staging(file))),
                     Err(e) => {
                         drop(st);
