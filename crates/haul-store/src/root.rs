@@ -423,7 +423,7 @@ impl Root {
                 return Ok(());
             }
             // Created under this very name (by `create_staging_for`): it is in place.
-            Place::InPlace { .. } => {
+            Place::Final { .. } => {
                 file.finished = true;
                 return Ok(());
             }

@@ -127,7 +127,7 @@ pub(crate) enum Place {
     Anonymous,
     /// Already under its final name `name` in `dir`, created there by us (`O_EXCL`): install
     /// only sets its metadata, and removing it checks that the name is still this file.
-    InPlace { dir: Arc<OwnedFd>, name: Vec<u8> },
+    Final { dir: Arc<OwnedFd>, name: Vec<u8> },
 }
 
 /// A file being received, in `<root>/.haul/staging/`. Dropping it without
@@ -267,7 +267,7 @@ impl StagingFile {
         Ok(Some(StagingFile {
             fd,
             name,
-            place: Place::InPlace {
+            place: Place::Final {
                 dir,
                 name: file_name.to_vec(),
             },
@@ -285,7 +285,7 @@ impl StagingFile {
         match &self.place {
             Place::Staging => self.staging.remove(&self.name),
             Place::Anonymous => Ok(()),
-            Place::InPlace { dir, name } => {
+            Place::Final { dir, name } => {
                 let (Ok(ours), Ok(there)) = (
                     rustix::fs::fstat(&self.fd),
                     rustix::fs::statat(&**dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW),
@@ -333,7 +333,7 @@ impl StagingFile {
     pub(crate) fn path(&self) -> PathBuf {
         match self.place {
             Place::Staging => self.staging.path.join(&self.name),
-            Place::Anonymous | Place::InPlace { .. } => PathBuf::from(&self.name),
+            Place::Anonymous | Place::Final { .. } => PathBuf::from(&self.name),
         }
     }
 }
