@@ -405,3 +405,92 @@ fn a_copy_killed_mid_patch_has_the_old_version_put_back() {
         "three patches all finished before the poll saw their undo log"
     );
 }
+
+/// Fresh small files are written under their final names (see haul-store's `staging`): a
+/// receiver killed in the middle of a post office may leave the files it was writing, but
+/// every one of them that is not exactly the source's bytes has an mtime that is not the
+/// source's, so the next run's quick check replaces it and the copy ends identical.
+#[test]
+fn a_receiver_killed_among_small_files_leaves_nothing_a_rerun_would_trust() {
+    use std::os::unix::fs::MetadataExt;
+    let remote = Remote::new();
+    let src = remote.path("src");
+    let mut t = TreeBuilder::new(&src, 7);
+    let (dirs, per_dir) = (100, 200);
+    for d in 0..dirs {
+        for f in 0..per_dir {
+            let rel = format!("fd{d}/{f:08x}.000");
+            t.file(&rel, 1000 + (d * per_dir + f) % 7000);
+            t.mtime(&rel, 1_600_000_000 + i64::from(f as u32), 5);
+        }
+    }
+    let root = remote.path("root");
+    let client_cfg = remote.path("client-cfg");
+    let copy = root.join("po1");
+    let count = |dir: &Path| -> usize {
+        (0..dirs)
+            .map(|d| std::fs::read_dir(dir.join(format!("fd{d}"))).map_or(0, |r| r.count()))
+            .sum()
+    };
+
+    let mut server = remote.serve();
+    let push = haul()
+        .command(&client_cfg)
+        .args(remote.push_args(&server, &src))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count(&copy) < dirs * per_dir / 4 {
+        assert!(
+            Instant::now() < deadline && server.is_running(),
+            "no progress to kill at"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = server.stop(); // SIGKILL, mid-tree
+    let out = push.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the sender reports the lost receiver"
+    );
+
+    // What the kill left: whatever is not the source's bytes, mode and size must not carry
+    // the source's mtime (a re-run would otherwise skip it as unchanged).
+    let (mut left, mut unfinished) = (0, 0);
+    for d in 0..dirs {
+        for f in 0..per_dir {
+            let rel = format!("fd{d}/{f:08x}.000");
+            let Ok(got) = std::fs::symlink_metadata(copy.join(&rel)) else {
+                continue;
+            };
+            left += 1;
+            let want = std::fs::metadata(src.join(&rel)).unwrap();
+            let same = got.len() == want.len()
+                && std::fs::read(copy.join(&rel)).unwrap()
+                    == std::fs::read(src.join(&rel)).unwrap();
+            if !same {
+                unfinished += 1;
+                assert_ne!(
+                    (got.mtime(), got.mtime_nsec()),
+                    (want.mtime(), want.mtime_nsec()),
+                    "{rel}: left unfinished by the kill, yet with the source's mtime"
+                );
+            }
+        }
+    }
+    assert!(left < dirs * per_dir, "the kill came after the last file");
+    eprintln!("the kill left {left} files, {unfinished} of them unfinished");
+
+    // A new receiver on the same root: the same command finishes, and the copy is exact.
+    let server = remote.serve();
+    let out = Command::new(env!("CARGO_BIN_EXE_haul"))
+        .env("HAUL_CONFIG_DIR", &client_cfg)
+        .args(remote.push_args(&server, &src))
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert_same_tree(&src, &copy);
+}
