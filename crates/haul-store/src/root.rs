@@ -422,7 +422,7 @@ impl Root {
                 file.finished = true;
                 return Ok(());
             }
-            // Created under this very name (by `create_staging_for`): it is in place.
+            // Created under this very name (by `create_fresh_for`, for this `rel`): in place.
             Place::Final { .. } => {
                 file.finished = true;
                 return Ok(());
