@@ -369,12 +369,7 @@ impl Root {
         mode: u32,
     ) -> Result<StagingFile, StoreError> {
         let (parent, _) = self.parent_of(rel)?;
-        let name = format!("{} (being received)", self.display_path(rel).display());
-        let perm = mode_bits(mode, false).as_raw_mode();
-        match StagingFile::create_anonymous(Arc::clone(&self.staging), parent, size, name, perm)? {
-            Some(file) => Ok(file),
-            None => self.create_staging(size),
-        }
+        self.create_staging_in(parent, rel, size, mode)
     }
 
     /// Like [`Root::create_staging_for`], for a file whose name was found to hold nothing (a
@@ -389,13 +384,39 @@ impl Root {
         mode: u32,
     ) -> Result<StagingFile, StoreError> {
         let (parent, file_name) = self.parent_of(rel)?;
-        let name = format!("{} (being received)", self.display_path(rel).display());
-        let perm = mode_bits(mode, false).as_raw_mode();
         let staging = Arc::clone(&self.staging);
-        match StagingFile::create_in_place(staging, parent, file_name, size, name, perm)? {
+        let (name, perm) = (
+            self.receiving_name(rel),
+            mode_bits(mode, false).as_raw_mode(),
+        );
+        match StagingFile::create_in_place(staging, parent.clone(), file_name, size, name, perm)? {
             Some(file) => Ok(file),
-            None => self.create_staging_for(rel, size, mode),
+            None => self.create_staging_in(parent, rel, size, mode),
         }
+    }
+
+    /// [`Root::create_staging_for`] with `rel`'s parent already resolved.
+    fn create_staging_in(
+        &self,
+        parent: Arc<OwnedFd>,
+        rel: &RelPath,
+        size: u64,
+        mode: u32,
+    ) -> Result<StagingFile, StoreError> {
+        let staging = Arc::clone(&self.staging);
+        let (name, perm) = (
+            self.receiving_name(rel),
+            mode_bits(mode, false).as_raw_mode(),
+        );
+        match StagingFile::create_anonymous(staging, parent, size, name, perm)? {
+            Some(file) => Ok(file),
+            None => self.create_staging(size),
+        }
+    }
+
+    /// How messages name a file while it is received.
+    fn receiving_name(&self, rel: &RelPath) -> String {
+        format!("{} (being received)", self.display_path(rel).display())
     }
 
     /// Sets the mode (permission bits and sticky; setuid/setgid dropped) and the mtime (ns) of
