@@ -131,6 +131,34 @@ impl Remote {
             self.path("token").into(),
         ]
     }
+    /// Starts a push of `src` to `server` in the background, its output discarded.
+    fn spawn_push(&self, server: &haul_testing::Server, cfg: &Path, src: &Path) -> Child {
+        haul()
+            .command(cfg)
+            .args(self.push_args(server, src))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+    /// Runs a push of `src` to `server` to its end.
+    fn push(&self, server: &haul_testing::Server, cfg: &Path, src: &Path) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_haul"))
+            .env("HAUL_CONFIG_DIR", cfg)
+            .args(self.push_args(server, src))
+            .output()
+            .unwrap()
+    }
+}
+
+/// Waits for a push whose receiver was killed: it must fail, saying so.
+fn assert_receiver_lost(push: Child) {
+    let out = push.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the sender reports the lost receiver"
+    );
 }
 
 #[test]
@@ -143,25 +171,13 @@ fn push_resumes_after_the_sender_or_the_receiver_is_killed() {
 
     // Kill the sender.
     let server = remote.serve();
-    let mut push = haul()
-        .command(&client_cfg)
-        .args(remote.push_args(&server, &src))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut push = remote.spawn_push(&server, &client_cfg, &src);
     let seen_sender = kill_when(&mut push, &root, 500 * MIB);
     // The receiver notices and keeps the verified chunks; it goes on serving.
     std::thread::sleep(Duration::from_millis(300));
 
     // Kill the receiver while the next push runs.
-    let push = haul()
-        .command(&client_cfg)
-        .args(remote.push_args(&server, &src))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let push = remote.spawn_push(&server, &client_cfg, &src);
     let mut server = server;
     let deadline = Instant::now() + Duration::from_secs(120);
     while partial_bytes(&root) < 1200 * MIB {
@@ -170,21 +186,12 @@ fn push_resumes_after_the_sender_or_the_receiver_is_killed() {
     }
     let seen_receiver = partial_bytes(&root);
     let _ = server.stop(); // SIGKILL
-    let out = push.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "the sender reports the lost receiver"
-    );
+    assert_receiver_lost(push);
     assert!(seen_receiver > seen_sender);
 
     // A new receiver on the same root finishes the job from the verified chunks.
     let server = remote.serve();
-    let out = Command::new(env!("CARGO_BIN_EXE_haul"))
-        .env("HAUL_CONFIG_DIR", &client_cfg)
-        .args(remote.push_args(&server, &src))
-        .output()
-        .unwrap();
+    let out = remote.push(&server, &client_cfg, &src);
     assert_success(&out);
     assert_same_tree(&src, &root.join("po1"));
     let sent = summary_of(&out)["bytes_sent"].as_u64().unwrap();
@@ -434,13 +441,7 @@ fn a_receiver_killed_among_small_files_leaves_nothing_a_rerun_would_trust() {
     };
 
     let mut server = remote.serve();
-    let push = haul()
-        .command(&client_cfg)
-        .args(remote.push_args(&server, &src))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let push = remote.spawn_push(&server, &client_cfg, &src);
     let deadline = Instant::now() + Duration::from_secs(120);
     while count(&copy) < dirs * per_dir / 4 {
         assert!(
@@ -450,12 +451,7 @@ fn a_receiver_killed_among_small_files_leaves_nothing_a_rerun_would_trust() {
         std::thread::sleep(Duration::from_millis(2));
     }
     let _ = server.stop(); // SIGKILL, mid-tree
-    let out = push.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "the sender reports the lost receiver"
-    );
+    assert_receiver_lost(push);
 
     // What the kill left: whatever is not the source's bytes, mode and size must not carry
     // the source's mtime (a re-run would otherwise skip it as unchanged).
@@ -486,11 +482,7 @@ fn a_receiver_killed_among_small_files_leaves_nothing_a_rerun_would_trust() {
 
     // A new receiver on the same root: the same command finishes, and the copy is exact.
     let server = remote.serve();
-    let out = Command::new(env!("CARGO_BIN_EXE_haul"))
-        .env("HAUL_CONFIG_DIR", &client_cfg)
-        .args(remote.push_args(&server, &src))
-        .output()
-        .unwrap();
+    let out = remote.push(&server, &client_cfg, &src);
     assert_success(&out);
     assert_same_tree(&src, &copy);
 }
