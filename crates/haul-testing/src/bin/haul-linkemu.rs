@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use haul_testing::linkemu::{ETHERNET_UDP_PAYLOAD, LinkEmu, LinkSpec};
+use haul_testing::linkemu::{DirStats, ETHERNET_UDP_PAYLOAD, LinkEmu, LinkSpec};
 
 /// Relay UDP between a client and one server through an emulated WAN link.
 ///
@@ -48,6 +48,10 @@ struct Args {
     /// Seed for loss and jitter.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Also print what crossed each way every this often (100ms, 1s): the rate delivered and
+    /// the packets dropped in that interval, to see where a transfer lost its pace.
+    #[arg(long, value_parser = parse_duration)]
+    report_every: Option<Duration>,
 }
 
 fn main() -> ExitCode {
@@ -73,7 +77,7 @@ fn main() -> ExitCode {
     };
     println!("linkemu: listening on {}", link.addr());
     let _ = std::io::stdout().flush();
-    if let Err(e) = wait_for_signal() {
+    if let Err(e) = wait_for_signal(&link, args.report_every) {
         eprintln!("haul-linkemu: cannot wait for signals: {e}");
         return ExitCode::FAILURE;
     }
@@ -81,8 +85,9 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Blocks until SIGINT or SIGTERM (tokio's handlers keep this crate free of `unsafe`).
-fn wait_for_signal() -> std::io::Result<()> {
+/// Blocks until SIGINT or SIGTERM (tokio's handlers keep this crate free of `unsafe`),
+/// printing an interval report every `every` meanwhile.
+fn wait_for_signal(link: &LinkEmu, every: Option<Duration>) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -90,12 +95,46 @@ fn wait_for_signal() -> std::io::Result<()> {
     runtime.block_on(async {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let report = async {
+            let Some(every) = every else {
+                return std::future::pending().await;
+            };
+            let started = tokio::time::Instant::now();
+            let mut ticks = tokio::time::interval(every);
+            ticks.tick().await;
+            let mut last = link.stats();
+            loop {
+                ticks.tick().await;
+                let now = link.stats();
+                println!(
+                    "linkemu: at {:.2}s up {} down {}",
+                    started.elapsed().as_secs_f64(),
+                    interval(&last.up, &now.up, every),
+                    interval(&last.down, &now.down, every)
+                );
+                let _ = std::io::stdout().flush();
+                last = now;
+            }
+        };
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
+            () = report => {}
         }
         Ok(())
     })
+}
+
+/// One direction's interval report: Mbit/s delivered, then packets dropped by loss and by the
+/// full queue.
+fn interval(before: &DirStats, after: &DirStats, every: Duration) -> String {
+    let bytes = after.bytes - before.bytes;
+    format!(
+        "{:.0} Mbit/s lost {} queue-dropped {}",
+        bytes as f64 * 8.0 / every.as_secs_f64() / 1e6,
+        after.dropped_loss - before.dropped_loss,
+        after.dropped_queue - before.dropped_queue
+    )
 }
 
 /// Splits "12.5mbit" into (12.5, "mbit").
