@@ -121,6 +121,17 @@ async fn data_stream(
     Ok(())
 }
 
+/// The most data one stream reads ahead into its batch while every worker is busy. A write
+/// to the target that stalls (seen here: single 4 MiB direct writes of 0.5-0.8 s on the
+/// benchmark host's virtual disk, every few seconds) holds up every worker of that file, and
+/// the sender stops once the data streams' QUIC windows (8 MiB each) are full: at 8 MiB per
+/// batch a gigabit WAN push lost a quarter second of link time at each stall. At 32 MiB four
+/// streams ride out about a second of stall at a gigabit, and memory stays bounded by
+/// streams times this.
+const BATCH_BYTES: usize = 32 << 20;
+/// The most chunks in one batch (small files: one trip to a worker for hundreds of them).
+const BATCH_CHUNKS: usize = 512;
+
 /// Chunks read from one data stream for one trip to a blocking worker.
 #[derive(Default)]
 struct Batch {
@@ -157,7 +168,7 @@ impl Batch {
     }
 
     fn full(&self) -> bool {
-        self.bytes >= (8 << 20) || self.chunks.len() >= 512
+        self.bytes >= BATCH_BYTES || self.chunks.len() >= BATCH_CHUNKS
     }
 }
 
