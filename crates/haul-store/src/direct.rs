@@ -15,6 +15,13 @@
 //! `O_DIRECT` at open or at the first write (`EINVAL`) turns it off for that file, and the
 //! buffered path does everything, as before.
 //!
+//! Each direct write first allocates its range (`fallocate`, as unwritten extents). Writing
+//! into holes is an allocating write, which ext4 does under the inode's exclusive lock, so two
+//! writers of one file took turns and the disk saw one 4 MiB write at a time; into an
+//! allocated range it is an overwrite under the shared lock, and two writers keep two writes
+//! in flight (two `dd`s on one file: 3.1-4.1 s for 2 GiB here, against 4.2-7.8 s for one).
+//! Only ranges that carry data are allocated, so holes stay holes.
+//!
 //! `HAUL_NO_DIRECT=1` turns it off everywhere (to compare both paths, or for a file system
 //! where direct I/O is slow).
 
@@ -22,7 +29,7 @@ use std::cell::RefCell;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::{FallocateFlags, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::fileio::pwrite_all;
@@ -81,6 +88,12 @@ impl DirectWriter {
         {
             return Ok(0);
         }
+        // Best effort: a file system without `fallocate` just writes into the hole. A full
+        // disk says so here, before anything is written.
+        match rustix::fs::fallocate(&self.fd, FallocateFlags::empty(), offset, head as u64) {
+            Ok(()) | Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => {}
+            Err(e) => return Err(e),
+        }
         let result = if data.as_ptr().align_offset(ALIGN) == 0 {
             pwrite_all(self.fd.as_fd(), offset, &data[..head])
         } else {
@@ -96,6 +109,15 @@ impl DirectWriter {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether a write of `len` bytes at `offset` would go to the disk directly in full: no
+    /// page-cache part, so writers of other ranges of the file need not wait for it.
+    pub(crate) fn covers(&self, offset: u64, len: usize) -> bool {
+        len > 0
+            && len.is_multiple_of(ALIGN)
+            && offset.is_multiple_of(ALIGN as u64)
+            && self.enabled.load(Ordering::Relaxed)
     }
 
     fn write_bounced(&self, mut offset: u64, mut data: &[u8]) -> Result<(), Errno> {

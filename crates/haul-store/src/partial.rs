@@ -145,6 +145,13 @@ impl Partial {
         self.identity
     }
 
+    /// Whether [`Partial::write_at`] of `len` bytes at `offset` goes to the disk directly in
+    /// full (`O_DIRECT`, see `direct.rs`). Such writes of one file may run side by side; writes
+    /// through the page cache are better made one at a time (they contend for the inode).
+    pub fn writes_direct(&self, offset: u64, len: usize) -> bool {
+        self.direct.as_ref().is_some_and(|d| d.covers(offset, len))
+    }
+
     /// Positional write of `data` at `offset`, sparse-aware like [`crate::StagingFile::write_at`].
     /// On a resumed partial (or after [`Partial::copy_from`]) all-zero blocks are punched out
     /// instead of skipped, since the region may hold unverified bytes from before. Returns the

@@ -27,6 +27,15 @@ impl Target {
         }
     }
 
+    /// Whether a write of `len` bytes at `offset` bypasses the page cache in full, so it need
+    /// not wait for the file's other writers (see `Slot::writing`).
+    pub(crate) fn writes_direct(&self, offset: u64, len: usize) -> bool {
+        match self {
+            Target::Staging(_) => false,
+            Target::Partial(p) => p.writes_direct(offset, len),
+        }
+    }
+
     /// Records a verified chunk so the next run need not fetch it again (partials only).
     pub(crate) fn record(&self, index: u64, hash: Hash, len: u64) -> Result<(), StoreError> {
         match self {
