@@ -23,14 +23,12 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-use std::io::IoSliceMut;
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -368,8 +366,8 @@ struct Direction {
 
 impl Direction {
     fn run(mut self) {
-        let mut buffers = vec![vec![0u8; RECV_BUFFER]; RECV_BUFFERS];
-        let mut meta = vec![RecvMeta::default(); RECV_BUFFERS];
+        let mut buffers: [Vec<u8>; RECV_BUFFERS] = std::array::from_fn(|_| vec![0; RECV_BUFFER]);
+        let mut meta = [RecvMeta::default(); RECV_BUFFERS];
         while !self.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
             self.deliver_due(now + DELIVERY_SLACK);
@@ -390,8 +388,7 @@ impl Direction {
                 let _ = rustix::event::poll(&mut fds, Some(&timeout));
             }
             for _ in 0..READ_BATCH {
-                let mut slices: Vec<IoSliceMut<'_>> =
-                    buffers.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+                let mut slices = buffers.each_mut().map(|b| IoSliceMut::new(b));
                 let got = match self
                     .from_state
                     .recv((&*self.from).into(), &mut slices, &mut meta)
@@ -401,7 +398,6 @@ impl Direction {
                     // reported once), which the next turn of the loop gets past.
                     Err(_) => break,
                 };
-                drop(slices);
                 for (buffer, meta) in buffers.iter().zip(&meta).take(got) {
                     if !self.accepts(meta.addr) {
                         continue;
