@@ -570,6 +570,18 @@ mod tests {
         bind_big("127.0.0.1:0".parse().unwrap()).unwrap()
     }
 
+    /// A link that shapes nothing, with its upstream and a client.
+    fn plain_link() -> (UdpSocket, LinkEmu, UdpSocket) {
+        let server = upstream();
+        let link = LinkEmu::start(
+            server.local_addr().unwrap(),
+            LinkSpec::default(),
+            LinkSpec::default(),
+        )
+        .unwrap();
+        (server, link, client())
+    }
+
     /// Receives until the socket stays quiet for its read timeout; returns the arrival times.
     fn drain(socket: &UdpSocket) -> Vec<(Instant, usize)> {
         let mut buf = [0u8; 65536];
@@ -683,14 +695,7 @@ mod tests {
 
     #[test]
     fn a_gso_burst_crosses_as_its_packets_and_leaves_in_order() {
-        let server = upstream();
-        let link = LinkEmu::start(
-            server.local_addr().unwrap(),
-            LinkSpec::default(),
-            LinkSpec::default(),
-        )
-        .unwrap();
-        let c = client();
+        let (server, link, c) = plain_link();
         let state = UdpSocketState::new((&c).into()).unwrap();
         // 30 numbered 1000-byte packets and a 300-byte tail in one send, as QUIC sends them.
         let mut burst = Vec::new();
@@ -753,14 +758,7 @@ mod tests {
 
     #[test]
     fn oversize_packets_and_strangers_do_not_pass() {
-        let server = upstream();
-        let link = LinkEmu::start(
-            server.local_addr().unwrap(),
-            LinkSpec::default(),
-            LinkSpec::default(),
-        )
-        .unwrap();
-        let c = client();
+        let (server, link, c) = plain_link();
         c.send_to(&[0u8; ETHERNET_UDP_PAYLOAD + 1], link.addr())
             .unwrap();
         c.send_to(&[0u8; ETHERNET_UDP_PAYLOAD], link.addr())
