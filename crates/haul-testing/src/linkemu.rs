@@ -369,14 +369,13 @@ impl Direction {
         let mut buffers: [Vec<u8>; RECV_BUFFERS] = std::array::from_fn(|_| vec![0; RECV_BUFFER]);
         let mut meta = [RecvMeta::default(); RECV_BUFFERS];
         while !self.stop.load(Ordering::Relaxed) {
-            let now = Instant::now();
-            self.deliver_due(now + DELIVERY_SLACK);
+            // What is due this soon goes now (see `DELIVERY_SLACK`); sleep until the next is.
+            let due = Instant::now() + DELIVERY_SLACK;
+            self.deliver_due(due);
             let wait = self
                 .in_flight
                 .front()
-                .map_or(IDLE_WAIT, |p| {
-                    p.at.saturating_duration_since(now + DELIVERY_SLACK)
-                })
+                .map_or(IDLE_WAIT, |p| p.at.saturating_duration_since(due))
                 .min(IDLE_WAIT);
             if !wait.is_zero() {
                 let mut fds = [PollFd::new(&*self.from, PollFlags::IN)];
