@@ -1,0 +1,164 @@
+//! The whole transfer pipeline without a network: `haul copy` (`haul_engine::jobs::copy`) of
+//! a tree into a fresh destination, sender and embedded receiver in this process over the
+//! in-process link. Every stage a push runs is in it (scan, read, hash, frame, the session
+//! checks, verify, write, metadata, the final flush) except QUIC; the `via QUIC` variants run
+//! the same copy over loopback QUIC (`--via-quic`), so the difference between the two is what
+//! encryption, packetisation and the kernel's UDP path cost.
+//!
+//! Source and destinations live in `/dev/shm` when it exists (a tmpfs), so the numbers are
+//! haul's CPU cost, not a disk's; elsewhere they fall back to the temporary directory. Each
+//! measured copy goes into a new directory, removed afterwards (untimed).
+//!
+//! Run: `cargo bench --bench pipeline` (add `-- --quick` for a fast check). The side-by-side
+//! comparison with cp, rsync and tar is `benches/compare.sh`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use haul_engine::{Progress, TransferOptions, jobs, no_events};
+
+/// The one-big-file tree: a single file of random bytes.
+const BIG_BYTES: usize = 256 << 20;
+/// The small-files tree: this many files of 1-16 KiB over [`SMALL_DIRS`] directories.
+const SMALL_FILES: usize = 5_000;
+const SMALL_DIRS: usize = 50;
+
+/// Deterministic incompressible bytes: BLAKE3's extendable output for a seed.
+fn random_bytes(seed: &str, len: usize) -> Vec<u8> {
+    let mut out = vec![0; len];
+    blake3::Hasher::new()
+        .update(seed.as_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+fn scratch_base() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+fn build_big(src: &Path) -> u64 {
+    fs::create_dir(src).expect("create the big-file source");
+    fs::write(src.join("big.bin"), random_bytes("pipeline/big", BIG_BYTES))
+        .expect("write the big benchmark file");
+    BIG_BYTES as u64
+}
+
+fn build_small(src: &Path) -> u64 {
+    fs::create_dir(src).expect("create the small-files source");
+    let sizes = random_bytes("pipeline/small-sizes", SMALL_FILES * 2);
+    let pool = random_bytes("pipeline/small-data", 16 << 10);
+    for d in 0..SMALL_DIRS {
+        fs::create_dir(src.join(format!("d{d:02}"))).expect("create a benchmark directory");
+    }
+    for i in 0..SMALL_FILES {
+        // 1..=16 KiB from two random bytes; the contents are slices of one random pool,
+        // shifted per file so no two files are alike.
+        let len =
+            1024 + usize::from(u16::from_le_bytes([sizes[2 * i], sizes[2 * i + 1]])) % (15 << 10);
+        let shift = i % 1024;
+        let mut data = pool[shift..].to_vec();
+        data.extend_from_slice(&pool[..shift]);
+        data.truncate(len);
+        let path = src.join(format!("d{:02}/f{i:05}.bin", i % SMALL_DIRS));
+        fs::write(path, data).expect("write a small benchmark file");
+    }
+    SMALL_FILES as u64
+}
+
+/// Times `iters` fresh copies of `src`, each into a new directory under `base`.
+fn time_copies(
+    rt: &tokio::runtime::Runtime,
+    src: &Path,
+    base: &Path,
+    via_quic: bool,
+    iters: u64,
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for i in 0..iters {
+        let dst = base.join(format!("copy-{i}"));
+        let options = TransferOptions {
+            via_quic,
+            ..TransferOptions::default()
+        };
+        let started = Instant::now();
+        let summary = rt
+            .block_on(jobs::copy(
+                src.to_path_buf(),
+                dst.clone(),
+                options,
+                Arc::new(Progress::default()),
+                no_events(),
+            ))
+            .expect("the benchmark copy succeeds");
+        total += started.elapsed();
+        assert_eq!(summary.files_failed, 0, "a benchmark copy lost files");
+        assert!(
+            summary.files_transferred > 0,
+            "a benchmark copy sent nothing"
+        );
+        fs::remove_dir_all(&dst).expect("remove the benchmark copy");
+    }
+    total
+}
+
+fn pipeline(c: &mut Criterion) {
+    let tmp = tempfile::Builder::new()
+        .prefix("haul-bench-pipeline-")
+        .tempdir_in(scratch_base())
+        .expect("create the benchmark directory");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("start a tokio runtime");
+
+    let big = tmp.path().join("big");
+    let big_bytes = build_big(&big);
+    let small = tmp.path().join("small");
+    let small_files = build_small(&small);
+    let out = tmp.path().join("out");
+    fs::create_dir(&out).expect("create the copies' directory");
+
+    let mut group = c.benchmark_group("pipeline");
+    group.throughput(Throughput::Bytes(big_bytes));
+    for (name, via_quic) in [
+        ("copy 256 MiB file", false),
+        ("copy 256 MiB file via QUIC", true),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| time_copies(&rt, &big, &out, via_quic, iters))
+        });
+    }
+    group.throughput(Throughput::Elements(small_files));
+    for (name, via_quic) in [
+        ("copy 5k small files", false),
+        ("copy 5k small files via QUIC", true),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| time_copies(&rt, &small, &out, via_quic, iters))
+        });
+    }
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = pipeline
+}
+criterion_main!(benches);
