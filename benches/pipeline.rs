@@ -128,23 +128,18 @@ fn pipeline(c: &mut Criterion) {
     fs::create_dir(&out).expect("create the copies' directory");
 
     let mut group = c.benchmark_group("pipeline");
-    group.throughput(Throughput::Bytes(big_bytes));
-    for (name, via_quic) in [
-        ("copy 256 MiB file", false),
-        ("copy 256 MiB file via QUIC", true),
-    ] {
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| time_copies(&rt, &big, &out, via_quic, iters))
-        });
-    }
-    group.throughput(Throughput::Elements(small_files));
-    for (name, via_quic) in [
-        ("copy 5k small files", false),
-        ("copy 5k small files via QUIC", true),
-    ] {
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| time_copies(&rt, &small, &out, via_quic, iters))
-        });
+    let trees = [
+        (&big, "256 MiB file", Throughput::Bytes(big_bytes)),
+        (&small, "5k small files", Throughput::Elements(small_files)),
+    ];
+    for (tree, what, throughput) in trees {
+        group.throughput(throughput);
+        for via_quic in [false, true] {
+            let name = format!("copy {what}{}", if via_quic { " via QUIC" } else { "" });
+            group.bench_function(name, |b| {
+                b.iter_custom(|iters| time_copies(&rt, tree, &out, via_quic, iters))
+            });
+        }
     }
     group.finish();
 }
