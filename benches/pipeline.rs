@@ -55,21 +55,16 @@ fn build_big(src: &Path) -> u64 {
 fn build_small(src: &Path) -> u64 {
     fs::create_dir(src).expect("create the small-files source");
     let sizes = random_bytes("pipeline/small-sizes", SMALL_FILES * 2);
-    let pool = random_bytes("pipeline/small-data", 16 << 10);
     for d in 0..SMALL_DIRS {
         fs::create_dir(src.join(format!("d{d:02}"))).expect("create a benchmark directory");
     }
     for i in 0..SMALL_FILES {
-        // 1..=16 KiB from two random bytes; the contents are slices of one random pool,
-        // shifted per file so no two files are alike.
+        // 1-16 KiB, the length from two random bytes, the contents from a seed of its own.
         let len =
             1024 + usize::from(u16::from_le_bytes([sizes[2 * i], sizes[2 * i + 1]])) % (15 << 10);
-        let shift = i % 1024;
-        let mut data = pool[shift..].to_vec();
-        data.extend_from_slice(&pool[..shift]);
-        data.truncate(len);
         let path = src.join(format!("d{:02}/f{i:05}.bin", i % SMALL_DIRS));
-        fs::write(path, data).expect("write a small benchmark file");
+        fs::write(path, random_bytes(&format!("pipeline/small/{i}"), len))
+            .expect("write a small benchmark file");
     }
     SMALL_FILES as u64
 }
