@@ -19,22 +19,13 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use haul_engine::{Progress, TransferOptions, jobs, no_events};
+use haul_testing::TreeBuilder;
 
 /// The one-big-file tree: a single file of random bytes.
 const BIG_BYTES: usize = 256 << 20;
 /// The small-files tree: this many files of 1-16 KiB over [`SMALL_DIRS`] directories.
 const SMALL_FILES: usize = 5_000;
 const SMALL_DIRS: usize = 50;
-
-/// Deterministic incompressible bytes: BLAKE3's extendable output for a seed.
-fn random_bytes(seed: &str, len: usize) -> Vec<u8> {
-    let mut out = vec![0; len];
-    blake3::Hasher::new()
-        .update(seed.as_bytes())
-        .finalize_xof()
-        .fill(&mut out);
-    out
-}
 
 fn scratch_base() -> PathBuf {
     let shm = Path::new("/dev/shm");
@@ -46,25 +37,16 @@ fn scratch_base() -> PathBuf {
 }
 
 fn build_big(src: &Path) -> u64 {
-    fs::create_dir(src).expect("create the big-file source");
-    fs::write(src.join("big.bin"), random_bytes("pipeline/big", BIG_BYTES))
-        .expect("write the big benchmark file");
+    TreeBuilder::new(src, 1).file("big.bin", BIG_BYTES);
     BIG_BYTES as u64
 }
 
 fn build_small(src: &Path) -> u64 {
-    fs::create_dir(src).expect("create the small-files source");
-    let sizes = random_bytes("pipeline/small-sizes", SMALL_FILES * 2);
-    for d in 0..SMALL_DIRS {
-        fs::create_dir(src.join(format!("d{d:02}"))).expect("create a benchmark directory");
-    }
+    let mut tree = TreeBuilder::new(src, 2);
     for i in 0..SMALL_FILES {
-        // 1-16 KiB, the length from two random bytes, the contents from a seed of its own.
-        let len =
-            1024 + usize::from(u16::from_le_bytes([sizes[2 * i], sizes[2 * i + 1]])) % (15 << 10);
-        let path = src.join(format!("d{:02}/f{i:05}.bin", i % SMALL_DIRS));
-        fs::write(path, random_bytes(&format!("pipeline/small/{i}"), len))
-            .expect("write a small benchmark file");
+        // 1-16 KiB, spread evenly (7919 is prime, so the lengths cycle through the range).
+        let len = 1024 + (i * 7919) % (15 << 10);
+        tree.file(format!("d{:02}/f{i:05}.bin", i % SMALL_DIRS), len);
     }
     SMALL_FILES as u64
 }
