@@ -74,6 +74,10 @@ fn entry_messages(c: &mut Criterion) {
                     mtime_nsec: 5,
                 },
                 link_target: Default::default(),
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+                xattrs: Vec::new(),
             })
         })
         .collect();

@@ -49,6 +49,8 @@ fn hello(token: &[u8], dest: &[u8]) -> Message {
         chunk_size: CHUNK,
         flags: 0,
         rename_aside: Vec::new(),
+        filters: Vec::new(),
+        max_delete: u64::MAX,
     })
 }
 
@@ -64,6 +66,10 @@ fn entry(id: u64, kind: EntryKind, path: &[u8], size: u64) -> Message {
             meta()
         },
         link_target: Bytes::new(),
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        xattrs: Vec::new(),
     })
 }
 
@@ -356,6 +362,7 @@ async fn malformed_frames_end_the_connection_not_the_server() {
     c.send(&Message::Finished(haul_proto::Finished {
         installed: 1,
         failed: 0,
+        not_applied: Default::default(),
     }))
     .await;
     assert_protocol_close(&c, "Finished from the client", "unexpected Finished").await;

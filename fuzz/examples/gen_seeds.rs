@@ -74,6 +74,8 @@ fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
         chunk_size: 1 << 20,
         flags: Hello::CHECKSUM | Hello::DRY_RUN,
         rename_aside: vec![Bytes::from_static(b"po1/cache"), Bytes::from_static(b"old")],
+        filters: Vec::new(),
+        max_delete: u64::MAX,
     });
     let entry = |id, kind, path: &'static [u8], link: &'static [u8]| {
         Message::Entry(Entry {
@@ -87,6 +89,10 @@ fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 mtime_nsec: 123,
             },
             link_target: Bytes::from_static(link),
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            xattrs: Vec::new(),
         })
     };
     let control = vec![
@@ -119,6 +125,7 @@ fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 from: Bytes::from_static(b"po1/cache"),
                 to: Bytes::from_static(b"po1/cache.1"),
             }],
+            privileged: false,
         }),
         Message::Refused(Refused {
             reason: RefuseReason::BadToken,
@@ -139,12 +146,14 @@ fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
             hash: [9; 32],
             bytes_written: 5,
             unchanged: false,
+            meta_only: false,
         }),
         Message::Installed(Installed {
             id: 4,
             hash: [8; 32],
             bytes_written: 0,
             unchanged: true,
+            meta_only: false,
         }),
         Message::Failed(Failed {
             id: 3,
@@ -154,6 +163,7 @@ fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
         Message::Finished(Finished {
             installed: 2,
             failed: 1,
+            not_applied: Default::default(),
         }),
     ];
     let chunks = vec![
@@ -223,6 +233,10 @@ fn entry(id: IdSel, kind: KindSel, path: &[u8], size: SizeSel) -> Op {
         mtime_sec: 1_700_000_000,
         mtime_nsec: 0,
         link_target: Blob::default(),
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        xattrs: Vec::new(),
     })
 }
 

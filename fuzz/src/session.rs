@@ -190,6 +190,8 @@ impl Harness {
                         chunk_size: haul_proto::DEFAULT_CHUNK_SIZE,
                         flags: 0,
                         rename_aside: Vec::new(),
+                        filters: Vec::new(),
+                        max_delete: u64::MAX,
                     }),
                 };
                 self.accept(&hello, welcome);
@@ -372,6 +374,10 @@ impl Harness {
                     mtime_nsec,
                 },
                 link_target: link_target.0.into(),
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+                xattrs: Vec::new(),
             }),
             ClientMsg::EndOfEntries => Message::EndOfEntries,
             ClientMsg::FileDone {
@@ -412,6 +418,7 @@ impl Harness {
                 history_bytes: 0,
                 history_ms: 0,
                 renamed: Vec::new(),
+                privileged: false,
             }),
             StrayMsg::Refused => Message::Refused(Refused {
                 reason: RefuseReason::Other,
@@ -432,6 +439,7 @@ impl Harness {
                 hash: [0; 32],
                 bytes_written: 0,
                 unchanged,
+                meta_only: false,
             }),
             StrayMsg::Failed(id) => Message::Failed(Failed {
                 id: self.id(id),
@@ -441,6 +449,7 @@ impl Harness {
             StrayMsg::Finished => Message::Finished(Finished {
                 installed: 0,
                 failed: 0,
+                not_applied: Default::default(),
             }),
             StrayMsg::Chunk(id) => Message::Chunk(Chunk {
                 id: self.id(id),
@@ -477,6 +486,8 @@ fn hello_message(args: HelloArgs) -> Hello {
         },
         flags: args.flags,
         rename_aside: args.rename_aside.list(),
+        filters: Vec::new(),
+        max_delete: u64::MAX,
     }
 }
 
@@ -497,6 +508,7 @@ fn welcome_message(args: WelcomeArgs) -> Welcome {
                 from,
             })
             .collect(),
+        privileged: false,
     }
 }
 

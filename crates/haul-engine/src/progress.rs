@@ -132,6 +132,18 @@ pub struct Summary {
     pub dirs: u64,
     /// Symbolic links.
     pub symlinks: u64,
+    /// Names of files already sent in this run, made as hard links on the target (no data).
+    pub hard_links: u64,
+    /// FIFOs, sockets and device nodes.
+    pub specials: u64,
+    /// Entries whose metadata alone (owner, mode, attributes) was changed: no data was sent.
+    pub meta_only_changes: u64,
+    /// What the receiver did not apply because its grant or privileges do not allow it.
+    pub not_applied: NotAppliedCounts,
+    /// With `--delete`: paths removed from the target (or, in a dry run, that would be).
+    pub deleted: Vec<String>,
+    /// With `--delete`: entries removed in all, counting what removed directories held.
+    pub deleted_total: u64,
     /// Bytes in the source's regular files.
     pub bytes_total: u64,
     /// Payload bytes that crossed the network.
@@ -163,6 +175,30 @@ pub struct Summary {
     pub estimated_s: Option<f64>,
     /// Free bytes on the target when the run started.
     pub target_free_bytes: u64,
+}
+
+/// What the receiver did not apply (see [`haul_proto::NotApplied`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NotAppliedCounts {
+    /// Entries whose owner or group was not set.
+    pub owners: u64,
+    /// Entries whose setuid/setgid bits were dropped.
+    pub special_bits: u64,
+    /// Device nodes not created.
+    pub devices: u64,
+    /// Extended attributes or ACLs not set.
+    pub xattrs: u64,
+}
+
+impl From<haul_proto::NotApplied> for NotAppliedCounts {
+    fn from(n: haul_proto::NotApplied) -> Self {
+        NotAppliedCounts {
+            owners: n.owners,
+            special_bits: n.special_bits,
+            devices: n.devices,
+            xattrs: n.xattrs,
+        }
+    }
 }
 
 /// A directory renamed aside.

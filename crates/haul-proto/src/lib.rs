@@ -24,6 +24,10 @@
 //!     size: 5,
 //!     meta: Meta { mode: 0o644, mtime_sec: 1_700_000_000, mtime_nsec: 0 },
 //!     link_target: Default::default(),
+//!     uid: 0,
+//!     gid: 0,
+//!     rdev: 0,
+//!     xattrs: Vec::new(),
 //! });
 //! let wire = entry.encode();
 //! let mut decoder = FrameDecoder::new(Limits::default());
@@ -45,15 +49,16 @@ pub use frame::{FrameDecoder, FrameError};
 pub use layout::ChunkLayout;
 pub use limits::Limits;
 pub use message::{
-    Abort, Chunk, DecodeError, Entry, EntryKind, Failed, FileDone, Finished, Hash, Have, Hello,
-    Installed, Message, Meta, Need, QuickCheck, QuickChecked, RefuseReason, Refused, Renamed,
-    SourceFailed, Welcome,
+    Abort, Chunk, DecodeError, Deleted, Entry, EntryKind, Failed, FileDone, Finished, Hash, Have,
+    Hello, Installed, MAX_XATTR_TOTAL, MAX_XATTR_VALUE, MAX_XATTRS, Message, Meta, Names, Need,
+    NotApplied, Prune, QuickCheck, QuickChecked, RefuseReason, Refused, Renamed, SourceFailed,
+    Welcome, Xattr,
 };
 pub use session::{ClientSession, ProtocolError, ServerSession};
 
 /// The protocol version this build speaks. Peers with a different version are refused with a
 /// message naming both versions.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The default chunk size: 4 MiB. Chunk sizes are powers of two so that every chunk is a whole
 /// BLAKE3 subtree and a file's hash can be assembled from its chunk hashes.

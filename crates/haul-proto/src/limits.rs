@@ -40,11 +40,16 @@ impl Default for Limits {
     }
 }
 
+/// The frame limit never goes below this: an entry with 256 KiB of extended attributes and
+/// two 4 KiB paths must fit whatever the chunk size.
+const MIN_FRAME: u32 = 512 << 10;
+
 impl Limits {
-    /// Limits for a session that negotiated `chunk_size`: frames only need to hold one chunk.
+    /// Limits for a session that negotiated `chunk_size`: frames only need to hold one chunk,
+    /// or one entry with its longest paths and extended attributes.
     pub fn for_chunk_size(chunk_size: u32) -> Self {
         Limits {
-            max_frame: chunk_size.saturating_add(4096),
+            max_frame: chunk_size.max(MIN_FRAME).saturating_add(4096),
             ..Limits::default()
         }
     }

@@ -17,7 +17,7 @@ use crate::frame::{Frame, HEADER_LEN, header};
 /// A BLAKE3 hash or chaining value.
 pub type Hash = [u8; 32];
 
-/// File kinds a manifest can carry. Device nodes, FIFOs and sockets are never sent.
+/// File kinds a manifest can carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EntryKind {
     /// A regular file.
@@ -26,7 +26,71 @@ pub enum EntryKind {
     Dir,
     /// A symbolic link, copied as a link and never followed.
     Symlink,
+    /// Another name for a file already installed in this session: `link_target` is that
+    /// file's path relative to the destination, and the receiver hard-links it (no data).
+    HardLink,
+    /// A named pipe.
+    Fifo,
+    /// A Unix domain socket node.
+    Socket,
+    /// A character device (`rdev` names it); created only where the receiver grants it.
+    CharDev,
+    /// A block device (`rdev` names it); created only where the receiver grants it.
+    BlockDev,
 }
+
+impl EntryKind {
+    /// FIFOs, sockets and device nodes: made with `mknod`, no data.
+    pub fn is_special(self) -> bool {
+        matches!(
+            self,
+            EntryKind::Fifo | EntryKind::Socket | EntryKind::CharDev | EntryKind::BlockDev
+        )
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            EntryKind::File => 0,
+            EntryKind::Dir => 1,
+            EntryKind::Symlink => 2,
+            EntryKind::HardLink => 3,
+            EntryKind::Fifo => 4,
+            EntryKind::Socket => 5,
+            EntryKind::CharDev => 6,
+            EntryKind::BlockDev => 7,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<EntryKind> {
+        Some(match code {
+            0 => EntryKind::File,
+            1 => EntryKind::Dir,
+            2 => EntryKind::Symlink,
+            3 => EntryKind::HardLink,
+            4 => EntryKind::Fifo,
+            5 => EntryKind::Socket,
+            6 => EntryKind::CharDev,
+            7 => EntryKind::BlockDev,
+            _ => return None,
+        })
+    }
+}
+
+/// One extended attribute (`user.*`, `security.*`, `trusted.*`, `system.posix_acl_*`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Xattr {
+    /// The full name with its namespace, e.g. `security.capability`.
+    pub name: Bytes,
+    /// The raw value (for ACLs, the kernel's binary form).
+    pub value: Bytes,
+}
+
+/// Most extended attributes one entry may carry.
+pub const MAX_XATTRS: u32 = 128;
+/// Longest extended attribute value (Linux's own limit).
+pub const MAX_XATTR_VALUE: u32 = 64 << 10;
+/// Most bytes of names and values of one entry's extended attributes together.
+pub const MAX_XATTR_TOTAL: usize = 256 << 10;
 
 /// Metadata carried for every entry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -50,10 +114,16 @@ pub struct Hello {
     pub dest: Bytes,
     /// Chunk size the client will use; a power of two within the limits.
     pub chunk_size: u32,
-    /// Options ([`Hello::CHECKSUM`], [`Hello::DRY_RUN`], [`Hello::COMPRESS`]).
+    /// Options ([`Hello::CHECKSUM`], [`Hello::DRY_RUN`], [`Hello::COMPRESS`], ...).
     pub flags: u32,
     /// Directories under the destination to rename aside (`DIR` becomes `DIR.N`) and copy anew.
     pub rename_aside: Vec<Bytes>,
+    /// The sender's filter rules (`+ PATTERN` / `- PATTERN`, in order), so that with
+    /// [`Hello::DELETE`] the receiver keeps what the rules exclude.
+    pub filters: Vec<Bytes>,
+    /// With [`Hello::DELETE`]: most entries the run may delete (`u64::MAX`: no limit). Over
+    /// it, nothing is deleted and the run fails.
+    pub max_delete: u64,
 }
 
 impl Hello {
@@ -64,6 +134,16 @@ impl Hello {
     /// The client may send zstd-compressed chunks ([`Chunk::compressed`]). Without it the
     /// receiver refuses them, so a receiver never decompresses what it did not agree to.
     pub const COMPRESS: u32 = 4;
+    /// Apply the owners and groups the entries carry (where the receiver grants it).
+    pub const OWNERS: u32 = 8;
+    /// Owners are numbers only: do not map them through user and group names.
+    pub const NUMERIC_IDS: u32 = 16;
+    /// Entries carry extended attributes and ACLs, and the receiver applies them.
+    pub const XATTRS: u32 = 32;
+    /// Mirror: the client sends `Prune` lists and the receiver removes what they lack.
+    pub const DELETE: u32 = 64;
+    /// With [`Hello::DELETE`], also remove what the filter rules exclude.
+    pub const DELETE_EXCLUDED: u32 = 128;
 
     /// True if `flag` is set.
     pub fn has(&self, flag: u32) -> bool {
@@ -95,6 +175,9 @@ pub struct Welcome {
     pub history_ms: u64,
     /// Directories renamed aside for this session.
     pub renamed: Vec<Renamed>,
+    /// The token's grant lets this session apply owners, setuid/setgid bits, device nodes and
+    /// `security.*`/`trusted.*` attributes (the operator's choice).
+    pub privileged: bool,
 }
 
 /// Why a hello was refused.
@@ -134,8 +217,90 @@ pub struct Entry {
     pub size: u64,
     /// Permission bits and mtime.
     pub meta: Meta,
-    /// Link target (symlinks only), as raw bytes.
+    /// Link target (symlinks: the link's text; hard links: the first name's path relative to
+    /// the destination), as raw bytes.
     pub link_target: Bytes,
+    /// Owner, as the sender's number (see [`Names`] for its name).
+    pub uid: u32,
+    /// Group, as the sender's number.
+    pub gid: u32,
+    /// Device number (character and block devices only).
+    pub rdev: u64,
+    /// Extended attributes and ACLs, in name order (only when the hello set [`Hello::XATTRS`]).
+    pub xattrs: Vec<Xattr>,
+}
+
+/// The names of owner and group numbers, sent once per number before the first entry that
+/// uses it, so a receiver can map them through its own user database.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Names {
+    /// (uid, user name); a number with no name on the sender is not sent.
+    pub users: Vec<(u32, Bytes)>,
+    /// (gid, group name).
+    pub groups: Vec<(u32, Bytes)>,
+}
+
+impl Names {
+    /// Most names in one message.
+    pub const MAX: u32 = 4096;
+}
+
+/// With [`Hello::DELETE`], after every entry is resolved: the names the source directory `dir`
+/// holds (after filters). The receiver removes what its own directory holds beyond them.
+/// A directory with many names takes several messages, the last with `last` set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prune {
+    /// The directory, relative to the destination.
+    pub dir: Bytes,
+    /// Names in it, each one component.
+    pub names: Vec<Bytes>,
+    /// True on the directory's last message.
+    pub last: bool,
+}
+
+impl Prune {
+    /// Most names in one message.
+    pub const MAX_NAMES: u32 = 8192;
+}
+
+/// The receiver's report of what `--delete` removed (or, in a dry run, would remove). The
+/// last one has `done` set and ends the deletion phase.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deleted {
+    /// Paths removed (each with all it held), relative to the destination.
+    pub paths: Vec<Bytes>,
+    /// True on the last report.
+    pub done: bool,
+    /// Entries removed in all, counting what removed directories held (on the last report).
+    pub total: u64,
+    /// Why nothing was deleted (`--max-delete` exceeded, ...), on the last report; empty if
+    /// the deletion ran.
+    pub refused: String,
+}
+
+impl Deleted {
+    /// Most paths in one report.
+    pub const MAX_PATHS: u32 = 1024;
+}
+
+/// What a receiver did not apply, because its grant or its privileges do not allow it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NotApplied {
+    /// Entries whose owner or group was not set.
+    pub owners: u64,
+    /// Entries whose setuid/setgid bits were dropped.
+    pub special_bits: u64,
+    /// Device nodes not created.
+    pub devices: u64,
+    /// Extended attributes (or ACLs) not set.
+    pub xattrs: u64,
+}
+
+impl NotApplied {
+    /// True if everything was applied.
+    pub fn is_empty(&self) -> bool {
+        *self == NotApplied::default()
+    }
 }
 
 /// Which chunks of a file the receiver wants.
@@ -201,6 +366,8 @@ pub struct Installed {
     pub bytes_written: u64,
     /// True when the target already held this exact file: nothing was written.
     pub unchanged: bool,
+    /// True when only metadata (owner, mode, attributes) was changed: no data was written.
+    pub meta_only: bool,
 }
 
 /// The client asks whether the target already holds a run of files unchanged, instead of
@@ -257,6 +424,8 @@ pub struct Finished {
     pub installed: u64,
     /// Entries that failed.
     pub failed: u64,
+    /// What the receiver could not or would not apply.
+    pub not_applied: NotApplied,
 }
 
 /// One chunk of file data.
@@ -358,6 +527,14 @@ pub enum Message {
     QuickCheck(QuickCheck),
     /// See [`QuickChecked`].
     QuickChecked(QuickChecked),
+    /// See [`Names`].
+    Names(Names),
+    /// See [`Prune`].
+    Prune(Prune),
+    /// The client has sent every `Prune` list: the receiver deletes and reports [`Deleted`].
+    PruneEnd,
+    /// See [`Deleted`].
+    Deleted(Deleted),
 }
 
 /// A frame that does not decode to a valid message.
@@ -412,6 +589,10 @@ mod kind {
     pub(super) const HAVE: u8 = 14;
     pub(super) const QUICK_CHECK: u8 = 15;
     pub(super) const QUICK_CHECKED: u8 = 16;
+    pub(super) const NAMES: u8 = 17;
+    pub(super) const PRUNE: u8 = 18;
+    pub(super) const PRUNE_END: u8 = 19;
+    pub(super) const DELETED: u8 = 20;
 }
 
 impl Message {
@@ -466,6 +647,11 @@ impl Message {
                 for dir in &m.rename_aside {
                     put_bytes(body, dir);
                 }
+                body.put_u32(m.filters.len() as u32);
+                for rule in &m.filters {
+                    put_bytes(body, rule);
+                }
+                body.put_u64(m.max_delete);
                 kind::HELLO
             }
             Message::Welcome(m) => {
@@ -479,6 +665,7 @@ impl Message {
                     put_bytes(body, &r.from);
                     put_bytes(body, &r.to);
                 }
+                body.put_u8(u8::from(m.privileged));
                 kind::WELCOME
             }
             Message::Refused(m) => {
@@ -488,17 +675,21 @@ impl Message {
             }
             Message::Entry(m) => {
                 body.put_u64(m.id);
-                body.put_u8(match m.kind {
-                    EntryKind::File => 0,
-                    EntryKind::Dir => 1,
-                    EntryKind::Symlink => 2,
-                });
+                body.put_u8(m.kind.code());
                 put_bytes(body, &m.path);
                 body.put_u64(m.size);
                 body.put_u32(m.meta.mode);
                 body.put_i64(m.meta.mtime_sec);
                 body.put_u32(m.meta.mtime_nsec);
                 put_bytes(body, &m.link_target);
+                body.put_u32(m.uid);
+                body.put_u32(m.gid);
+                body.put_u64(m.rdev);
+                body.put_u32(m.xattrs.len() as u32);
+                for x in &m.xattrs {
+                    put_bytes(body, &x.name);
+                    put_bytes(body, &x.value);
+                }
                 kind::ENTRY
             }
             Message::EndOfEntries => kind::END_OF_ENTRIES,
@@ -536,7 +727,7 @@ impl Message {
                 body.put_u64(m.id);
                 body.put_slice(&m.hash);
                 body.put_u64(m.bytes_written);
-                body.put_u8(u8::from(m.unchanged));
+                body.put_u8(u8::from(m.unchanged) | (u8::from(m.meta_only) << 1));
                 kind::INSTALLED
             }
             Message::Failed(m) => {
@@ -548,6 +739,10 @@ impl Message {
             Message::Finished(m) => {
                 body.put_u64(m.installed);
                 body.put_u64(m.failed);
+                body.put_u64(m.not_applied.owners);
+                body.put_u64(m.not_applied.special_bits);
+                body.put_u64(m.not_applied.devices);
+                body.put_u64(m.not_applied.xattrs);
                 kind::FINISHED
             }
             Message::Chunk(m) => {
@@ -576,6 +771,36 @@ impl Message {
                 body.put_u8(u8::from(m.unchanged));
                 kind::QUICK_CHECKED
             }
+            Message::Names(m) => {
+                for table in [&m.users, &m.groups] {
+                    body.put_u32(table.len() as u32);
+                    for (id, name) in table {
+                        body.put_u32(*id);
+                        put_bytes(body, name);
+                    }
+                }
+                kind::NAMES
+            }
+            Message::Prune(m) => {
+                put_bytes(body, &m.dir);
+                body.put_u32(m.names.len() as u32);
+                for name in &m.names {
+                    put_bytes(body, name);
+                }
+                body.put_u8(u8::from(m.last));
+                kind::PRUNE
+            }
+            Message::PruneEnd => kind::PRUNE_END,
+            Message::Deleted(m) => {
+                body.put_u32(m.paths.len() as u32);
+                for path in &m.paths {
+                    put_bytes(body, path);
+                }
+                body.put_u8(u8::from(m.done));
+                body.put_u64(m.total);
+                put_bytes(body, m.refused.as_bytes());
+                kind::DELETED
+            }
         }
     }
 
@@ -600,6 +825,15 @@ impl Message {
                     }
                     dirs
                 },
+                filters: {
+                    let n = r.count("filter count", MAX_FILTERS, 4)?;
+                    let mut rules = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        rules.push(r.bytes("filter", limits.max_path)?);
+                    }
+                    rules
+                },
+                max_delete: r.u64("max_delete")?,
             }),
             kind::WELCOME => Message::Welcome(Welcome {
                 version: r.u16("version")?,
@@ -618,6 +852,7 @@ impl Message {
                     }
                     renamed
                 },
+                privileged: r.flag("privileged")?,
             }),
             kind::REFUSED => Message::Refused(Refused {
                 reason: match r.u8("reason")? {
@@ -631,16 +866,12 @@ impl Message {
             }),
             kind::ENTRY => Message::Entry(Entry {
                 id: r.u64("id")?,
-                kind: match r.u8("kind")? {
-                    0 => EntryKind::File,
-                    1 => EntryKind::Dir,
-                    2 => EntryKind::Symlink,
-                    other => {
-                        return Err(DecodeError::Invalid {
-                            field: "kind",
-                            value: other.into(),
-                        });
-                    }
+                kind: {
+                    let code = r.u8("kind")?;
+                    EntryKind::from_code(code).ok_or(DecodeError::Invalid {
+                        field: "kind",
+                        value: code.into(),
+                    })?
                 },
                 path: r.bytes("path", limits.max_path)?,
                 size: r.u64("size")?,
@@ -659,6 +890,10 @@ impl Message {
                     },
                 },
                 link_target: r.bytes("link_target", limits.max_path)?,
+                uid: r.u32("uid")?,
+                gid: r.u32("gid")?,
+                rdev: r.u64("rdev")?,
+                xattrs: r.xattrs()?,
             }),
             kind::END_OF_ENTRIES => Message::EndOfEntries,
             kind::NEED => {
@@ -708,8 +943,10 @@ impl Message {
                 id: r.u64("id")?,
                 hash: r.hash()?,
                 bytes_written: r.u64("bytes_written")?,
-                unchanged: r.u8("unchanged")? != 0,
-            }),
+                unchanged: false,
+                meta_only: false,
+            })
+            .with_installed_flags(r.u8("installed flags")?)?,
             kind::FAILED => Message::Failed(Failed {
                 id: r.u64("id")?,
                 message: r.text("message", limits.max_text)?,
@@ -718,6 +955,12 @@ impl Message {
             kind::FINISHED => Message::Finished(Finished {
                 installed: r.u64("installed")?,
                 failed: r.u64("failed")?,
+                not_applied: NotApplied {
+                    owners: r.u64("owners not applied")?,
+                    special_bits: r.u64("special bits not applied")?,
+                    devices: r.u64("devices not applied")?,
+                    xattrs: r.u64("xattrs not applied")?,
+                },
             }),
             kind::CHUNK => {
                 let id = r.u64("id")?;
@@ -781,6 +1024,45 @@ impl Message {
                     }
                 },
             }),
+            kind::NAMES => {
+                let mut tables = [Vec::new(), Vec::new()];
+                for (table, field) in tables.iter_mut().zip(["user count", "group count"]) {
+                    let n = r.count(field, Names::MAX, 8)?;
+                    table.reserve(n);
+                    for _ in 0..n {
+                        let id = r.u32("id")?;
+                        table.push((id, r.bytes("name", limits.max_name)?));
+                    }
+                }
+                let [users, groups] = tables;
+                Message::Names(Names { users, groups })
+            }
+            kind::PRUNE => Message::Prune(Prune {
+                dir: r.bytes("dir", limits.max_path)?,
+                names: {
+                    let n = r.count("name count", Prune::MAX_NAMES, 4)?;
+                    let mut names = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        names.push(r.bytes("name", limits.max_name)?);
+                    }
+                    names
+                },
+                last: r.flag("last")?,
+            }),
+            kind::PRUNE_END => Message::PruneEnd,
+            kind::DELETED => Message::Deleted(Deleted {
+                paths: {
+                    let n = r.count("path count", Deleted::MAX_PATHS, 4)?;
+                    let mut paths = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        paths.push(r.bytes("path", limits.max_path)?);
+                    }
+                    paths
+                },
+                done: r.flag("done")?,
+                total: r.u64("total")?,
+                refused: r.text("refused", limits.max_text)?,
+            }),
             other => return Err(DecodeError::UnknownType(other)),
         };
         if r.buf.has_remaining() || !r.tail.is_empty() {
@@ -808,12 +1090,38 @@ impl Message {
             Message::Abort(_) => "Abort",
             Message::QuickCheck(_) => "QuickCheck",
             Message::QuickChecked(_) => "QuickChecked",
+            Message::Names(_) => "Names",
+            Message::Prune(_) => "Prune",
+            Message::PruneEnd => "PruneEnd",
+            Message::Deleted(_) => "Deleted",
         }
     }
 }
 
 /// Most directories one session may rename aside.
 const MAX_ASIDE: u32 = 256;
+/// Most filter rules one hello may carry.
+const MAX_FILTERS: u32 = 1024;
+
+impl Message {
+    /// An `Installed` decoded so far, with its flags byte applied.
+    fn with_installed_flags(self, flags: u8) -> Result<Message, DecodeError> {
+        if flags > 3 {
+            return Err(DecodeError::Invalid {
+                field: "installed flags",
+                value: flags.into(),
+            });
+        }
+        Ok(match self {
+            Message::Installed(i) => Message::Installed(Installed {
+                unchanged: flags & 1 != 0,
+                meta_only: flags & 2 != 0,
+                ..i
+            }),
+            other => other,
+        })
+    }
+}
 
 fn refuse_code(reason: RefuseReason) -> u8 {
     match reason {
@@ -915,6 +1223,46 @@ impl Reader {
         self.need(len as usize, field)?;
         Ok(self.buf.split_to(len as usize))
     }
+    /// A byte that must be 0 or 1.
+    fn flag(&mut self, field: &'static str) -> Result<bool, DecodeError> {
+        match self.u8(field)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(DecodeError::Invalid {
+                field,
+                value: v.into(),
+            }),
+        }
+    }
+
+    /// An entry's extended attributes, within [`MAX_XATTRS`], [`MAX_XATTR_VALUE`] and
+    /// [`MAX_XATTR_TOTAL`].
+    fn xattrs(&mut self) -> Result<Vec<Xattr>, DecodeError> {
+        let n = self.count("xattr count", MAX_XATTRS, 8)?;
+        let mut xattrs = Vec::with_capacity(n);
+        let mut total = 0usize;
+        for _ in 0..n {
+            let name = self.bytes("xattr name", 255)?;
+            if name.is_empty() || name.contains(&0) {
+                return Err(DecodeError::Invalid {
+                    field: "xattr name length",
+                    value: name.len() as u64,
+                });
+            }
+            let value = self.bytes("xattr value", MAX_XATTR_VALUE)?;
+            total += name.len() + value.len();
+            if total > MAX_XATTR_TOTAL {
+                return Err(DecodeError::TooLong {
+                    field: "xattrs",
+                    declared: total as u64,
+                    limit: MAX_XATTR_TOTAL as u64,
+                });
+            }
+            xattrs.push(Xattr { name, value });
+        }
+        Ok(xattrs)
+    }
+
     fn text(&mut self, field: &'static str, limit: u32) -> Result<String, DecodeError> {
         let bytes = self.bytes(field, limit)?;
         let mut text = String::from_utf8_lossy(&bytes).into_owned();

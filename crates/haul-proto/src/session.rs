@@ -10,8 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{
-    Chunk, ChunkLayout, Entry, EntryKind, Hello, Limits, Message, PROTOCOL_VERSION, QuickCheck,
-    RefuseReason, Refused, Welcome,
+    Chunk, ChunkLayout, Entry, EntryKind, Hello, Limits, Message, Names, PROTOCOL_VERSION, Prune,
+    QuickCheck, RefuseReason, Refused, Welcome,
 };
 
 /// A peer broke the protocol.
@@ -96,6 +96,10 @@ pub struct ServerSession {
     chunk_size: u32,
     /// The hello set [`Hello::COMPRESS`]: compressed chunks are legal.
     compress: bool,
+    /// The hello set [`Hello::DELETE`]: `Prune` lists are legal.
+    delete: bool,
+    /// `PruneEnd` has arrived: no more `Prune` lists.
+    pruned: bool,
     last_id: Option<u64>,
     outstanding: BTreeMap<u64, Outstanding>,
     /// Entries the server failed while the client may still be sending for them: their late
@@ -130,6 +134,12 @@ pub enum ServerEvent {
         /// Why.
         message: String,
     },
+    /// Names of owner and group numbers.
+    Names(Names),
+    /// One source directory's names, for `--delete`.
+    Prune(Prune),
+    /// Every `Prune` list has been sent: delete now.
+    PruneEnd,
     /// No more entries will come.
     EndOfEntries,
     /// The client aborted.
@@ -144,6 +154,8 @@ impl ServerSession {
             limits,
             chunk_size: crate::DEFAULT_CHUNK_SIZE,
             compress: false,
+            delete: false,
+            pruned: false,
             last_id: None,
             outstanding: BTreeMap::new(),
             failed: BTreeSet::new(),
@@ -199,6 +211,14 @@ impl ServerSession {
                     id: failed.id,
                     message: failed.message,
                 })
+            }
+            (ServerState::Active, Message::Names(names)) => Ok(ServerEvent::Names(names)),
+            (ServerState::Active, Message::Prune(prune)) if self.delete && !self.pruned => {
+                Ok(ServerEvent::Prune(prune))
+            }
+            (ServerState::Active, Message::PruneEnd) if self.delete && !self.pruned => {
+                self.pruned = true;
+                Ok(ServerEvent::PruneEnd)
             }
             (ServerState::Active, Message::EndOfEntries) => {
                 self.state = if self.outstanding.is_empty() {
@@ -285,7 +305,8 @@ impl ServerSession {
         self.check_hello(hello)?;
         self.chunk_size = hello.chunk_size;
         self.compress = hello.has(Hello::COMPRESS);
-        self.limits.max_frame = hello.chunk_size.saturating_add(4096);
+        self.delete = hello.has(Hello::DELETE);
+        self.limits.max_frame = Limits::for_chunk_size(hello.chunk_size).max_frame;
         self.limits.max_chunk = hello.chunk_size;
         self.state = ServerState::Active;
         Ok(Message::Welcome(Welcome {
@@ -484,6 +505,7 @@ impl ClientSession {
                 self.outstanding.remove(&f.id);
                 Ok(())
             }
+            (ClientState::Active, Message::Deleted(_)) => Ok(()),
             (ClientState::Draining, Message::Finished(_)) if self.outstanding.is_empty() => {
                 self.state = ClientState::Finished;
                 Ok(())
@@ -529,6 +551,8 @@ mod tests {
             chunk_size: 1 << 20,
             flags: 0,
             rename_aside: Vec::new(),
+            filters: Vec::new(),
+            max_delete: u64::MAX,
         }
     }
 
@@ -540,6 +564,7 @@ mod tests {
             history_bytes: 0,
             history_ms: 0,
             renamed: Vec::new(),
+            privileged: false,
         }
     }
 
@@ -551,6 +576,10 @@ mod tests {
             size,
             meta: Meta::default(),
             link_target: Bytes::new(),
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            xattrs: Vec::new(),
         })
     }
 
@@ -780,6 +809,7 @@ mod tests {
                 hash: [0; 32],
                 bytes_written: 0,
                 unchanged: false,
+                meta_only: false,
             })
         };
         assert!(c.handle(&installed(id + 1)).is_err());
@@ -787,6 +817,7 @@ mod tests {
         let finished = Message::Finished(crate::Finished {
             installed: 1,
             failed: 0,
+            not_applied: Default::default(),
         });
         assert!(
             c.handle(&finished).is_err(),

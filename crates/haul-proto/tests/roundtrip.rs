@@ -23,6 +23,8 @@ fn message() -> impl Strategy<Value = Message> {
                     chunk_size: cs,
                     flags: Hello::CHECKSUM | Hello::DRY_RUN | Hello::COMPRESS,
                     rename_aside: vec![Bytes::from_static(b"ofuser")],
+                    filters: Vec::new(),
+                    max_delete: u64::MAX,
                 })
             }
         ),
@@ -50,6 +52,10 @@ fn message() -> impl Strategy<Value = Message> {
                             mtime_nsec,
                         },
                         link_target,
+                        uid: 0,
+                        gid: 0,
+                        rdev: 0,
+                        xattrs: Vec::new(),
                     })
                 }
             ),

@@ -140,6 +140,13 @@ pub(crate) fn handle_entry(
             plan_file(files, rules, entry, rel, absent);
             Ok(())
         }
+        _ => {
+            let message = format!(
+                "{}: this receiver does not create hard links or special files yet",
+                root.display_path(&rel).display()
+            );
+            return files.send(failed(id, message, false));
+        }
     };
     if let Err(e) = result {
         files.send(failed(id, e.to_string(), e.is_no_space()));

@@ -911,6 +911,7 @@ pub(super) fn installed(id: u64, hash: Hash, bytes_written: u64, unchanged: bool
             hash,
             bytes_written,
             unchanged,
+            meta_only: false,
         }),
     )
 }

@@ -205,6 +205,7 @@ pub async fn receive(
                 to: to.to_bytes().into(),
             })
             .collect(),
+        privileged: false,
     };
     let welcome = match session.accept(&hello, welcome) {
         Ok(welcome) => welcome,
@@ -474,6 +475,7 @@ async fn control_writer(
                 .send(&Message::Finished(haul_proto::Finished {
                     installed,
                     failed,
+                    not_applied: Default::default(),
                 }))
                 .await
                 .map_err(io)?;
@@ -522,7 +524,11 @@ fn handle_batch(
                 end = true;
                 continue;
             }
-            ServerEvent::Abort(_) | ServerEvent::Hello(_) => continue,
+            ServerEvent::Abort(_)
+            | ServerEvent::Hello(_)
+            | ServerEvent::Names(_)
+            | ServerEvent::Prune(_)
+            | ServerEvent::PruneEnd => continue,
         };
         lanes[(id % threads as u64) as usize].push(event);
     }
@@ -583,6 +589,11 @@ fn run_event(
             chunks_sent,
         } => files.file_done(id, hash, chunks_sent),
         ServerEvent::SourceFailed { id, message } => files.source_failed(id, message),
-        ServerEvent::EndOfEntries | ServerEvent::Abort(_) | ServerEvent::Hello(_) => {}
+        ServerEvent::EndOfEntries
+        | ServerEvent::Abort(_)
+        | ServerEvent::Hello(_)
+        | ServerEvent::Names(_)
+        | ServerEvent::Prune(_)
+        | ServerEvent::PruneEnd => {}
     }
 }

@@ -320,6 +320,8 @@ pub async fn send(
                 .iter()
                 .map(|d| Bytes::from(d.clone()))
                 .collect(),
+            filters: Vec::new(),
+            max_delete: u64::MAX,
         }))
         .await
         .map_err(|e| EngineError::connection("cannot send the hello", e))?;
@@ -537,6 +539,8 @@ pub async fn send(
                                     }
                                     EntryKind::Dir => summary.dirs += 1,
                                     EntryKind::Symlink => summary.symlinks += 1,
+                                    EntryKind::HardLink => summary.hard_links += 1,
+                                    _ => summary.specials += 1,
                                 }
                                 pending.insert(id, Pending {
                                     source: read::SourceFile {
@@ -557,6 +561,10 @@ pub async fn send(
                                     size: entry.size,
                                     meta: entry.meta,
                                     link_target: Bytes::from(entry.link_target),
+                                    uid: 0,
+                                    gid: 0,
+                                    rdev: 0,
+                                    xattrs: Vec::new(),
                                 }));
                             }
                             Some(ScanItem::Run(run)) if quick.check_next() => {
