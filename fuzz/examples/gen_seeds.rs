@@ -233,10 +233,6 @@ fn entry(id: IdSel, kind: KindSel, path: &[u8], size: SizeSel) -> Op {
         mtime_sec: 1_700_000_000,
         mtime_nsec: 0,
         link_target: Blob::default(),
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        xattrs: Vec::new(),
     })
 }
 
