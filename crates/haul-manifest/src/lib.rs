@@ -39,13 +39,20 @@
 //! returns values and typed errors. (The one file it writes, the hole-hash cache, is where its
 //! caller says.)
 
+pub mod filter;
 pub mod hash;
+pub mod names;
 pub mod quick;
 pub mod scan;
 pub mod sparse;
 pub mod zeros;
 
+pub use filter::{Filter, FilterError};
 pub use hash::{chunk_hash, file_hash, hash_file, to_hex, zero_chunk_hash};
+pub use names::{DirNames, NameWalker, walk_names};
 pub use quick::QuickDigest;
-pub use scan::{MAX_SHARED_DIRS, ScanEntry, ScanError, Scanner, SourceDir, open_source, scan};
+pub use scan::{
+    MAX_SHARED_DIRS, ScanEntry, ScanError, ScanOptions, Scanner, SourceDir, open_source, scan,
+    scan_with,
+};
 pub use sparse::SparseMap;

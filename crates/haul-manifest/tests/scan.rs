@@ -54,6 +54,7 @@ fn build(root: &Path) -> Vec<&'static [u8]> {
         0,
     )
     .unwrap();
+    fs::set_permissions(root.join("fifo"), Permissions::from_mode(0o604)).unwrap();
     fs::create_dir(root.join("locked")).unwrap();
     fs::write(root.join("locked/secret"), b"s").unwrap();
 
@@ -69,7 +70,7 @@ fn build(root: &Path) -> Vec<&'static [u8]> {
         b"dangling",
         b"empty",
         b"empty.txt",
-        // "fifo" is an error item
+        b"fifo",
         b"link-abs",
         b"link-rel",
         b"locked",
@@ -118,25 +119,15 @@ fn scans_a_tree_in_order_with_metadata_and_errors() {
     let rels: Vec<&[u8]> = entries.iter().map(|e| e.rel.as_slice()).collect();
     assert_eq!(rels, expected);
 
-    // The FIFO is skipped with its own error, between its neighbours, and the scan went on.
-    let fifo = errors
-        .iter()
-        .find(|(_, e)| matches!(e, ScanError::Unsupported { .. }))
-        .unwrap();
-    assert_eq!(fifo.1.path(), root.join("fifo"));
-    assert_eq!(
-        fifo.1.to_string(),
-        format!(
-            "skipping {}: FIFOs are not copied",
-            root.join("fifo").display()
-        )
-    );
-    assert_eq!(entries[fifo.0 - 1].rel, b"empty.txt");
+    // The FIFO is an entry of its own kind, with no size.
+    let fifo = find(&entries, b"fifo");
+    assert_eq!((fifo.kind, fifo.size, fifo.rdev), (EntryKind::Fifo, 0, 0));
+    assert_eq!(fifo.meta.mode, 0o604);
     if is_root() {
-        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors.is_empty(), "{errors:?}");
     } else {
-        assert_eq!(errors.len(), 2, "{errors:?}");
-        let (at, locked) = &errors[1];
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let (at, locked) = &errors[0];
         assert_eq!(entries[at - 1].rel, b"locked");
         assert_eq!(locked.path(), root.join("locked"));
         assert!(
@@ -291,9 +282,12 @@ fn root_that_is_not_a_directory() {
 
     let fifo = dir.path().join("p");
     mknodat(CWD, &fifo, FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
-    let items: Vec<_> = scan(&fifo).collect();
+    let items: Vec<_> = scan(&fifo).map(Result::unwrap).collect();
     assert_eq!(items.len(), 1);
-    assert!(matches!(&items[0], Err(ScanError::Unsupported { .. })));
+    assert_eq!(
+        (items[0].kind, &items[0].rel[..]),
+        (EntryKind::Fifo, &b""[..])
+    );
 }
 
 #[test]
