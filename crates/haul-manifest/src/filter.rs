@@ -43,8 +43,7 @@
 //! ```
 //! use haul_manifest::Filter;
 //!
-//! let mut filter = Filter::new();
-//! filter
+//! let filter = Filter::new()
 //!     .exclude("*.tmp")?      // floating: any file or directory named *.tmp, any depth
 //!     .exclude("/scratch/")?  // anchored, directories only: the root's scratch directory
 //!     .include("logs/keep.log")? // anchored (it has a '/'): an exception to the next rule
@@ -60,8 +59,7 @@
 //! assert!(filter.decide(b"logs/sub/other.log", false)); // '*' never matches '/'
 //!
 //! // Everything under a directory, but not the directory itself:
-//! let mut contents = Filter::new();
-//! contents.exclude("/cache/**")?;
+//! let contents = Filter::new().exclude("/cache/**")?;
 //! assert!(contents.decide(b"cache", true));
 //! assert!(contents.excludes(b"cache/a/b", false));
 //!
@@ -173,13 +171,13 @@ impl Filter {
     }
 
     /// Appends a rule excluding what `pattern` matches.
-    pub fn exclude(&mut self, pattern: impl AsRef<[u8]>) -> Result<&mut Filter, FilterError> {
+    pub fn exclude(self, pattern: impl AsRef<[u8]>) -> Result<Filter, FilterError> {
         let rule = Rule::parse(false, pattern.as_ref())?;
         self.extend(vec![rule])
     }
 
     /// Appends a rule including what `pattern` matches (an exception to the rules after it).
-    pub fn include(&mut self, pattern: impl AsRef<[u8]>) -> Result<&mut Filter, FilterError> {
+    pub fn include(self, pattern: impl AsRef<[u8]>) -> Result<Filter, FilterError> {
         let rule = Rule::parse(true, pattern.as_ref())?;
         self.extend(vec![rule])
     }
@@ -188,7 +186,7 @@ impl Filter {
     /// or a bare pattern to exclude; blank lines and lines starting with `#` are skipped. A
     /// line ends at `\n` (a `\r` before it is dropped); nothing else is trimmed, since names
     /// may start or end with spaces.
-    pub fn exclude_from(&mut self, path: &Path) -> Result<&mut Filter, FilterError> {
+    pub fn exclude_from(self, path: &Path) -> Result<Filter, FilterError> {
         let text = read(path)?;
         let mut rules = Vec::new();
         for (number, line) in lines(&text) {
@@ -221,11 +219,7 @@ impl Filter {
     /// `+ /a/b` for a file, `+ /a/b/` and `+ /a/b/**` for a directory), followed by `- /**`,
     /// which excludes everything else. Rules added before this call still apply first; rules
     /// added after it never match anything.
-    pub fn files_from(
-        &mut self,
-        source_root: &Path,
-        list: &Path,
-    ) -> Result<&mut Filter, FilterError> {
+    pub fn files_from(self, source_root: &Path, list: &Path) -> Result<Filter, FilterError> {
         let text = read(list)?;
         let mut seen = HashSet::new();
         let mut rules = Vec::new();
@@ -351,20 +345,16 @@ impl Filter {
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut filter = Filter::new();
-        filter.extend(rules)?;
-        Ok(filter)
+        Filter::new().extend(rules)
     }
 
     /// Appends rules and rebuilds the glob sets once.
-    fn extend(&mut self, rules: Vec<Rule>) -> Result<&mut Filter, FilterError> {
+    fn extend(mut self, rules: Vec<Rule>) -> Result<Filter, FilterError> {
         if rules.is_empty() {
             return Ok(self);
         }
-        let mut all = self.rules.clone();
-        all.extend(rules);
-        self.compiled = Compiled::build(&all)?;
-        self.rules = all;
+        self.rules.extend(rules);
+        self.compiled = Compiled::build(&self.rules)?;
         Ok(self)
     }
 

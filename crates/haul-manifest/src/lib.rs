@@ -1,10 +1,19 @@
 //! The source side's view of a tree: what is there, and what its bytes hash to.
 //!
 //! This crate owns:
-//! - [`scan()`](fn@scan): streaming a directory tree into [`ScanEntry`] values (kind, relative path as raw
-//!   bytes, size, mode, nanosecond mtime, symlink target, device and inode), depth first in
-//!   name order, in memory bounded by depth times directory width. Problems with single paths
-//!   come out as [`ScanError`] items and do not stop the walk.
+//! - [`scan()`](fn@scan) and [`scan_with`]: streaming a directory tree into [`ScanEntry`]
+//!   values (kind, including FIFOs, sockets and device nodes; relative path as raw bytes;
+//!   size, mode, nanosecond mtime, owner, group, link count, device number, symlink target,
+//!   device and inode; with [`ScanOptions::xattrs`], the extended attributes and ACLs), depth
+//!   first in name order, in memory bounded by depth times directory width. Problems with
+//!   single paths come out as [`ScanError`] items and do not stop the walk. [`ScanOptions`]
+//!   also applies a [`Filter`] and can keep the walk on the root's file system.
+//! - [`filter`]: which entries a transfer includes ([`Filter`]): ordered include and exclude
+//!   glob rules (the first match decides), rule files, `--files-from` lists, and the rules'
+//!   wire form for the receiver ([`Filter::to_rules`], [`Filter::from_rules`]). Its module
+//!   documentation is the reference for the pattern syntax.
+//! - [`names`]: [`walk_names`], every source directory's names ([`DirNames`]) without a
+//!   `stat` per file: what `--delete` compares the target against.
 //! - [`hash`]: BLAKE3 chunk hashes ([`chunk_hash`], [`zero_chunk_hash`]) and the file hash
 //!   assembled from them ([`file_hash`]), which equals what `b3sum` prints; [`hash_file`] hashes
 //!   a file on disk the same way.
@@ -35,9 +44,11 @@
 //! ```
 //!
 //! # Must not depend on
-//! Networking, tokio or any async runtime, `haul-store`, `haul-engine`. It never prints: it
-//! returns values and typed errors. (The one file it writes, the hole-hash cache, is where its
-//! caller says.)
+//! Networking, tokio or any async runtime, `haul-store`, `haul-engine`, `haul-cli`. It never
+//! prints: it returns values and typed errors. (The one file it writes, the hole-hash cache,
+//! is where its caller says.) It only reads the source: it never writes into a tree, so the
+//! receiving side's writing, ownership and `--delete` removals are not here (the receiver
+//! uses only [`Filter::from_rules`] and the hashes).
 
 pub mod filter;
 pub mod hash;

@@ -13,7 +13,7 @@ use haul_manifest::{Filter, FilterError, ScanOptions, scan_with};
 fn filter(rules: &[&str]) -> Filter {
     let mut filter = Filter::new();
     for rule in rules {
-        match rule.split_at(2) {
+        filter = match rule.split_at(2) {
             ("+ ", pattern) => filter.include(pattern),
             ("- ", pattern) => filter.exclude(pattern),
             _ => panic!("bad test rule {rule}"),
@@ -289,8 +289,7 @@ fn matching_table() {
 
 #[test]
 fn non_utf8_bytes_in_a_pattern_match_themselves() {
-    let mut f = Filter::new();
-    f.exclude(b"/d/\xff*").unwrap();
+    let f = Filter::new().exclude(b"/d/\xff*").unwrap();
     assert!(f.excludes(b"d/\xffa", false));
     assert!(f.excludes(b"d/\xff", false));
     assert!(!f.excludes(b"d/\xfea", false));
@@ -370,8 +369,7 @@ fn exclude_from_reads_plus_and_minus_lines_and_skips_comments() {
         "# build output\n\n- *.o\n+ /keep/important.tmp\n*.tmp\r\n#- *.c\n+ trailing space \n",
     )
     .unwrap();
-    let mut f = Filter::new();
-    f.exclude_from(&rules).unwrap();
+    let f = Filter::new().exclude_from(&rules).unwrap();
     assert_eq!(
         f.to_rules(),
         vec![
@@ -423,8 +421,7 @@ fn files_from_restricts_to_the_listed_paths_and_their_ancestors() {
     source(&root);
     let list = dir.path().join("list");
     fs::write(&list, "# what to copy\n./a/b/g\n\n/d/\ntop\nwe*rd\n").unwrap();
-    let mut f = Filter::new();
-    f.files_from(&root, &list).unwrap();
+    let f = Filter::new().files_from(&root, &list).unwrap();
     let cases: &[(&[u8], bool, bool)] = &[
         // A listed file, and its ancestor directories alone.
         (b"a/b/g", F, true),
@@ -462,8 +459,11 @@ fn files_from_restricts_to_the_listed_paths_and_their_ancestors() {
     assert_eq!(rules.last().unwrap(), b"- /**");
 
     // Exclusions added first still apply inside a listed directory.
-    let mut g = Filter::new();
-    g.exclude("j").unwrap().files_from(&root, &list).unwrap();
+    let g = Filter::new()
+        .exclude("j")
+        .unwrap()
+        .files_from(&root, &list)
+        .unwrap();
     assert!(g.excludes(b"d/j", false));
     assert!(g.decide(b"d/e/i", false));
 }
@@ -503,8 +503,7 @@ fn files_from_takes_a_symlink_to_a_directory_as_a_link() {
     symlink("d", root.join("link")).unwrap();
     let list = dir.path().join("list");
     fs::write(&list, "link\n").unwrap();
-    let mut f = Filter::new();
-    f.files_from(&root, &list).unwrap();
+    let f = Filter::new().files_from(&root, &list).unwrap();
     assert!(f.decide(b"link", false));
     assert!(!f.to_rules().contains(&b"+ /link/**".to_vec()));
 }
