@@ -167,7 +167,7 @@ struct Walk {
     filter: Option<Arc<Filter>>,
 }
 
-/// The iterator returned by [`scan`].
+/// The iterator returned by [`scan`] and [`scan_with`].
 #[derive(Debug)]
 pub struct Scanner {
     /// The root, until the first call to `next`.
