@@ -58,6 +58,8 @@ impl Root {
             match rename_noreplace(&parent, name, &new_name) {
                 Ok(()) => {
                     self.forget_cached_under(rel);
+                    // Recorded, so that --delete never removes the old copy.
+                    self.record_aside(&new_rel)?;
                     return Ok(Some(new_rel));
                 }
                 Err(Errno::EXIST | Errno::NOTEMPTY) => n += 1,

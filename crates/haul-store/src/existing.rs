@@ -9,7 +9,7 @@ use rustix::io::Errno;
 
 use crate::error::StoreError;
 use crate::path::RelPath;
-use crate::root::{Root, mode_bits, mtime};
+use crate::root::Root;
 
 /// A regular file already at a destination, open for reading.
 #[derive(Debug)]
@@ -37,6 +37,26 @@ pub struct FileStat {
     pub mtime_nsec: u32,
     /// Permission bits (`st_mode & 0o7777`).
     pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Hard links to it.
+    pub nlink: u64,
+}
+
+impl FileStat {
+    pub(crate) fn of(st: &Stat) -> FileStat {
+        FileStat {
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            mtime_sec: st.st_mtime,
+            mtime_nsec: u32::try_from(st.st_mtime_nsec).unwrap_or(0),
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            nlink: st.st_nlink,
+        }
+    }
 }
 
 fn is_file(st: &Stat) -> bool {
@@ -74,12 +94,7 @@ impl Root {
         }
         Ok(self
             .stat_regular(rel, "inspect existing file")?
-            .map(|(_, st)| FileStat {
-                size: u64::try_from(st.st_size).unwrap_or(0),
-                mtime_sec: st.st_mtime,
-                mtime_nsec: u32::try_from(st.st_mtime_nsec).unwrap_or(0),
-                mode: st.st_mode & 0o7777,
-            }))
+            .map(|(_, st)| FileStat::of(&st)))
     }
 
     /// Lists the directory `dir` once and calls `each` for every entry named between `first`
@@ -122,15 +137,7 @@ impl Root {
                 }
             }
             match rustix::fs::statat(&*fd, name, AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) if is_file(&st) => each(
-                    name,
-                    Some(FileStat {
-                        size: u64::try_from(st.st_size).unwrap_or(0),
-                        mtime_sec: st.st_mtime,
-                        mtime_nsec: u32::try_from(st.st_mtime_nsec).unwrap_or(0),
-                        mode: st.st_mode & 0o7777,
-                    }),
-                ),
+                Ok(st) if is_file(&st) => each(name, Some(FileStat::of(&st))),
                 Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
                 Ok(_) => each(name, None),
                 // Gone between the listing and the stat: as if it had not been listed.
@@ -163,9 +170,9 @@ impl Root {
         }
     }
 
-    /// Sets the mode (same rules as [`Root::install_file`]: setuid/setgid dropped) and mtime
-    /// of the existing regular file at `rel`, in place. Anything else there is an error.
-    pub fn set_file_meta(&self, rel: &RelPath, meta: &haul_proto::Meta) -> Result<(), StoreError> {
+    /// Sets the owner, mode, attributes and mtime (as [`Root::install_file`] does) of the
+    /// existing regular file at `rel`, in place. Anything else there is an error.
+    pub fn set_file_meta(&self, rel: &RelPath, attrs: &crate::Attrs) -> Result<(), StoreError> {
         let op = "set the metadata of";
         let Some((fd, _)) = self.open_regular(rel, OFlags::RDONLY, op)? else {
             return Err(StoreError::Io {
@@ -177,10 +184,7 @@ impl Root {
                 ),
             });
         };
-        rustix::fs::fchmod(&fd, mode_bits(meta.mode, self.special_bits))
-            .map_err(|e| self.err(e, rel, "set the mode of"))?;
-        rustix::fs::futimens(&fd, &mtime(meta))
-            .map_err(|e| self.err(e, rel, "set the modification time of"))
+        attrs.apply_fd(std::os::fd::AsFd::as_fd(&fd), &|| self.display_path(rel))
     }
 
     /// The fd and stat of the regular file at `rel`, or `None` when something else (or

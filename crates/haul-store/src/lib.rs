@@ -25,7 +25,8 @@
 //! - [`StoreError`]: what went wrong, with the path and the operation; [`StoreError::is_no_space`]
 //!   tells a full disk (pause and resume later) from a failure.
 //!
-//! There is deliberately no way to create device nodes, FIFOs or sockets.
+//! Device nodes are made only when the caller says the session's grant allows it
+//! ([`Root::install_special`]); FIFOs and sockets always.
 //!
 //! # Example
 //! ```
@@ -65,9 +66,11 @@
 //! - `error`: [`StoreError`] and the errno mapping.
 
 mod aside;
+mod attrs;
 mod chunk_cache;
 mod dircache;
 mod direct;
+mod entries;
 mod error;
 mod existing;
 mod fileio;
@@ -80,6 +83,8 @@ mod path;
 mod root;
 mod staging;
 
+pub use attrs::{Attrs, NotAppliedCounter};
+pub use entries::{EntryStat, LinkOutcome, Listing};
 pub use error::StoreError;
 pub use existing::{ExistingFile, FileStat};
 pub use partial::{Partial, SourceIdentity};

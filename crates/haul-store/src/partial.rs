@@ -26,7 +26,7 @@ use crate::fileio::{Ops, Target, Zeros, pwrite_all};
 use crate::journal::{self, Batch, RECORD_LEN};
 use crate::partial_open::PartialDir;
 use crate::path::RelPath;
-use crate::root::{Root, mode_bits, mtime};
+use crate::root::Root;
 
 /// A checkpoint is taken once this much recorded chunk data is not yet in the journal...
 const CHECKPOINT_BYTES: u64 = 64 << 20;
@@ -291,15 +291,12 @@ impl Partial {
         mut self,
         root: &Root,
         rel: &RelPath,
-        meta: &haul_proto::Meta,
+        attrs: &crate::Attrs,
     ) -> Result<(), StoreError> {
         let (parent, name) = root.parent_of(rel)?;
         let data_name = self.data_name();
         let err = |e, op| self.dir.err(e, &data_name, op);
-        rustix::fs::fchmod(&self.data, mode_bits(meta.mode, root.special_bits))
-            .map_err(|e| err(e, "set the mode of"))?;
-        rustix::fs::futimens(&self.data, &mtime(meta))
-            .map_err(|e| err(e, "set the modification time of"))?;
+        attrs.apply_fd(self.data.as_fd(), &|| root.display_path(rel))?;
         // The data reaches the disk before the name does: after a power cut the final name
         // holds the whole file or is absent, never a file whose size and mtime match the
         // source (so a re-run's quick check would skip it) over missing data.

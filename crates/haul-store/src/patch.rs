@@ -186,8 +186,9 @@ impl Root {
         size: u64,
         ranges: &[PatchRange],
         source: &Partial,
-        meta: &haul_proto::Meta,
+        attrs: &crate::Attrs,
     ) -> Result<bool, StoreError> {
+        let meta = &attrs.meta;
         let op = "update in place";
         let opened = match self.open_regular(rel, OFlags::RDWR, op) {
             // Not writable by us (a read-only file, a running executable): a new file
@@ -267,7 +268,7 @@ impl Root {
         }
 
         // From here on the log can put the old version back.
-        let applied = self.apply(rel, &file, ranges, source, meta, &mut buf);
+        let applied = self.apply(rel, &file, ranges, source, attrs, &mut buf);
         if let Err(e) = applied {
             return match self.undo(&file, &header, &mut log, &mut buf) {
                 Ok(()) => {
@@ -323,7 +324,7 @@ impl Root {
         file: &File,
         ranges: &[PatchRange],
         source: &Partial,
-        meta: &haul_proto::Meta,
+        attrs: &crate::Attrs,
         buf: &mut [u8],
     ) -> Result<(), StoreError> {
         let failed = io_err(self, rel, "update in place");
@@ -333,10 +334,7 @@ impl Root {
                 file.write_all_at(piece, at).map_err(&failed)
             })?;
         }
-        rustix::fs::fchmod(file, mode_bits(meta.mode, self.special_bits))
-            .map_err(|e| self.err(e, rel, "set the mode of"))?;
-        rustix::fs::futimens(file, &mtime(meta))
-            .map_err(|e| self.err(e, rel, "set the modification time of"))?;
+        attrs.apply_fd(std::os::fd::AsFd::as_fd(file), &|| self.display_path(rel))?;
         file.sync_all().map_err(&failed)
     }
 

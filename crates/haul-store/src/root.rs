@@ -7,7 +7,7 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 
+use crate::attrs::{Attrs, XattrTarget};
 use crate::dircache::DirCache;
 use crate::error::StoreError;
 use crate::partial_open::PartialDir;
@@ -40,8 +41,32 @@ pub enum FileKind {
     Dir,
     /// A symbolic link (not followed).
     Symlink,
-    /// A device node, FIFO or socket: never created by haul, only reported.
+    /// A named pipe.
+    Fifo,
+    /// A Unix socket node.
+    Socket,
+    /// A character device.
+    CharDev,
+    /// A block device.
+    BlockDev,
+    /// Anything else the kernel reports.
     Other,
+}
+
+impl FileKind {
+    /// The kind of a raw `st_mode`.
+    pub fn of_mode(mode: u32) -> FileKind {
+        match FileType::from_raw_mode(mode) {
+            FileType::RegularFile => FileKind::File,
+            FileType::Directory => FileKind::Dir,
+            FileType::Symlink => FileKind::Symlink,
+            FileType::Fifo => FileKind::Fifo,
+            FileType::Socket => FileKind::Socket,
+            FileType::CharacterDevice => FileKind::CharDev,
+            FileType::BlockDevice => FileKind::BlockDev,
+            _ => FileKind::Other,
+        }
+    }
 }
 
 /// An open receiver root. See the crate docs for the confinement rules.
@@ -53,16 +78,13 @@ pub struct Root {
     dir: Arc<OwnedFd>,
     /// The *top* root's staging directory, also for sub-roots, so install stays a rename
     /// within one file system.
-    staging: Arc<StagingDir>,
+    pub(crate) staging: Arc<StagingDir>,
     pub(crate) cache: Mutex<DirCache>,
     /// The top root's `.haul` and `.haul/partial`, shared by every sub-root.
     pub(crate) top: Arc<TopDirs>,
     /// Where this root sits below the top root (empty for the top root itself): partials are
     /// keyed by the destination's path from the top, whichever sub-root opens them.
     pub(crate) prefix: RelPath,
-    /// Whether setuid/setgid bits a peer sends are applied (the operator's choice, never the
-    /// peer's; off by default).
-    pub(crate) special_bits: bool,
 }
 
 /// The top root's own directories.
@@ -238,7 +260,6 @@ impl Root {
                 chunks: OnceLock::new(),
             }),
             prefix: RelPath::root(),
-            special_bits: false,
         })
     }
 
@@ -287,14 +308,6 @@ impl Root {
         self.staging.sweep_dead()
     }
 
-    /// Applies setuid and setgid bits sent by peers (`--preserve-special-bits`). Off by
-    /// default: a receiver often runs as root, and a peer must not be able to plant a setuid
-    /// binary.
-    pub fn preserve_special_bits(mut self, yes: bool) -> Root {
-        self.special_bits = yes;
-        self
-    }
-
     /// The root's path as given to [`Root::open`] (or joined by [`Root::subdir`]).
     pub fn path(&self) -> &Path {
         &self.path
@@ -320,7 +333,6 @@ impl Root {
             cache: Mutex::new(DirCache::new()),
             top: Arc::clone(&self.top),
             prefix: self.prefix.join(rel),
-            special_bits: self.special_bits,
         })
     }
 
@@ -336,12 +348,7 @@ impl Root {
             Err(e) => return Err(e),
         };
         match rustix::fs::statat(&*parent, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => Ok(Some(match FileType::from_raw_mode(st.st_mode) {
-                FileType::RegularFile => FileKind::File,
-                FileType::Directory => FileKind::Dir,
-                FileType::Symlink => FileKind::Symlink,
-                _ => FileKind::Other,
-            })),
+            Ok(st) => Ok(Some(FileKind::of_mode(st.st_mode))),
             Err(Errno::NOENT) => Ok(None),
             Err(e) => Err(self.err(e, rel, "inspect")),
         }
@@ -426,17 +433,12 @@ impl Root {
         &self,
         mut file: StagingFile,
         rel: &RelPath,
-        meta: &haul_proto::Meta,
+        attrs: &Attrs,
     ) -> Result<(), StoreError> {
         let (parent, name) = self.parent_of(rel)?;
-        let staged = |e, op| file.staging.err(e, &file.name, op);
         let seen = file.fix_size()?;
-        let mode = mode_bits(meta.mode, self.special_bits);
-        if seen != Some(mode.as_raw_mode()) {
-            rustix::fs::fchmod(&file.fd, mode).map_err(|e| staged(e, "set the mode of"))?;
-        }
-        rustix::fs::futimens(&file.fd, &mtime(meta))
-            .map_err(|e| staged(e, "set the modification time of"))?;
+        let shown = || file.staging.path.join(&file.name);
+        attrs.apply_fd_known(file.fd.as_fd(), seen, &shown)?;
         match &file.place {
             Place::Anonymous => {
                 self.link_anonymous(&file.fd, &parent, rel, name)?;
@@ -510,7 +512,7 @@ impl Root {
         &self,
         rel: &RelPath,
         target: &[u8],
-        meta: &haul_proto::Meta,
+        attrs: &Attrs,
     ) -> Result<(), StoreError> {
         if target.is_empty() || target.contains(&0) {
             return Err(StoreError::Io {
@@ -527,17 +529,13 @@ impl Root {
         let (staged, ()) = staging.create_unique("create staging symlink", |name| {
             rustix::fs::symlinkat(target, &staging.dir, name)
         })?;
-        let result = rustix::fs::utimensat(
-            &staging.dir,
-            staged.as_str(),
-            &mtime(meta),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| staging.err(e, &staged, "set the modification time of"))
-        .and_then(|()| {
-            rustix::fs::renameat(&staging.dir, staged.as_str(), &*parent, name)
-                .map_err(|e| self.err(e, rel, "install (rename into place)"))
-        });
+        let result = self
+            .symlink_attrs(&staging.dir, &staged, attrs)
+            .map_err(|(e, op)| staging.err(e, &staged, op))
+            .and_then(|()| {
+                rustix::fs::renameat(&staging.dir, staged.as_str(), &*parent, name)
+                    .map_err(|e| self.err(e, rel, "install (rename into place)"))
+            });
         if result.is_err() {
             // Best effort, as for a dropped StagingFile: nothing is left behind.
             let _ = staging.remove(&staged);
@@ -545,16 +543,52 @@ impl Root {
         result
     }
 
-    /// Sets a directory's mode and mtime; called after its contents are installed (adding an
-    /// entry would change the mtime again).
-    pub fn set_dir_meta(&self, rel: &RelPath, meta: &haul_proto::Meta) -> Result<(), StoreError> {
+    /// Owner, attributes and mtime of a symlink staged as `name` in `dir` (its mode is
+    /// meaningless on Linux). Attributes on a symlink are set through `/proc/self/fd`, and only
+    /// when the source's link has some.
+    fn symlink_attrs(
+        &self,
+        dir: &OwnedFd,
+        name: &str,
+        attrs: &Attrs,
+    ) -> Result<(), (Errno, &'static str)> {
+        if let Some((uid, gid)) = attrs.owner {
+            match rustix::fs::chownat(
+                dir,
+                name,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            ) {
+                Ok(()) => {}
+                Err(Errno::PERM | Errno::ACCESS | Errno::INVAL) => {
+                    if let Some(r) = &attrs.report {
+                        r.add_owners(1);
+                    }
+                }
+                Err(e) => return Err((e, "set the owner of")),
+            }
+        }
+        if let Some(want) = attrs.xattrs.as_ref().filter(|w| !w.is_empty()) {
+            let proc = PathBuf::from(format!(
+                "/proc/self/fd/{}/{name}",
+                std::os::fd::AsRawFd::as_raw_fd(dir)
+            ));
+            attrs
+                .apply_xattrs(&XattrTarget::Path(proc), want)
+                .map_err(|e| (e, "set the extended attributes of"))?;
+        }
+        rustix::fs::utimensat(dir, name, &mtime(&attrs.meta), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| (e, "set the modification time of"))
+    }
+
+    /// Sets a directory's owner, mode, attributes and mtime; called after its contents are
+    /// installed (adding an entry would change the mtime again).
+    pub fn set_dir_meta(&self, rel: &RelPath, attrs: &Attrs) -> Result<(), StoreError> {
         let dir = self
             .resolve_dir(rel, Missing::Absent)?
             .ok_or_else(|| not_found(self.display_path(rel), "set the metadata of"))?;
-        rustix::fs::fchmod(&*dir, mode_bits(meta.mode, self.special_bits))
-            .map_err(|e| self.err(e, rel, "set the mode of"))?;
-        rustix::fs::futimens(&*dir, &mtime(meta))
-            .map_err(|e| self.err(e, rel, "set the modification time of"))
+        attrs.apply_fd(dir.as_fd(), &|| self.display_path(rel))
     }
 
     /// Flushes the file system holding the root (`syncfs`): after it returns, everything

@@ -107,12 +107,12 @@ proptest! {
                     if let Ok(rel) = RelPath::parse(&p) {
                         let staging = root.create_staging(5).unwrap();
                         staging.write_at(0, b"evil!").unwrap();
-                        let _ = root.install_file(staging, &rel, &meta);
+                        let _ = root.install_file(staging, &rel, &meta.into());
                     }
                 }
-                Op::Symlink(p) => { if let Ok(rel) = RelPath::parse(&p) { let _ = root.install_symlink(&rel, b"/", &meta); } }
-                Op::DirMeta(p) => { if let Ok(rel) = RelPath::parse(&p) { let _ = root.set_dir_meta(&rel, &meta); } }
-                Op::FileMeta(p) => { if let Ok(rel) = RelPath::parse(&p) { let _ = root.set_file_meta(&rel, &meta); } }
+                Op::Symlink(p) => { if let Ok(rel) = RelPath::parse(&p) { let _ = root.install_symlink(&rel, b"/", &meta.into()); } }
+                Op::DirMeta(p) => { if let Ok(rel) = RelPath::parse(&p) { let _ = root.set_dir_meta(&rel, &meta.into()); } }
+                Op::FileMeta(p) => { if let Ok(rel) = RelPath::parse(&p) { let _ = root.set_file_meta(&rel, &meta.into()); } }
                 Op::Aside(p) => { if let Ok(rel) = RelPath::parse(&p) { let _ = root.rename_aside(&rel); } }
             }
         }

@@ -284,7 +284,7 @@ fn install_puts_content_mode_and_mtime_in_place_and_cleans_up() {
         mtime_sec: 1_600_000_000,
         mtime_nsec: 123_456_789,
     };
-    p.install(&root, &target, &meta).unwrap();
+    p.install(&root, &target, &meta.into()).unwrap();
     let want: Vec<u8> = (0..3).flat_map(|i| chunk(i, size)).collect();
     assert_eq!(fs::read(dir.path().join("out/file")).unwrap(), want);
     let st = fs::metadata(dir.path().join("out/file")).unwrap();
@@ -298,7 +298,7 @@ fn install_puts_content_mode_and_mtime_in_place_and_cleans_up() {
         .open_partial(&rel("out/dir"), identity(10))
         .unwrap()
         .partial;
-    let err = p.install(&root, &rel("out/dir"), &meta).unwrap_err();
+    let err = p.install(&root, &rel("out/dir"), &meta.into()).unwrap_err();
     assert!(matches!(err, StoreError::IsADirectory { .. }), "{err:?}");
     assert_eq!(partial_entries(dir.path()).len(), 2);
     // Discard removes both.
@@ -394,7 +394,7 @@ fn set_file_meta_in_place() {
         mtime_sec: 1_500_000_000,
         mtime_nsec: 7,
     };
-    root.set_file_meta(&rel("f"), &meta).unwrap();
+    root.set_file_meta(&rel("f"), &meta.into()).unwrap();
     let st = fs::metadata(dir.path().join("f")).unwrap();
     assert_eq!((st.ino(), st.mode() & 0o7777), (ino, 0o604));
     assert_eq!((st.mtime(), st.mtime_nsec()), (1_500_000_000, 7));
@@ -404,8 +404,8 @@ fn set_file_meta_in_place() {
         mode: 0o600,
         ..meta
     };
-    assert!(root.set_file_meta(&rel("l"), &other).is_err());
-    assert!(root.set_file_meta(&rel("missing"), &other).is_err());
+    assert!(root.set_file_meta(&rel("l"), &other.into()).is_err());
+    assert!(root.set_file_meta(&rel("missing"), &other.into()).is_err());
     assert_eq!(
         fs::metadata(dir.path().join("f")).unwrap().mode() & 0o777,
         0o604
@@ -575,7 +575,7 @@ fn a_full_disk_pauses_and_a_larger_one_resumes() {
         mtime_sec: 1,
         mtime_nsec: 0,
     };
-    p.install(&root, &target, &meta).unwrap();
+    p.install(&root, &target, &meta.into()).unwrap();
     let want: Vec<u8> = (0..24).flat_map(|i| chunk(i, size)).collect();
     assert!(fs::read(dir.path().join("big")).unwrap() == want);
     drop(root);

@@ -29,7 +29,7 @@ fn staging_entries(root: &Path) -> Vec<String> {
 fn install(root: &Root, path: &str, data: &[u8], m: Meta) {
     let f = root.create_staging(data.len() as u64).unwrap();
     f.write_at(0, data).unwrap();
-    root.install_file(f, &rel(path), &m).unwrap();
+    root.install_file(f, &rel(path), &m.into()).unwrap();
 }
 
 #[test]
@@ -86,7 +86,7 @@ fn install_file_sets_content_mode_and_ns_mtime() {
     root.install_file(
         f,
         &target,
-        &meta(0o6755 | 0o1000, 1_600_000_000, 123_456_789),
+        &meta(0o6755 | 0o1000, 1_600_000_000, 123_456_789).into(),
     )
     .unwrap();
 
@@ -136,7 +136,7 @@ fn install_replaces_existing_file_and_symlink_but_not_dir() {
     let f = root.create_staging(1).unwrap();
     f.write_at(0, b"x").unwrap();
     let err = root
-        .install_file(f, &rel("d"), &meta(0o644, 0, 0))
+        .install_file(f, &rel("d"), &meta(0o644, 0, 0).into())
         .unwrap_err();
     assert!(matches!(err, StoreError::IsADirectory { .. }), "{err}");
     assert!(err.to_string().contains("move it out of the way"));
@@ -146,7 +146,7 @@ fn install_replaces_existing_file_and_symlink_but_not_dir() {
     // Parent must exist.
     let f = root.create_staging(0).unwrap();
     let err = root
-        .install_file(f, &rel("no/such/parent"), &meta(0o644, 0, 0))
+        .install_file(f, &rel("no/such/parent"), &meta(0o644, 0, 0).into())
         .unwrap_err();
     assert!(matches!(err, StoreError::Io { .. }), "{err}");
     assert!(err.to_string().contains("no"), "{err}");
@@ -188,7 +188,7 @@ fn sparse_write_leaves_holes_and_reads_back() {
     );
     // Past the declared size is refused.
     assert!(f.write_at(64 * MIB as u64 - 1, b"ab").is_err());
-    root.install_file(f, &rel("sparse"), &meta(0o644, 0, 0))
+    root.install_file(f, &rel("sparse"), &meta(0o644, 0, 0).into())
         .unwrap();
 
     let path = dir.path().join("sparse");
@@ -222,7 +222,7 @@ fn install_symlink_keeps_target_bytes_and_never_touches_it() {
         ("dangling", b"does/not/exist\xff".to_vec()),
     ];
     for (name, target) in &targets {
-        root.install_symlink(&rel(name), target, &meta(0o777, 1_500_000_000, 42))
+        root.install_symlink(&rel(name), target, &meta(0o777, 1_500_000_000, 42).into())
             .unwrap();
         let link = dir.path().join(name);
         let st = fs::symlink_metadata(&link).unwrap();
@@ -239,14 +239,14 @@ fn install_symlink_keeps_target_bytes_and_never_touches_it() {
     assert_eq!(after.mode(), before.mode());
 
     // Replace a symlink with another; a file with a symlink.
-    root.install_symlink(&rel("rel"), b"new", &meta(0, 0, 0))
+    root.install_symlink(&rel("rel"), b"new", &meta(0, 0, 0).into())
         .unwrap();
     assert_eq!(
         fs::read_link(dir.path().join("rel")).unwrap(),
         Path::new("new")
     );
     fs::write(dir.path().join("was-file"), b"x").unwrap();
-    root.install_symlink(&rel("was-file"), b"t", &meta(0, 0, 0))
+    root.install_symlink(&rel("was-file"), b"t", &meta(0, 0, 0).into())
         .unwrap();
     assert!(
         fs::symlink_metadata(dir.path().join("was-file"))
@@ -256,16 +256,16 @@ fn install_symlink_keeps_target_bytes_and_never_touches_it() {
 
     // Bad targets and a directory in the way are refused and leave nothing in staging.
     assert!(
-        root.install_symlink(&rel("e"), b"", &meta(0, 0, 0))
+        root.install_symlink(&rel("e"), b"", &meta(0, 0, 0).into())
             .is_err()
     );
     assert!(
-        root.install_symlink(&rel("n"), b"a\0b", &meta(0, 0, 0))
+        root.install_symlink(&rel("n"), b"a\0b", &meta(0, 0, 0).into())
             .is_err()
     );
     fs::create_dir(dir.path().join("dir")).unwrap();
     let err = root
-        .install_symlink(&rel("dir"), b"t", &meta(0, 0, 0))
+        .install_symlink(&rel("dir"), b"t", &meta(0, 0, 0).into())
         .unwrap_err();
     assert!(matches!(err, StoreError::IsADirectory { .. }), "{err}");
     assert!(staging_entries(dir.path()).is_empty());
@@ -288,16 +288,16 @@ fn symlink_out_of_root_is_never_followed() {
     let f = root.create_staging(3).unwrap();
     f.write_at(0, b"bad").unwrap();
     let err = root
-        .install_file(f, &rel("a/x"), &meta(0o644, 0, 0))
+        .install_file(f, &rel("a/x"), &meta(0o644, 0, 0).into())
         .unwrap_err();
     assert!(matches!(err, StoreError::SymlinkInPath { .. }), "{err}");
 
     let err = root
-        .install_symlink(&rel("a/l"), b"t", &meta(0, 0, 0))
+        .install_symlink(&rel("a/l"), b"t", &meta(0, 0, 0).into())
         .unwrap_err();
     assert!(matches!(err, StoreError::SymlinkInPath { .. }), "{err}");
     let err = root
-        .set_dir_meta(&rel("a"), &meta(0o777, 0, 0))
+        .set_dir_meta(&rel("a"), &meta(0o777, 0, 0).into())
         .unwrap_err();
     assert!(matches!(err, StoreError::SymlinkInPath { .. }), "{err}");
     let err = root.kind_of(&rel("a/x")).unwrap_err();
@@ -381,7 +381,7 @@ fn reserved_haul_path_is_refused() {
     let f = sub.create_staging(1).unwrap();
     assert_eq!(staging_entries(dir.path()).len(), 1);
     f.write_at(0, b"s").unwrap();
-    sub.install_file(f, &rel("in-sub"), &meta(0o640, 7, 8))
+    sub.install_file(f, &rel("in-sub"), &meta(0o640, 7, 8).into())
         .unwrap();
     assert_eq!(fs::read(dir.path().join("dest/in-sub")).unwrap(), b"s");
     assert_eq!(sub.path(), dir.path().join("dest"));
@@ -397,9 +397,12 @@ fn set_dir_meta_after_contents_and_on_root() {
     let root = Root::open(dir.path()).unwrap();
     root.create_dir_all(&rel("d/e")).unwrap();
     install(&root, "d/e/f", b"x", meta(0o644, 5, 0));
-    root.set_dir_meta(&rel("d/e"), &meta(0o2751, 1_234_567_890, 999_999_999))
-        .unwrap();
-    root.set_dir_meta(&rel("d"), &meta(0o755, 1_000, 1))
+    root.set_dir_meta(
+        &rel("d/e"),
+        &meta(0o2751, 1_234_567_890, 999_999_999).into(),
+    )
+    .unwrap();
+    root.set_dir_meta(&rel("d"), &meta(0o755, 1_000, 1).into())
         .unwrap();
     let st = fs::symlink_metadata(dir.path().join("d/e")).unwrap();
     assert_eq!(st.mode() & 0o7777, 0o751);
@@ -411,18 +414,18 @@ fn set_dir_meta_after_contents_and_on_root() {
     );
 
     let sub = root.subdir(&rel("d")).unwrap();
-    sub.set_dir_meta(&RelPath::root(), &meta(0o750, 77, 0))
+    sub.set_dir_meta(&RelPath::root(), &meta(0o750, 77, 0).into())
         .unwrap();
     let st = fs::symlink_metadata(dir.path().join("d")).unwrap();
     assert_eq!((st.mode() & 0o7777, st.mtime()), (0o750, 77));
 
     fs::write(dir.path().join("plain"), b"").unwrap();
     let err = root
-        .set_dir_meta(&rel("plain"), &meta(0o755, 0, 0))
+        .set_dir_meta(&rel("plain"), &meta(0o755, 0, 0).into())
         .unwrap_err();
     assert!(matches!(err, StoreError::NotADirectory { .. }), "{err}");
     assert!(
-        root.set_dir_meta(&rel("missing"), &meta(0o755, 0, 0))
+        root.set_dir_meta(&rel("missing"), &meta(0o755, 0, 0).into())
             .is_err()
     );
 }
@@ -535,14 +538,23 @@ fn staging_left_by_dead_receivers_is_swept_and_live_ones_are_kept() {
 }
 
 #[test]
-fn setuid_and_setgid_are_applied_only_when_the_operator_asks() {
+fn setuid_and_setgid_are_applied_only_when_the_caller_allows_and_drops_are_counted() {
     let dir = tempfile::tempdir().unwrap();
-    for (keep, expected) in [(false, 0o755), (true, 0o6755)] {
-        let root = Root::open(dir.path()).unwrap().preserve_special_bits(keep);
+    let root = Root::open(dir.path()).unwrap();
+    for (keep, expected, dropped) in [(false, 0o755, 1), (true, 0o6755, 0)] {
         let name = format!("tool-{keep}");
-        install(&root, &name, b"#!/bin/sh\n", meta(0o6755, 1, 0));
+        let f = root.create_staging(10).unwrap();
+        f.write_at(0, b"#!/bin/sh\n").unwrap();
+        let report = std::sync::Arc::new(haul_store::NotAppliedCounter::default());
+        let attrs = haul_store::Attrs {
+            special_bits: keep,
+            report: Some(report.clone()),
+            ..meta(0o6755, 1, 0).into()
+        };
+        root.install_file(f, &rel(&name), &attrs).unwrap();
         let st = fs::symlink_metadata(dir.path().join(&name)).unwrap();
         assert_eq!(st.mode() & 0o7777, expected, "keep={keep}");
+        assert_eq!(report.snapshot().special_bits, dropped, "keep={keep}");
     }
 }
 
@@ -568,7 +580,7 @@ fn anonymous_staging_files_end_with_exactly_their_mode() {
             .create_staging_for(&target, data.len() as u64, mode)
             .unwrap();
         f.write_at(0, &data).unwrap();
-        root.install_file(f, &target, &meta(mode, 1_600_000_000, 5))
+        root.install_file(f, &target, &meta(mode, 1_600_000_000, 5).into())
             .unwrap();
         let path = dir.path().join(format!("file-{i}"));
         let st = fs::symlink_metadata(&path).unwrap();
@@ -597,7 +609,7 @@ fn fresh_files_are_written_in_place_and_removed_if_unfinished() {
         "a fresh file is created under its final name"
     );
     f.write_at(0, &data).unwrap();
-    root.install_file(f, &target, &meta(0o640, 1_600_000_000, 7))
+    root.install_file(f, &target, &meta(0o640, 1_600_000_000, 7).into())
         .unwrap();
     let st = fs::symlink_metadata(&path).unwrap();
     assert_eq!(fs::read(&path).unwrap(), data);
@@ -640,7 +652,7 @@ fn a_taken_name_is_staged_not_overwritten() {
         if name == "old.bin" {
             assert_eq!(fs::read(dir.path().join(name)).unwrap(), b"old copy");
         }
-        root.install_file(f, &target, &meta(0o644, 1_600_000_000, 0))
+        root.install_file(f, &target, &meta(0o644, 1_600_000_000, 0).into())
             .unwrap();
         let st = fs::symlink_metadata(dir.path().join(name)).unwrap();
         assert!(st.file_type().is_file(), "{name} is now a regular file");
