@@ -16,6 +16,7 @@
 
 pub mod cmd;
 pub mod disk;
+pub mod fidelity;
 pub mod hostile;
 pub mod linkemu;
 pub mod sim;
