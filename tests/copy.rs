@@ -271,29 +271,48 @@ fn a_full_target_stops_with_exit_3_and_says_what_is_needed() {
     let _ = Path::new(OsStr::from_bytes(b"")); // keep OsStrExt in use for byte paths above
 }
 
+/// A copy as root keeps setuid/setgid like `cp -a`; the same copy by an unprivileged user
+/// (whose embedded receiver cannot be privileged) drops them and says so in its summary.
 #[test]
-fn setuid_bits_are_dropped_unless_the_operator_asks() {
+fn setuid_bits_are_kept_by_a_root_copy_and_counted_when_dropped() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("cfg");
     let mut t = TreeBuilder::new(&tmp.path().join("src"), 12);
-    let tool = t.file("bin/tool", 100);
+    t.file("bin/tool", 100);
     t.mode("bin/tool", 0o4755);
     let src = tmp.path().join("src");
-    for (flag, expected) in [(None, 0o755), (Some("--preserve-special-bits"), 0o4755)] {
-        let dst = tmp.path().join(format!("dst-{}", flag.is_some()));
-        let mut args = vec![os("copy")];
-        args.extend(flag.map(os));
-        args.extend([src.as_os_str(), dst.as_os_str()]);
-        let out = haul().run(&cfg, &args);
-        assert_success(&out);
-        let mode = std::fs::metadata(dst.join("bin/tool"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o7777, expected, "{flag:?}");
-    }
-    let _ = tool;
+    let dst = tmp.path().join("dst-root");
+    assert_success(&haul().run(&cfg, &[os("copy"), src.as_os_str(), dst.as_os_str()]));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&dst.join("bin/tool")), 0o4755);
+
+    let status = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(tmp.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // chown cleared the setuid bit: set it again, now on nobody's file.
+    std::fs::set_permissions(
+        src.join("bin/tool"),
+        std::fs::Permissions::from_mode(0o4755),
+    )
+    .unwrap();
+    let dst = tmp.path().join("dst-user");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_haul"))
+        .env("HAUL_CONFIG_DIR", &cfg)
+        .env("HAUL_CACHE_DIR", cfg.join("cache"))
+        .args(["copy", "--json"])
+        .arg(&src)
+        .arg(&dst)
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert_eq!(mode(&dst.join("bin/tool")), 0o755);
+    assert_eq!(summary_of(&out)["not_applied"]["special_bits"], 1);
 }
 
 /// Hole chunks hash to values that depend only on where they are, so haul computes each once

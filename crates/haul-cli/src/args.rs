@@ -32,8 +32,9 @@ pub(crate) enum Command {
         src: PathBuf,
         /// Where the copy goes.
         dst: PathBuf,
-        /// Keep setuid and setgid bits (dropped by default, as by any haul receiver).
-        #[arg(long)]
+        /// Accepted for compatibility: a copy keeps setuid and setgid bits whenever it runs as
+        /// root, like `cp -a`.
+        #[arg(long, hide = true)]
         preserve_special_bits: bool,
         /// Run the embedded receiver over loopback QUIC with TLS, exactly as a push to a
         /// remote `haul serve` would travel (slower; for testing the network path).
@@ -74,21 +75,27 @@ pub(crate) enum Command {
         /// File holding the token clients must present.
         #[arg(long)]
         token_file: Option<PathBuf>,
-        /// A token confined to a part of the root: SUBDIR=TOKEN_FILE. A client presenting that
-        /// token writes only under ROOT/SUBDIR (its destination path is relative to it), so one
-        /// receiver serves several migrations without one reaching into another's tree.
+        /// A token confined to a part of the root: SUBDIR=TOKEN_FILE[,privileged]. A client
+        /// presenting that token writes only under ROOT/SUBDIR (its destination path is
+        /// relative to it), so one receiver serves several migrations without one reaching into
+        /// another's tree. ",privileged" lets that token's transfers set owners, setuid/setgid
+        /// bits, device nodes and security.*/trusted.* attributes (see --privileged).
         /// Repeatable. With --grant and no --token-file or HAUL_TOKEN, no token covers the
         /// whole root.
-        #[arg(long, value_name = "SUBDIR=TOKEN_FILE")]
+        #[arg(long, value_name = "SUBDIR=TOKEN_FILE[,privileged]")]
         grant: Vec<String>,
         /// Where the certificate and generated token live [default: $HAUL_CONFIG_DIR, or
         /// $XDG_CONFIG_HOME/haul, or ~/.config/haul].
         #[arg(long)]
         config_dir: Option<PathBuf>,
-        /// Apply setuid and setgid bits sent by clients. Off by default: a receiver often runs
-        /// as root, and a client must not be able to plant a setuid program.
-        #[arg(long)]
-        preserve_special_bits: bool,
+        /// Let the whole-root token (--token-file, HAUL_TOKEN or the generated one) set owners
+        /// and groups, setuid/setgid bits, device nodes and security.* (file capabilities) and
+        /// trusted.* attributes, as `cp -a` does as root. Off by default: a receiver often
+        /// runs as root, and a client must not be able to plant a setuid-root program, a device
+        /// or a capability on this host. Without it those are not applied and each summary
+        /// counts them. Needs the receiver to run as root.
+        #[arg(long, alias = "preserve-special-bits")]
+        privileged: bool,
         /// Print events as JSON lines.
         #[arg(long)]
         json: bool,
@@ -194,11 +201,85 @@ pub(crate) struct TransferArgs {
     /// BLAKE3 chunk hash always covers the uncompressed data, so verification is unchanged.
     #[arg(long, value_enum, default_value_t = CompressMode::Auto)]
     pub(crate) compress: CompressMode,
+    /// Keep owner and group numbers as they are instead of mapping them through user and
+    /// group names (by default a name the target knows gets its number there; an unknown
+    /// name keeps the number).
+    #[arg(long)]
+    pub(crate) numeric_ids: bool,
+    /// Do not send owners and groups (the copy belongs to whoever the receiver runs as).
+    #[arg(long)]
+    pub(crate) no_owners: bool,
+    /// Do not copy extended attributes and POSIX ACLs.
+    #[arg(long)]
+    pub(crate) no_xattrs: bool,
+    /// Copy each name of a hard-linked file as a file of its own (by default a link group is
+    /// sent once and linked on the target).
+    #[arg(long)]
+    pub(crate) no_hard_links: bool,
+    /// Make the destination a mirror: after the copy is installed, remove what the destination
+    /// holds that the source does not. Never removes the receiver's .haul directory,
+    /// renamed-aside copies, or (without --delete-excluded) what --exclude protects. Skipped,
+    /// with an error, when any part of the source could not be read.
+    #[arg(long)]
+    pub(crate) delete: bool,
+    /// With --delete, also remove what the filters exclude.
+    #[arg(long, requires = "delete")]
+    pub(crate) delete_excluded: bool,
+    /// With --delete, refuse to remove more than N entries (counting what removed directories
+    /// hold): over it, nothing is removed and the run fails.
+    #[arg(long, value_name = "N", requires = "delete")]
+    pub(crate) max_delete: Option<u64>,
+    /// Leave out what matches PATTERN (repeatable; rules apply in the order given, the first
+    /// that matches decides). A PATTERN with no '/' matches a name at any depth; one that
+    /// starts with '/' or has a '/' inside is anchored at the source root; a trailing '/'
+    /// matches directories only; '*' and '?' stay within one name, '**' crosses directories.
+    /// An excluded directory is not descended into.
+    #[arg(long, value_name = "PATTERN")]
+    pub(crate) exclude: Vec<String>,
+    /// Keep what matches PATTERN even if a later --exclude would leave it out (same pattern
+    /// rules as --exclude).
+    #[arg(long, value_name = "PATTERN")]
+    pub(crate) include: Vec<String>,
+    /// Read exclude patterns from FILE, one per line ('#' comments; "+ PATTERN" includes,
+    /// "- PATTERN" excludes).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) exclude_from: Vec<PathBuf>,
+    /// Copy only the paths listed in FILE (relative to the source, one per line), with their
+    /// parent directories and, for a listed directory, everything in it.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) files_from: Option<PathBuf>,
+    /// Do not cross into other file systems mounted below the source (their mount points are
+    /// copied as empty directories).
+    #[arg(long, short = 'x')]
+    pub(crate) one_file_system: bool,
+    /// The --include and --exclude rules in command-line order (filled in after parsing).
+    #[arg(skip)]
+    pub(crate) rules: Vec<(bool, String)>,
     /// Cap the rate chunk data is sent at, over all streams, to leave room on a shared link:
     /// bytes per second with K, M or G (1024-based: 50M is 50 MiB/s), or bits per second as
     /// kbit, mbit or gbit (400mbit). A bare number is KiB/s, as for rsync --bwlimit.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub(crate) bwlimit: Option<u64>,
+}
+
+/// Fills each transfer command's `rules` with its --include and --exclude patterns in the
+/// order they were given: the first rule that matches decides, so the order matters, and clap
+/// keeps each option's values apart.
+pub(crate) fn order_rules(cli: &mut Cli, sub: &clap::ArgMatches) {
+    let transfer = match &mut cli.command {
+        Command::Copy { transfer, .. }
+        | Command::Push { transfer, .. }
+        | Command::Plan { transfer, .. } => transfer,
+        _ => return,
+    };
+    let mut rules: Vec<(usize, bool, String)> = Vec::new();
+    for (id, include) in [("include", true), ("exclude", false)] {
+        if let (Some(indices), Some(values)) = (sub.indices_of(id), sub.get_many::<String>(id)) {
+            rules.extend(indices.zip(values).map(|(i, v)| (i, include, v.clone())));
+        }
+    }
+    rules.sort_by_key(|r| r.0);
+    transfer.rules = rules.into_iter().map(|(_, inc, v)| (inc, v)).collect();
 }
 
 /// The values of `--compress`.

@@ -19,7 +19,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
-use clap::Parser;
 use haul_engine::jobs::{self, PushTarget, ServeOptions};
 use haul_engine::{EngineError, Grant, Progress, Summary, TransferOptions};
 use haul_net::{Fingerprint, Identity, Token, Trust};
@@ -29,7 +28,14 @@ use output::Mode;
 
 /// Runs the `haul` command line and returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let Some((_, sub)) = matches.subcommand() {
+        args::order_rules(&mut cli, sub);
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -79,15 +85,11 @@ async fn run(cli: Cli) -> u8 {
         Command::Copy {
             src,
             dst,
-            preserve_special_bits,
+            preserve_special_bits: _,
             via_quic,
             transfer,
         } => {
-            let dest = Destination::Local {
-                dst,
-                preserve_special_bits,
-                via_quic,
-            };
+            let dest = Destination::Local { dst, via_quic };
             transfer_command(src, dest, transfer).await
         }
         Command::Push {
@@ -106,7 +108,6 @@ async fn run(cli: Cli) -> u8 {
             if !dst.as_bytes().starts_with(b"quic://") {
                 let dest = Destination::Local {
                     dst: dst.into(),
-                    preserve_special_bits: false,
                     via_quic: false,
                 };
                 return transfer_command(src, dest, transfer).await;
@@ -119,14 +120,14 @@ async fn run(cli: Cli) -> u8 {
             token_file,
             grant,
             config_dir,
-            preserve_special_bits,
+            privileged,
             json,
         } => {
             let mode = if json { Mode::Json } else { Mode::Quiet };
             let access = Access {
                 token_file,
                 grant,
-                preserve_special_bits,
+                privileged,
             };
             match serve(mode, root, listen, access, config_dir).await {
                 Ok(()) => 0,
@@ -169,17 +170,13 @@ fn given_token(token_file: Option<PathBuf>) -> anyhow::Result<Option<Token>> {
 /// Where a transfer goes.
 enum Destination {
     /// `haul copy`: a local path, through the embedded receiver.
-    Local {
-        dst: PathBuf,
-        preserve_special_bits: bool,
-        via_quic: bool,
-    },
+    Local { dst: PathBuf, via_quic: bool },
     /// `haul push`: a running receiver.
     Remote(PushTarget),
 }
 
-fn options(args: &TransferArgs) -> TransferOptions {
-    TransferOptions {
+fn options(args: &TransferArgs, src: &Path) -> anyhow::Result<TransferOptions> {
+    Ok(TransferOptions {
         chunk_size: args.chunk_size,
         streams: usize::from(args.streams),
         list_files: args.list,
@@ -196,8 +193,39 @@ fn options(args: &TransferArgs) -> TransferOptions {
             args::CompressMode::Off => haul_engine::compress::Compression::Off,
         },
         bwlimit: args.bwlimit,
+        owners: !args.no_owners,
+        numeric_ids: args.numeric_ids,
+        xattrs: !args.no_xattrs,
+        hard_links: !args.no_hard_links,
+        delete: args.delete,
+        delete_excluded: args.delete_excluded,
+        max_delete: args.max_delete,
+        filter: filter(args, src)?.map(Arc::new),
+        one_file_system: args.one_file_system,
         ..TransferOptions::default()
+    })
+}
+
+/// The filter the --include, --exclude, --exclude-from and --files-from options make.
+fn filter(args: &TransferArgs, src: &Path) -> anyhow::Result<Option<haul_manifest::Filter>> {
+    if args.rules.is_empty() && args.exclude_from.is_empty() && args.files_from.is_none() {
+        return Ok(None);
     }
+    let mut filter = haul_manifest::Filter::new();
+    for (include, pattern) in &args.rules {
+        filter = if *include {
+            filter.include(pattern)?
+        } else {
+            filter.exclude(pattern)?
+        };
+    }
+    for file in &args.exclude_from {
+        filter = filter.exclude_from(file)?;
+    }
+    if let Some(list) = &args.files_from {
+        filter = filter.files_from(src, list)?;
+    }
+    Ok(Some(filter))
 }
 
 async fn run_job(
@@ -208,13 +236,8 @@ async fn run_job(
     events: haul_engine::EventSink,
 ) -> Result<Summary, EngineError> {
     match dest {
-        Destination::Local {
-            dst,
-            preserve_special_bits,
-            via_quic,
-        } => {
+        Destination::Local { dst, via_quic } => {
             let options = TransferOptions {
-                preserve_special_bits: *preserve_special_bits,
                 via_quic: *via_quic,
                 ..options
             };
@@ -228,7 +251,13 @@ async fn run_job(
 
 async fn transfer_command(src: PathBuf, dest: Destination, args: TransferArgs) -> u8 {
     let mode = Mode::pick(args.json);
-    let options = options(&args);
+    let options = match options(&args, &src) {
+        Ok(options) => options,
+        Err(e) => {
+            output::fatal(mode, &e, 1);
+            return 1;
+        }
+    };
     if args.require_space && !args.dry_run {
         // Plan first: the bytes that must be written, against the target's free space.
         let plan = TransferOptions {
@@ -359,7 +388,7 @@ async fn push_target(src: &Path, dest: &OsStr, remote: RemoteArgs) -> anyhow::Re
 struct Access {
     token_file: Option<PathBuf>,
     grant: Vec<String>,
-    preserve_special_bits: bool,
+    privileged: bool,
 }
 
 async fn serve(
@@ -372,7 +401,7 @@ async fn serve(
     let Access {
         token_file,
         grant,
-        preserve_special_bits,
+        privileged,
     } = access;
     let config_dir = config_dir.unwrap_or_else(haul_net::default_config_dir);
     if !root.is_dir() {
@@ -387,6 +416,10 @@ async fn serve(
         let (subdir, file) = g.split_once('=').ok_or_else(|| {
             anyhow!("--grant {g:?}: write SUBDIR=TOKEN_FILE, e.g. --grant po1=/etc/haul/po1.token")
         })?;
+        let (file, privileged) = match file.strip_suffix(",privileged") {
+            Some(file) => (file, true),
+            None => (file, false),
+        };
         let subdir = haul_store::RelPath::parse(subdir.as_bytes())
             .map_err(|e| anyhow!("--grant {g:?}: the sub-directory is refused: {e}"))?;
         if subdir.is_root() {
@@ -397,6 +430,7 @@ async fn serve(
         grants.push(Grant {
             token: Token::load(Path::new(file))?,
             subdir,
+            privileged,
         });
     }
     let whole_root = match given_token(token_file)? {
@@ -422,7 +456,31 @@ async fn serve(
         grants.push(Grant {
             token,
             subdir: haul_store::RelPath::root(),
+            privileged,
         });
+    }
+    // What each token may do, so the operator sees what a client can do to this host.
+    let am_root = rustix::process::geteuid().is_root();
+    for g in &grants {
+        let place = if g.subdir.is_root() {
+            root.display().to_string()
+        } else {
+            root.join(OsStr::from_bytes(&g.subdir.to_bytes()))
+                .display()
+                .to_string()
+        };
+        let what = match (g.privileged, am_root) {
+            (true, true) => "privileged: owners, setuid/setgid, devices, security.* attributes",
+            (true, false) => {
+                "privileged, but this receiver is not root: owners, setuid/setgid and devices \
+                 will not be applied"
+            }
+            (false, _) => {
+                "unprivileged: owners, setuid/setgid, devices and security.* attributes are not \
+                 applied"
+            }
+        };
+        eprintln!("haul serve: grant {place}: {what}");
     }
     if created {
         eprintln!(
@@ -437,7 +495,6 @@ async fn serve(
         listen,
         grants,
         identity,
-        preserve_special_bits,
     };
     jobs::serve(
         options,

@@ -69,6 +69,13 @@ fn human_event(event: &Event) -> String {
         Event::FileFailed { message, .. } => format!("haul: error: {message}"),
         Event::Warning { message } => format!("haul: warning: {message}"),
         Event::FileInstalled { path, blake3, .. } => format!("{blake3}  {path}"),
+        Event::Deleted { path, dry_run } => {
+            if *dry_run {
+                format!("haul: would delete {path}")
+            } else {
+                format!("haul: deleted {path}")
+            }
+        }
         Event::TrustedOnFirstUse {
             host,
             fingerprint,
@@ -178,6 +185,20 @@ pub(crate) fn summary(mode: Mode, summary: &Summary) {
             for r in &summary.renamed_aside {
                 eprintln!("haul: dry run: would rename {} to {}", r.from, r.to);
             }
+            if summary.meta_only_changes > 0 {
+                eprintln!(
+                    "haul: dry run: {} entries would have only their metadata (owner, mode, \
+                     attributes) updated, with no data sent",
+                    summary.meta_only_changes
+                );
+            }
+            if !summary.deleted.is_empty() {
+                eprintln!(
+                    "haul: dry run: --delete would remove {} paths ({} entries in all), listed above",
+                    summary.deleted.len(),
+                    summary.deleted_total
+                );
+            }
             match summary.estimated_s {
                 Some(s) => eprintln!(
                     "haul: dry run: estimated {} at this receiver's measured throughput",
@@ -222,6 +243,30 @@ pub(crate) fn summary(mode: Mode, summary: &Summary) {
                     "haul: {} chunks ({}) reused from the target instead of sent",
                     summary.chunks_reused,
                     indicatif::HumanBytes(summary.bytes_reused),
+                );
+            }
+            if summary.hard_links + summary.specials + summary.meta_only_changes > 0 {
+                eprintln!(
+                    "haul: {} hard links, {} FIFOs/sockets/devices; {} entries had only their \
+                     metadata updated (no data sent)",
+                    summary.hard_links, summary.specials, summary.meta_only_changes
+                );
+            }
+            if !summary.deleted.is_empty() {
+                eprintln!(
+                    "haul: --delete removed {} paths ({} entries in all)",
+                    summary.deleted.len(),
+                    summary.deleted_total
+                );
+            }
+            let n = &summary.not_applied;
+            if n.owners + n.special_bits + n.devices + n.xattrs > 0 {
+                eprintln!(
+                    "haul: the receiver did not apply: {} owners, {} setuid/setgid bits, {} device \
+                     nodes, {} extended attributes (its grant is not privileged, or it does not \
+                     run as root, or the file system lacks attributes); the copy is otherwise \
+                     complete",
+                    n.owners, n.special_bits, n.devices, n.xattrs
                 );
             }
             if !summary.errors.is_empty() {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use haul_net::{Identity, Token, Trust};
-use haul_store::Root;
+use haul_store::{RelPath, Root};
 
 use crate::compress::Compression;
 use crate::error::EngineError;
@@ -30,8 +30,6 @@ pub struct ServeOptions {
     pub grants: Vec<Grant>,
     /// The certificate the server presents.
     pub identity: Identity,
-    /// Apply setuid/setgid bits sent by clients (off: they are dropped).
-    pub preserve_special_bits: bool,
 }
 
 /// Connections served at once; more are refused (the client is told to retry later) so a
@@ -45,7 +43,7 @@ pub async fn serve(
     ready: impl FnOnce(SocketAddr),
     events: EventSink,
 ) -> Result<(), EngineError> {
-    let root = open_receiver_root(&options.root, options.preserve_special_bits)?;
+    let root = open_receiver_root(&options.root)?;
     let config = Arc::new(ReceiverConfig::with_grants(root, options.grants));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let endpoint = haul_net::server_endpoint(options.listen, &options.identity)?;
@@ -102,8 +100,8 @@ pub async fn serve(
 
 /// Opens the root a receiver writes into and cleans up after receivers that died in it:
 /// their staging files go, and files they were patching in place get their old version back.
-fn open_receiver_root(path: &Path, special_bits: bool) -> Result<Root, EngineError> {
-    let root = Root::open(path)?.preserve_special_bits(special_bits);
+fn open_receiver_root(path: &Path) -> Result<Root, EngineError> {
+    let root = Root::open(path)?;
     root.sweep_staging()?;
     let restored = root.recover_patches()?;
     if restored > 0 {
@@ -232,10 +230,19 @@ pub async fn copy(
         None => split_destination(&source, &dest, meta.is_dir())?,
     };
     let had_state_dir = root_dir.join(".haul").exists();
-    let root = open_receiver_root(&root_dir, options.preserve_special_bits)?;
+    let root = open_receiver_root(&root_dir)?;
 
     let token = Token::from_bytes(random_token().as_bytes());
-    let config = Arc::new(ReceiverConfig::new(root, vec![token.clone()]));
+    // The embedded receiver works for the user who runs the copy, on both sides: as root it
+    // keeps what `cp -a` keeps (owners, setuid/setgid, devices, security attributes).
+    let config = Arc::new(ReceiverConfig::with_grants(
+        root,
+        vec![Grant {
+            token: token.clone(),
+            subdir: RelPath::root(),
+            privileged: true,
+        }],
+    ));
     let state = config.clone();
     let (sent, received) = if options.via_quic {
         copy_over_quic(source, rel, token, config, options, progress, events).await?

@@ -26,6 +26,7 @@ mod error;
 mod idmap;
 pub mod jobs;
 pub mod local_link;
+mod owners;
 pub mod progress;
 mod receiver;
 mod sender;

@@ -58,6 +58,14 @@ pub enum Event {
         /// What went wrong and what to do.
         message: String,
     },
+    /// `--delete` removed a path from the target (or would, in a dry run); with
+    /// `TransferOptions::list_files` or in a dry run.
+    Deleted {
+        /// The path, relative to the destination.
+        path: String,
+        /// True when nothing was removed (a dry run or a plan).
+        dry_run: bool,
+    },
     /// A file was installed on the target (only with `TransferOptions::list_files`).
     FileInstalled {
         /// Path relative to the destination (lossy UTF-8).

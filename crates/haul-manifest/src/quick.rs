@@ -24,6 +24,20 @@ impl QuickDigest {
     /// Adds one regular file. `mode` is the permission bits as the quick check compares them
     /// (the sender's `mode & 0o1777`, the receiver's `st_mode & 0o7777`).
     pub fn add(&mut self, name: &[u8], size: u64, mtime_sec: i64, mtime_nsec: u32, mode: u32) {
+        self.add_owned(name, size, mtime_sec, mtime_nsec, mode, None);
+    }
+
+    /// [`QuickDigest::add`], also covering the file's owner and group when `owner` is given
+    /// (a session that applies owners: both sides then pass the sender's numbers).
+    pub fn add_owned(
+        &mut self,
+        name: &[u8],
+        size: u64,
+        mtime_sec: i64,
+        mtime_nsec: u32,
+        mode: u32,
+        owner: Option<(u32, u32)>,
+    ) {
         // One buffer and one `hash` call: a `Hasher` costs more to set up than a short name
         // costs to hash, and this runs once per file on both sides of a re-run.
         // The fixed-size fields first, then the name: no length prefix is needed.
@@ -32,12 +46,18 @@ impl QuickDigest {
         buf[8..16].copy_from_slice(&mtime_sec.to_le_bytes());
         buf[16..20].copy_from_slice(&mtime_nsec.to_le_bytes());
         buf[20..24].copy_from_slice(&mode.to_le_bytes());
-        let out = if name.len() <= buf.len() - 24 {
-            buf[24..24 + name.len()].copy_from_slice(name);
-            blake3::hash(&buf[..24 + name.len()])
+        let mut fixed = 24;
+        if let Some((uid, gid)) = owner {
+            buf[24..28].copy_from_slice(&uid.to_le_bytes());
+            buf[28..32].copy_from_slice(&gid.to_le_bytes());
+            fixed = 32;
+        }
+        let out = if name.len() <= buf.len() - fixed {
+            buf[fixed..fixed + name.len()].copy_from_slice(name);
+            blake3::hash(&buf[..fixed + name.len()])
         } else {
             let mut h = blake3::Hasher::new();
-            h.update(&buf[..24]);
+            h.update(&buf[..fixed]);
             h.update(name);
             h.finalize()
         };

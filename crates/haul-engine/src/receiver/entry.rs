@@ -2,20 +2,28 @@
 //! skip files the target already has, and plan the rest (which chunks it holds, which it
 //! needs).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use haul_manifest::QuickDigest;
-use haul_proto::{ChunkLayout, Entry, EntryKind, Have, Message, Meta, Need, QuickCheck};
-use haul_store::{ExistingFile, FileStat, RelPath, Root, SourceIdentity};
+use haul_proto::{ChunkLayout, Entry, EntryKind, Have, Message, Need, QuickCheck};
+use haul_store::{
+    Attrs, ExistingFile, FileKind, FileStat, LinkOutcome, NotAppliedCounter, RelPath, Root,
+    SourceIdentity,
+};
 
-use super::files::{Files, Outcome, Plan, Reuse, failed, installed};
+use super::files::{Files, Outcome, Plan, Reuse, failed, kept};
+use super::prune::Pruner;
 use super::target::Target;
+use crate::owners::IdMapper;
 
 /// Most chunks one file may have: 16 TiB at the default 4 MiB chunk size.
 pub(crate) const MAX_CHUNKS_PER_FILE: u64 = 1 << 22;
 /// Most chunks of all files in flight in one session (about 70 MB of bookkeeping at most;
 /// 4 TiB of file data at the default chunk size).
 pub(crate) const MAX_CHUNKS_IN_FLIGHT: u64 = 1 << 20;
+
+/// Directories whose metadata is set once their contents are in place.
+pub(crate) type DirList = Mutex<Vec<(RelPath, Attrs)>>;
 
 /// How this session treats entries.
 pub(crate) struct EntryRules {
@@ -27,6 +35,37 @@ pub(crate) struct EntryRules {
     pub(crate) dry_run: bool,
     /// Directories renamed aside this session: (where the copy goes, where the old one went).
     pub(crate) aside: Vec<(RelPath, RelPath)>,
+    /// What of the entries' metadata this session applies.
+    pub(crate) policy: Policy,
+    /// The sender's owner and group numbers to ours.
+    pub(crate) ids: RwLock<IdMapper>,
+    /// What could not be applied, for the session's `Finished`.
+    pub(crate) report: Arc<NotAppliedCounter>,
+    /// `--delete`: the target's extras, found directory by directory.
+    pub(crate) pruner: Mutex<Pruner>,
+}
+
+/// What of an entry's metadata a session applies: what the client asked for, within what the
+/// grant allows.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Policy {
+    /// The client sends owners and wants them kept.
+    pub(crate) owners_requested: bool,
+    /// ... and this session sets them (a privileged grant on a receiver running as root).
+    pub(crate) owners: bool,
+    /// The client sends extended attributes and ACLs.
+    pub(crate) xattrs: bool,
+    /// The grant allows setuid/setgid bits, device nodes and `security.*`/`trusted.*`.
+    pub(crate) privileged: bool,
+    /// Who this receiver creates files as: an owner that is ours anyway is not "not applied".
+    pub(crate) me: (u32, u32),
+}
+
+impl Policy {
+    /// The permission bits the quick check compares (setuid/setgid only where applied).
+    pub(crate) fn mode_mask(&self) -> u32 {
+        if self.privileged { 0o7777 } else { 0o1777 }
+    }
 }
 
 impl EntryRules {
@@ -48,20 +87,53 @@ impl EntryRules {
         }
         (rel.clone(), true)
     }
+
+    /// The metadata to install `entry` with: its mode and mtime, and, as the policy allows,
+    /// its owner (mapped to our numbers) and its attributes (ACL entries mapped likewise).
+    /// An owner that cannot be applied is counted here.
+    pub(crate) fn attrs_for(&self, entry: &Entry) -> Attrs {
+        let ids = self.ids.read().unwrap_or_else(|p| p.into_inner());
+        let mut owner = None;
+        if self.policy.owners_requested {
+            let local = (ids.uid(entry.uid), ids.gid(entry.gid));
+            if self.policy.owners {
+                owner = Some(local);
+            } else if local != self.policy.me {
+                self.report.add_owners(1);
+            }
+        }
+        Attrs {
+            meta: entry.meta,
+            owner,
+            special_bits: self.policy.privileged,
+            xattrs: self
+                .policy
+                .xattrs
+                .then(|| entry.xattrs.iter().map(|x| ids.map_xattr(x)).collect()),
+            privileged_xattrs: self.policy.privileged,
+            report: Some(self.report.clone()),
+        }
+    }
+
+    /// The owner a quick-check digest covers for a target file owned by (`uid`, `gid`): the
+    /// sender's numbers, when this session applies owners.
+    fn digest_owner(&self, uid: u32, gid: u32) -> Option<(u32, u32)> {
+        (self.policy.owners_requested && self.policy.owners).then(|| {
+            self.ids
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .back(uid, gid)
+        })
+    }
 }
 
 /// An entry that needed no data: installed with nothing written.
 fn done(id: u64, hash: [u8; 32], unchanged: bool) -> Outcome {
-    installed(id, hash, 0, unchanged)
+    kept(id, hash, unchanged, false)
 }
 
 /// Handles one entry. Directories are recorded in `dirs` so their metadata can be set last.
-pub(crate) fn handle_entry(
-    files: &Files,
-    rules: &EntryRules,
-    dirs: &Mutex<Vec<(RelPath, Meta)>>,
-    entry: Entry,
-) {
+pub(crate) fn handle_entry(files: &Files, rules: &EntryRules, dirs: &DirList, entry: Entry) {
     let id = entry.id;
     let rel = match RelPath::parse(&entry.path) {
         Ok(rel) => rules.dest.join(&rel),
@@ -93,12 +165,31 @@ pub(crate) fn handle_entry(
     }
     let result = match entry.kind {
         EntryKind::Dir => root.create_dir_all(&rel).map(|()| {
-            crate::lock(dirs).push((rel.clone(), entry.meta));
+            crate::lock(dirs).push((rel.clone(), rules.attrs_for(&entry)));
             files.send(done(id, [0; 32], false));
         }),
-        EntryKind::Symlink => root
-            .install_symlink(&rel, &entry.link_target, &entry.meta)
-            .map(|()| files.send(done(id, [0; 32], false))),
+        EntryKind::Symlink => {
+            let attrs = rules.attrs_for(&entry);
+            match root.stat_entry(&rel) {
+                // The quick check for links: same length and mtime (and owner) is unchanged.
+                Ok(Some(st))
+                    if st.kind == FileKind::Symlink
+                        && st.size == entry.link_target.len() as u64
+                        && same_time(st.mtime_sec, st.mtime_nsec, &entry)
+                        && attrs.owner.is_none_or(|o| o == (st.uid, st.gid)) =>
+                {
+                    files.send(done(id, [0; 32], true));
+                    Ok(())
+                }
+                _ => root
+                    .install_symlink(&rel, &entry.link_target, &attrs)
+                    .map(|()| files.send(done(id, [0; 32], false))),
+            }
+        }
+        EntryKind::HardLink => hard_link(files, rules, &entry, &rel),
+        EntryKind::Fifo | EntryKind::Socket | EntryKind::CharDev | EntryKind::BlockDev => {
+            special(files, rules, &entry, &rel)
+        }
         EntryKind::File if entry.size == 0 => {
             // An empty file that is already there with its mtime (and the quick check is on)
             // is left alone like any other unchanged file, not created again on every run.
@@ -107,18 +198,23 @@ pub(crate) fn handle_entry(
             } else {
                 root.stat_existing(&rel).ok().flatten()
             };
+            let attrs = rules.attrs_for(&entry);
+            let empty = *blake3::hash(b"").as_bytes();
             match existing {
-                Some(e) if quick_match(Some(&e), &entry) => keep_unchanged(root, &rel, &e, &entry)
-                    .map(|()| files.send(done(id, *blake3::hash(b"").as_bytes(), true))),
-                // Nothing there: made in place, as for any fresh file.
-                None if !rules.checksum => root
+                Some(e) if quick_match(Some(&e), &entry) => {
+                    keep_unchanged(root, rules, &rel, &e, &attrs)
+                        .map(|fixed| files.send(kept(id, empty, !fixed, fixed)))
+                }
+                // Nothing there: made in place, as for any fresh file (unless it carries
+                // attributes, which must be on it before it appears under its name).
+                None if !rules.checksum && !has_xattrs(&attrs) => root
                     .create_fresh_for(&rel, 0, entry.meta.mode)
-                    .and_then(|file| root.install_file(file, &rel, &entry.meta))
-                    .map(|()| files.send(done(id, *blake3::hash(b"").as_bytes(), false))),
+                    .and_then(|file| root.install_file(file, &rel, &attrs))
+                    .map(|()| files.send(done(id, empty, false))),
                 _ => root
                     .create_staging(0)
-                    .and_then(|staging| root.install_file(staging, &rel, &entry.meta))
-                    .map(|()| files.send(done(id, *blake3::hash(b"").as_bytes(), false))),
+                    .and_then(|staging| root.install_file(staging, &rel, &attrs))
+                    .map(|()| files.send(done(id, empty, false))),
             }
         }
         EntryKind::File => {
@@ -128,8 +224,9 @@ pub(crate) fn handle_entry(
             if !rules.checksum {
                 match root.stat_existing(&rel) {
                     Ok(Some(existing)) if quick_match(Some(&existing), &entry) => {
-                        return match keep_unchanged(root, &rel, &existing, &entry) {
-                            Ok(()) => files.send(done(id, [0; 32], true)),
+                        let attrs = rules.attrs_for(&entry);
+                        return match keep_unchanged(root, rules, &rel, &existing, &attrs) {
+                            Ok(fixed) => files.send(kept(id, [0; 32], !fixed, fixed)),
                             Err(e) => files.send(failed(id, e.to_string(), e.is_no_space())),
                         };
                     }
@@ -140,17 +237,79 @@ pub(crate) fn handle_entry(
             plan_file(files, rules, entry, rel, absent);
             Ok(())
         }
-        _ => {
-            let message = format!(
-                "{}: this receiver does not create hard links or special files yet",
-                root.display_path(&rel).display()
-            );
-            return files.send(failed(id, message, false));
-        }
     };
     if let Err(e) = result {
         files.send(failed(id, e.to_string(), e.is_no_space()));
     }
+}
+
+fn has_xattrs(attrs: &Attrs) -> bool {
+    attrs.xattrs.as_ref().is_some_and(|x| !x.is_empty())
+}
+
+fn same_time(sec: i64, nsec: u32, entry: &Entry) -> bool {
+    sec == entry.meta.mtime_sec && nsec == entry.meta.mtime_nsec
+}
+
+/// Another name for a file installed earlier in this session (or by an earlier run): linked,
+/// or left alone when it already is that file.
+fn hard_link(
+    files: &Files,
+    rules: &EntryRules,
+    entry: &Entry,
+    rel: &RelPath,
+) -> Result<(), haul_store::StoreError> {
+    let target = match RelPath::parse(&entry.link_target) {
+        Ok(target) if !target.is_root() => rules.dest.join(&target),
+        _ => {
+            let message = format!(
+                "{}: refused hard link target {:?}",
+                files.root().display_path(rel).display(),
+                String::from_utf8_lossy(&entry.link_target)
+            );
+            files.send(failed(entry.id, message, false));
+            return Ok(());
+        }
+    };
+    let outcome = files.root().install_hard_link(rel, &target)?;
+    files.send(done(
+        entry.id,
+        [0; 32],
+        matches!(outcome, LinkOutcome::Unchanged),
+    ));
+    Ok(())
+}
+
+/// A FIFO, socket or device node: made, or left alone when an identical one is there. A
+/// device the grant does not allow is counted as not applied, and the entry still resolves
+/// as done: the run goes on and says so in its summary.
+fn special(
+    files: &Files,
+    rules: &EntryRules,
+    entry: &Entry,
+    rel: &RelPath,
+) -> Result<(), haul_store::StoreError> {
+    let root = files.root();
+    let attrs = rules.attrs_for(entry);
+    let want = match entry.kind {
+        EntryKind::Fifo => FileKind::Fifo,
+        EntryKind::Socket => FileKind::Socket,
+        EntryKind::CharDev => FileKind::CharDev,
+        _ => FileKind::BlockDev,
+    };
+    if let Ok(Some(st)) = root.stat_entry(rel)
+        && st.kind == want
+        && (!matches!(want, FileKind::CharDev | FileKind::BlockDev) || st.rdev == entry.rdev)
+        && same_time(st.mtime_sec, st.mtime_nsec, entry)
+        && st.mode & 0o7777 == entry.meta.mode & rules.policy.mode_mask()
+        && attrs.owner.is_none_or(|o| o == (st.uid, st.gid))
+    {
+        files.send(done(entry.id, [0; 32], true));
+        return Ok(());
+    }
+    root.install_special(rel, entry.kind, entry.rdev, rules.policy.privileged, &attrs)?;
+    files.send(done(entry.id, [0; 32], false));
+    Ok(())
 }
 
 /// Answers a quick check: does the target hold this run of files exactly as the sender has
@@ -181,7 +340,14 @@ fn run_unchanged(root: &Root, rules: &EntryRules, check: &QuickCheck) -> bool {
     let mut digest = QuickDigest::default();
     let mut other = false;
     let listed = root.stat_range(&dir, &check.first, &check.last, |name, stat| match stat {
-        Some(st) => digest.add(name, st.size, st.mtime_sec, st.mtime_nsec, st.mode),
+        Some(st) => digest.add_owned(
+            name,
+            st.size,
+            st.mtime_sec,
+            st.mtime_nsec,
+            st.mode,
+            rules.digest_owner(st.uid, st.gid),
+        ),
         None => other = true,
     });
     matches!(listed, Ok(true))
@@ -209,18 +375,30 @@ fn open_partial_waiting(
 }
 
 /// A file that passed the quick check (rsync's: same size and mtime) stays as it is; only its
-/// mode is fixed if it differs.
+/// metadata is fixed where it differs: mode, owner, and the attributes the source has.
+/// Returns whether anything was fixed (a metadata-only change: no data is sent).
 fn keep_unchanged(
     root: &Root,
+    rules: &EntryRules,
     rel: &RelPath,
     existing: &FileStat,
-    entry: &Entry,
-) -> Result<(), haul_store::StoreError> {
-    if existing.mode & 0o7777 != entry.meta.mode & 0o1777 {
-        root.set_file_meta(rel, &entry.meta)
-    } else {
-        Ok(())
+    attrs: &Attrs,
+) -> Result<bool, haul_store::StoreError> {
+    let mode_differs = existing.mode & 0o7777 != attrs.meta.mode & rules.policy.mode_mask();
+    let owner_differs = attrs
+        .owner
+        .is_some_and(|o| o != (existing.uid, existing.gid));
+    // Attributes are compared only where the source has some: reading every unchanged file's
+    // list would double the cost of a re-run of a tree that has none.
+    let xattrs_differ = match &attrs.xattrs {
+        Some(want) if !want.is_empty() => root.read_xattrs(rel)? != *want,
+        _ => false,
+    };
+    if mode_differs || owner_differs || xattrs_differ {
+        root.set_file_meta(rel, attrs)?;
+        return Ok(true);
     }
+    Ok(false)
 }
 
 fn quick_match(existing: Option<&FileStat>, entry: &Entry) -> bool {
@@ -290,13 +468,14 @@ fn plan_file(files: &Files, rules: &EntryRules, entry: Entry, rel: RelPath, abse
             *j = true;
         }
     }
+    let attrs = rules.attrs_for(&entry);
     let held = files.open(Plan {
         id,
         rel,
         layout,
-        meta: entry.meta,
+        fresh: absent && in_place && reuse.is_none() && !has_xattrs(&attrs),
+        attrs,
         dry_run: rules.dry_run,
-        fresh: absent && in_place && reuse.is_none(),
         target,
         verified,
         reuse,

@@ -14,8 +14,8 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use haul_proto::{Chunk, ChunkLayout, Failed, Hash, Installed, Message, Meta};
-use haul_store::{PatchRange, RelPath, Root, StoreError};
+use haul_proto::{Chunk, ChunkLayout, Failed, Hash, Installed, Message};
+use haul_store::{Attrs, PatchRange, RelPath, Root, StoreError};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::target::{Disposal, Target};
@@ -75,7 +75,8 @@ pub(crate) struct Slot {
     id: u64,
     rel: RelPath,
     layout: ChunkLayout,
-    meta: Meta,
+    /// Mode, mtime, owner and attributes to install it with.
+    attrs: Attrs,
     dry_run: bool,
     /// Nothing was at the destination name when the file was planned: it is created there
     /// and written in place (see `Root::create_fresh_for`).
@@ -138,7 +139,7 @@ pub(crate) struct Plan {
     pub(crate) id: u64,
     pub(crate) rel: RelPath,
     pub(crate) layout: ChunkLayout,
-    pub(crate) meta: Meta,
+    pub(crate) attrs: Attrs,
     pub(crate) dry_run: bool,
     /// Nothing is at the destination name (see [`Slot`]'s field of the same name).
     pub(crate) fresh: bool,
@@ -307,7 +308,7 @@ impl Files {
             id: plan.id,
             rel: plan.rel,
             layout: plan.layout,
-            meta: plan.meta,
+            attrs: plan.attrs,
             dry_run: plan.dry_run,
             fresh: plan.fresh,
             reuse: plan.reuse,
@@ -363,7 +364,7 @@ impl Files {
                 );
             }
             if st.target.is_none() {
-                let (size, mode) = (slot.layout.size(), slot.meta.mode);
+                let (size, mode) = (slot.layout.size(), slot.attrs.meta.mode);
                 let created = if slot.fresh {
                     self.root.create_fresh_for(&slot.rel, size, mode)
                 } else {
@@ -539,7 +540,7 @@ impl Files {
                 if let Some(target) = target {
                     target.discard();
                 }
-                return match self.root.set_file_meta(&slot.rel, &slot.meta) {
+                return match self.root.set_file_meta(&slot.rel, &slot.attrs) {
                     Ok(()) => Ok(true),
                     Err(e) => Err((e.to_string(), e.is_no_space())),
                 };
@@ -596,7 +597,7 @@ impl Files {
             target.discard();
             return Err(source_changed(&shown()));
         }
-        match target.install(&self.root, &slot.rel, &slot.meta) {
+        match target.install(&self.root, &slot.rel, &slot.attrs) {
             Ok(()) => {
                 // The next run that finds this file changed reuses its chunks without
                 // re-hashing them (a cache: failing to record costs only that).
@@ -692,7 +693,7 @@ impl Files {
             layout.size(),
             &ranges,
             partial,
-            &slot.meta,
+            &slot.attrs,
         );
         match done {
             Ok(true) => {
@@ -912,6 +913,21 @@ pub(super) fn installed(id: u64, hash: Hash, bytes_written: u64, unchanged: bool
             bytes_written,
             unchanged,
             meta_only: false,
+        }),
+    )
+}
+
+/// The outcome that resolves entry `id` as installed with nothing written: `unchanged` when
+/// the target already held it exactly, `meta_only` when only its metadata had to be fixed.
+pub(super) fn kept(id: u64, hash: Hash, unchanged: bool, meta_only: bool) -> Outcome {
+    Outcome::Resolved(
+        id,
+        Message::Installed(Installed {
+            id,
+            hash,
+            bytes_written: 0,
+            unchanged,
+            meta_only,
         }),
     )
 }

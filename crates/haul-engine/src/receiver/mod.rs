@@ -7,6 +7,7 @@
 mod data;
 mod entry;
 mod files;
+mod prune;
 mod target;
 
 use std::collections::HashMap;
@@ -27,7 +28,7 @@ use crate::progress::{Event, EventSink};
 use crate::transport::Link;
 use crate::wire::{FramedRecv, FramedSend};
 use data::accept_data;
-use entry::{EntryRules, handle_entry, quick_check, rename_aside};
+use entry::{DirList, EntryRules, Policy, handle_entry, quick_check, rename_aside};
 use files::{Files, Outcome};
 
 /// Running sessions by destination path: (session id, its connection).
@@ -41,6 +42,10 @@ pub struct Grant {
     /// Where under the root this token's transfers land (the root itself when empty). A client
     /// names its destination relative to this and can never leave it.
     pub subdir: RelPath,
+    /// Sessions with this token may set owners, setuid/setgid bits, device nodes and
+    /// `security.*`/`trusted.*` attributes (on a receiver running as root). Off by default: a
+    /// client must not be able to plant a setuid-root binary or a device on this host.
+    pub privileged: bool,
 }
 
 /// What a receiver serves: one root and the tokens allowed to write under it.
@@ -60,6 +65,7 @@ impl ReceiverConfig {
         let grants = tokens.into_iter().map(|token| Grant {
             token,
             subdir: RelPath::root(),
+            privileged: false,
         });
         Self::with_grants(root, grants.collect())
     }
@@ -82,10 +88,10 @@ impl ReceiverConfig {
 
     /// The part of the root the presented token may write to, if it is accepted. Every token
     /// is compared (in constant time), so timing does not say which one nearly matched.
-    fn grant_for(&self, presented: &[u8]) -> Option<&RelPath> {
+    fn grant_for(&self, presented: &[u8]) -> Option<&Grant> {
         self.grants.iter().fold(None, |found, g| {
             let hit = g.token.ct_eq(presented);
-            found.or(hit.then_some(&g.subdir))
+            found.or(hit.then_some(g))
         })
     }
 }
@@ -141,8 +147,9 @@ pub async fn receive(
         ServerEvent::Hello(hello) => hello,
         _ => return Err(EngineError::Protocol("expected a hello".into())),
     };
+    let mut privileged = false;
     let decision = session.check_hello(&hello).and_then(|()| {
-        let Some(subdir) = config.grant_for(&hello.token) else {
+        let Some(grant) = config.grant_for(&hello.token) else {
             return Err(Refused {
                 reason: RefuseReason::BadToken,
                 message: "the token is not accepted by this receiver; pass the token printed by \
@@ -150,8 +157,9 @@ pub async fn receive(
                     .into(),
             });
         };
+        privileged = grant.privileged;
         RelPath::parse(&hello.dest)
-            .map(|dest| subdir.join(&dest))
+            .map(|dest| grant.subdir.join(&dest))
             .map_err(|e| Refused {
                 reason: RefuseReason::BadPath,
                 message: format!("destination path refused: {e}"),
@@ -191,6 +199,33 @@ pub async fn receive(
             });
         }
     };
+    let filter = if hello.filters.is_empty() {
+        Ok(None)
+    } else {
+        haul_manifest::Filter::from_rules(&hello.filters).map(Some)
+    };
+    let filter = match filter {
+        Ok(filter) => filter,
+        Err(e) => {
+            let message = format!("filter rules refused: {e}");
+            let refused = Refused {
+                reason: RefuseReason::Other,
+                message: message.clone(),
+            };
+            let _ = ctl_tx.send(&session.refuse(refused)).await;
+            let _ = ctl_tx.finish();
+            return Err(EngineError::Refused {
+                reason: RefuseReason::Other,
+                message,
+            });
+        }
+    };
+    // Owners, special bits and devices need both the grant and the privilege to apply them.
+    let me = (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    );
+    let privileged = privileged && me.0 == 0;
     let history = config.root.throughput_history(10).unwrap_or_default();
     let welcome = Welcome {
         version: haul_proto::PROTOCOL_VERSION,
@@ -240,6 +275,20 @@ pub async fn receive(
         checksum: hello.has(Hello::CHECKSUM),
         dry_run,
         aside,
+        policy: Policy {
+            owners_requested: hello.has(Hello::OWNERS),
+            owners: privileged,
+            xattrs: hello.has(Hello::XATTRS),
+            privileged,
+            me,
+        },
+        ids: std::sync::RwLock::new(crate::owners::IdMapper::new(hello.has(Hello::NUMERIC_IDS))),
+        report: Arc::default(),
+        pruner: Mutex::new(prune::Pruner::new(
+            filter,
+            hello.has(Hello::DELETE_EXCLUDED),
+            hello.max_delete,
+        )),
     });
     let started = std::time::Instant::now();
     let session = Arc::new(Mutex::new(session));
@@ -249,14 +298,14 @@ pub async fn receive(
         out_tx,
         link.shares_buffers(),
     ));
-    let dirs: Arc<Mutex<Vec<(RelPath, haul_proto::Meta)>>> = Arc::default();
+    let dirs: Arc<DirList> = Arc::default();
 
     let writer = tokio::spawn(control_writer(
         ctl_tx,
         out_rx,
         session.clone(),
         files.clone(),
-        dirs.clone(),
+        (dirs.clone(), rules.clone()),
         started,
     ));
     let data = tokio::spawn(accept_data(
@@ -390,7 +439,7 @@ async fn control_writer(
     mut out_rx: mpsc::UnboundedReceiver<Vec<Outcome>>,
     session: Arc<Mutex<ServerSession>>,
     files: Arc<Files>,
-    dirs: Arc<Mutex<Vec<(RelPath, haul_proto::Meta)>>>,
+    (dirs, rules): (Arc<DirList>, Arc<EntryRules>),
     started: std::time::Instant,
 ) -> Result<(u64, u64), EngineError> {
     let (mut installed, mut failed, mut written) = (0u64, 0u64, 0u64);
@@ -449,9 +498,15 @@ async fn control_writer(
             // their contents changed their mtime.
             let root_files = files.clone();
             let dirs = std::mem::take(&mut *lock(&dirs));
+            let policy = rules.policy;
             let sync = tokio::task::spawn_blocking(move || {
-                for (rel, meta) in dirs.iter().rev() {
-                    root_files.root().set_dir_meta(rel, meta)?;
+                for (rel, attrs) in dirs.iter().rev() {
+                    let root = root_files.root();
+                    // A directory already as the source has it is left alone (its ctime too).
+                    if !dir_meta_differs(root, rel, attrs, &policy) {
+                        continue;
+                    }
+                    root.set_dir_meta(rel, attrs)?;
                 }
                 root_files.root().sync()?;
                 // Sessions that moved enough data to time it feed the estimates of dry runs.
@@ -475,7 +530,7 @@ async fn control_writer(
                 .send(&Message::Finished(haul_proto::Finished {
                     installed,
                     failed,
-                    not_applied: Default::default(),
+                    not_applied: rules.report.snapshot(),
                 }))
                 .await
                 .map_err(io)?;
@@ -488,6 +543,27 @@ async fn control_writer(
     ))
 }
 
+/// Whether a directory's mode, mtime, owner or attributes differ from what the source has
+/// (true when unsure).
+fn dir_meta_differs(
+    root: &Root,
+    rel: &RelPath,
+    attrs: &haul_store::Attrs,
+    policy: &Policy,
+) -> bool {
+    let Ok(Some(st)) = root.stat_entry(rel) else {
+        return true;
+    };
+    st.mode & 0o7777 != attrs.meta.mode & policy.mode_mask()
+        || st.mtime_sec != attrs.meta.mtime_sec
+        || st.mtime_nsec != attrs.meta.mtime_nsec
+        || attrs.owner.is_some_and(|o| o != (st.uid, st.gid))
+        || match &attrs.xattrs {
+            Some(want) => root.read_xattrs(rel).map_or(true, |have| have != *want),
+            None => false,
+        }
+}
+
 /// Handles a batch of control events on several threads: a receiver doing one `stat` or
 /// `create` at a time cannot keep up with a sender announcing a million small files.
 ///
@@ -495,12 +571,7 @@ async fn control_writer(
 /// order (a directory's parent comes before it), then the other events are split by entry id,
 /// so an entry's `FileDone` runs on the same thread after the entry itself; quick checks,
 /// which nothing follows, are dealt out in turn. The end of the entries is passed on last.
-fn handle_batch(
-    files: &Files,
-    rules: &EntryRules,
-    dirs: &Mutex<Vec<(RelPath, haul_proto::Meta)>>,
-    batch: Vec<ServerEvent>,
-) {
+fn handle_batch(files: &Files, rules: &EntryRules, dirs: &DirList, batch: Vec<ServerEvent>) {
     let threads = crate::cores().clamp(1, 4);
     let mut lanes: Vec<Vec<ServerEvent>> = (0..threads).map(|_| Vec::new()).collect();
     let mut end = false;
@@ -510,6 +581,24 @@ fn handle_batch(
             ServerEvent::Entry(entry) if entry.kind == haul_proto::EntryKind::Dir => {
                 // At once, before any file of this batch that may live in it.
                 run_event(files, rules, dirs, event);
+                continue;
+            }
+            // Names come before the entries that use them; the deletion lists come after
+            // every entry is resolved, and in order.
+            ServerEvent::Names(names) => {
+                lock_write(&rules.ids).learn(names);
+                continue;
+            }
+            ServerEvent::Prune(msg) => {
+                if !files.is_closed() {
+                    prune::prune(files, rules, msg.clone());
+                }
+                continue;
+            }
+            ServerEvent::PruneEnd => {
+                if !files.is_closed() {
+                    prune::prune_end(files, rules);
+                }
                 continue;
             }
             ServerEvent::Entry(entry) => entry.id,
@@ -524,11 +613,7 @@ fn handle_batch(
                 end = true;
                 continue;
             }
-            ServerEvent::Abort(_)
-            | ServerEvent::Hello(_)
-            | ServerEvent::Names(_)
-            | ServerEvent::Prune(_)
-            | ServerEvent::PruneEnd => continue,
+            ServerEvent::Abort(_) | ServerEvent::Hello(_) => continue,
         };
         lanes[(id % threads as u64) as usize].push(event);
     }
@@ -571,12 +656,11 @@ fn handle_batch(
     }
 }
 
-fn run_event(
-    files: &Files,
-    rules: &EntryRules,
-    dirs: &Mutex<Vec<(RelPath, haul_proto::Meta)>>,
-    event: ServerEvent,
-) {
+fn lock_write<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn run_event(files: &Files, rules: &EntryRules, dirs: &DirList, event: ServerEvent) {
     if files.is_closed() {
         return;
     }

@@ -2,8 +2,8 @@
 //! (cheap, nothing to resume), or a journaled partial for larger ones (survives a kill of
 //! either side and is resumed chunk by chunk by the next run).
 
-use haul_proto::{Hash, Meta};
-use haul_store::{Partial, RelPath, Root, StagingFile, StoreError};
+use haul_proto::Hash;
+use haul_store::{Attrs, Partial, RelPath, Root, StagingFile, StoreError};
 
 /// What happens to a target whose file failed.
 #[derive(Clone, Copy, Debug)]
@@ -44,10 +44,15 @@ impl Target {
         }
     }
 
-    pub(crate) fn install(self, root: &Root, rel: &RelPath, meta: &Meta) -> Result<(), StoreError> {
+    pub(crate) fn install(
+        self,
+        root: &Root,
+        rel: &RelPath,
+        attrs: &Attrs,
+    ) -> Result<(), StoreError> {
         match self {
-            Target::Staging(f) => root.install_file(f, rel, meta),
-            Target::Partial(p) => p.install(root, rel, meta),
+            Target::Staging(f) => root.install_file(f, rel, attrs),
+            Target::Partial(p) => p.install(root, rel, attrs),
         }
     }
 

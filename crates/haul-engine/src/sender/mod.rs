@@ -18,7 +18,7 @@ mod pool;
 mod read;
 mod uring;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -59,9 +59,6 @@ pub struct TransferOptions {
     pub dry_run: bool,
     /// Directories under the destination to rename aside and copy anew.
     pub rename_aside: Vec<Vec<u8>>,
-    /// `copy` only: let the embedded receiver apply setuid/setgid bits. A remote receiver
-    /// decides this itself (`haul serve --preserve-special-bits`).
-    pub preserve_special_bits: bool,
     /// `copy` only: run the embedded receiver over loopback QUIC (with TLS) instead of in
     /// this process, to measure or test the network path without a server.
     pub via_quic: bool,
@@ -71,6 +68,25 @@ pub struct TransferOptions {
     /// Most bytes per second of chunk data put on the wire, over all streams (`None`: as fast
     /// as the link allows).
     pub bwlimit: Option<u64>,
+    /// Send owners and groups and ask the receiver to keep them (default on; applied where
+    /// the receiver's grant allows it).
+    pub owners: bool,
+    /// Owners as numbers only, not mapped through user and group names.
+    pub numeric_ids: bool,
+    /// Send extended attributes and POSIX ACLs (default on).
+    pub xattrs: bool,
+    /// Copy hard links as links (default on): each multiply-linked file is sent once.
+    pub hard_links: bool,
+    /// Mirror: remove what the destination holds beyond the source, after the copy.
+    pub delete: bool,
+    /// With `delete`, also remove what the filter excludes.
+    pub delete_excluded: bool,
+    /// With `delete`, refuse to remove more than this many entries (nothing is removed then).
+    pub max_delete: Option<u64>,
+    /// Which entries of the source to copy.
+    pub filter: Option<Arc<haul_manifest::Filter>>,
+    /// Do not cross into other file systems below the source.
+    pub one_file_system: bool,
 }
 
 impl Default for TransferOptions {
@@ -84,10 +100,18 @@ impl Default for TransferOptions {
             checksum: false,
             dry_run: false,
             rename_aside: Vec::new(),
-            preserve_special_bits: false,
             via_quic: false,
             compress: Compression::Auto,
             bwlimit: None,
+            owners: true,
+            numeric_ids: false,
+            xattrs: true,
+            hard_links: true,
+            delete: false,
+            delete_excluded: false,
+            max_delete: None,
+            filter: None,
+            one_file_system: false,
         }
     }
 }
@@ -147,13 +171,37 @@ struct RunBuilder {
     dir: Vec<u8>,
     files: Vec<ScanEntry>,
     digest: QuickDigest,
+    /// The digest covers owners (the receiver applies them).
+    owners: bool,
+    /// The permission bits the receiver compares.
+    mode_mask: u32,
+    /// Multiply-linked files go one by one (they may become links).
+    hard_links: bool,
 }
 
 impl RunBuilder {
+    fn new(owners: bool, privileged: bool, hard_links: bool) -> RunBuilder {
+        RunBuilder {
+            owners,
+            mode_mask: if privileged { 0o7777 } else { 0o1777 },
+            hard_links,
+            ..RunBuilder::default()
+        }
+    }
+
     /// Takes a scanned item; pushes what is complete to `out`.
     fn push(&mut self, item: Result<ScanEntry, ScanError>, out: &mut Vec<ScanItem>) {
         let entry = match item {
-            Ok(entry) if entry.kind == EntryKind::File && !entry.rel.is_empty() => entry,
+            // A file with attributes, or another name of a multiply-linked file, is checked on
+            // its own: a run's digest covers neither.
+            Ok(entry)
+                if entry.kind == EntryKind::File
+                    && !entry.rel.is_empty()
+                    && entry.xattrs.is_empty()
+                    && !(self.hard_links && entry.nlink > 1) =>
+            {
+                entry
+            }
             Ok(entry) => {
                 self.flush(out);
                 return out.push(ScanItem::Entry(entry));
@@ -173,13 +221,14 @@ impl RunBuilder {
             self.dir.extend_from_slice(dir);
         }
         let meta = &entry.meta;
-        // The mode as the receiver's per-file check compares it (setuid/setgid not sent).
-        self.digest.add(
+        // The mode as the receiver's per-file check compares it.
+        self.digest.add_owned(
             name,
             entry.size,
             meta.mtime_sec,
             meta.mtime_nsec,
-            meta.mode & 0o1777,
+            meta.mode & self.mode_mask,
+            self.owners.then_some((entry.uid, entry.gid)),
         );
         self.files.push(entry);
     }
@@ -274,6 +323,62 @@ impl QuickPolicy {
     }
 }
 
+/// The names of one multiply-linked file met so far.
+struct LinkGroup {
+    /// The first name (sent as a file), relative to the source root; taken into `installed`
+    /// once it is.
+    rel: Vec<u8>,
+    /// The first name, once the receiver has installed it: later names link to it.
+    installed: Option<Vec<u8>>,
+    /// Names met while the first was still in flight.
+    waiting: Vec<ScanEntry>,
+    /// Names announced so far; at `nlink` the group is complete and forgotten.
+    seen: u64,
+    nlink: u64,
+}
+
+fn flag(on: bool, bit: u32) -> u32 {
+    if on { bit } else { 0 }
+}
+
+/// The `--delete` listing: every source directory's names, sent as `Prune` lists, then
+/// `PruneEnd`. Returns the first problem instead, having sent no `PruneEnd` (the receiver then
+/// deletes nothing).
+fn walk_for_delete(
+    source: &std::path::Path,
+    options: &haul_manifest::ScanOptions,
+    out: &mpsc::UnboundedSender<Vec<Message>>,
+) -> Option<String> {
+    for dir in haul_manifest::walk_names(source, options) {
+        let dir = match dir {
+            Ok(dir) => dir,
+            Err(e) => return Some(e.to_string()),
+        };
+        let mut msgs = Vec::new();
+        let mut names = dir.names.into_iter().map(Bytes::from).peekable();
+        loop {
+            let part: Vec<Bytes> = names
+                .by_ref()
+                .take(haul_proto::Prune::MAX_NAMES as usize)
+                .collect();
+            let last = names.peek().is_none();
+            msgs.push(Message::Prune(haul_proto::Prune {
+                dir: Bytes::copy_from_slice(&dir.rel),
+                names: part,
+                last,
+            }));
+            if last {
+                break;
+            }
+        }
+        if out.send(msgs).is_err() {
+            return Some("the session ended during the --delete listing".into());
+        }
+    }
+    let _ = out.send(vec![Message::PruneEnd]);
+    None
+}
+
 struct Pending {
     /// Where to read it (a directory handle only for files: see [`ScanEntry::dir`]).
     source: read::SourceFile,
@@ -308,20 +413,25 @@ pub async fn send(
             token: Bytes::from(request.token.clone()),
             dest: Bytes::from(request.dest.clone()),
             chunk_size: opts.chunk_size,
-            flags: if opts.checksum { Hello::CHECKSUM } else { 0 }
-                | if opts.dry_run { Hello::DRY_RUN } else { 0 }
-                | if opts.compress == Compression::Off {
-                    0
-                } else {
-                    Hello::COMPRESS
-                },
+            flags: flag(opts.checksum, Hello::CHECKSUM)
+                | flag(opts.dry_run, Hello::DRY_RUN)
+                | flag(opts.compress != Compression::Off, Hello::COMPRESS)
+                | flag(opts.owners, Hello::OWNERS)
+                | flag(opts.numeric_ids, Hello::NUMERIC_IDS)
+                | flag(opts.xattrs, Hello::XATTRS)
+                | flag(opts.delete, Hello::DELETE)
+                | flag(opts.delete && opts.delete_excluded, Hello::DELETE_EXCLUDED),
             rename_aside: opts
                 .rename_aside
                 .iter()
                 .map(|d| Bytes::from(d.clone()))
                 .collect(),
-            filters: Vec::new(),
-            max_delete: u64::MAX,
+            filters: opts
+                .filter
+                .as_ref()
+                .map(|f| f.to_rules().into_iter().map(Bytes::from).collect())
+                .unwrap_or_default(),
+            max_delete: opts.max_delete.unwrap_or(u64::MAX),
         }))
         .await
         .map_err(|e| EngineError::connection("cannot send the hello", e))?;
@@ -345,13 +455,23 @@ pub async fn send(
     let (scan_tx, mut scan_rx) = mpsc::channel::<Vec<ScanItem>>(8);
     let source = request.source.clone();
     let scan_progress = progress.clone();
+    let scan_options = haul_manifest::ScanOptions {
+        xattrs: opts.xattrs,
+        filter: opts.filter.clone(),
+        one_file_system: opts.one_file_system,
+    };
+    let mut runs = RunBuilder::new(
+        opts.owners && welcome.privileged,
+        welcome.privileged,
+        opts.hard_links,
+    );
+    let walk_options = scan_options.clone();
     let scanner = std::thread::Builder::new()
         .name("haul-scan".into())
         .spawn(move || {
             let mut batch = Vec::with_capacity(SCAN_BATCH);
-            let mut runs = RunBuilder::default();
             let mut weight = 0;
-            for item in haul_manifest::scan(&source) {
+            for item in haul_manifest::scan_with(&source, &scan_options) {
                 if let Ok(entry) = &item
                     && entry.kind == EntryKind::File
                 {
@@ -513,16 +633,64 @@ pub async fn send(
     let mut checking: IdMap<QuickRun> = IdMap::default();
     let mut held = 0usize;
     let mut quick = QuickPolicy::new(&opts);
+    // Hard links: groups by (dev, ino) of multiply-linked files, and the first name's id.
+    let mut links: HashMap<(u64, u64), LinkGroup> = HashMap::new();
+    let mut link_of: IdMap<(u64, u64)> = IdMap::default();
+    // Names waiting for their group's first file to be installed.
+    let mut links_waiting = 0usize;
+    let mut name_table = crate::owners::NameTable::default();
+    // --delete: the scan is done and the deletion waits for every entry to be resolved; then
+    // the listing walk runs (and reports here when it is done).
+    let mut source_incomplete = false;
+    let mut prune_waiting = false;
+    let mut prune_walk: Option<tokio::sync::oneshot::Receiver<Option<String>>> = None;
     // The scanner has ended but runs are still being checked: their files may yet have to be
     // announced, so the end of the entries waits for their answers.
     let mut scan_exhausted = false;
     let window = opts.window.max(1);
     let result: Result<(), EngineError> = async {
         loop {
+            if prune_waiting && session.outstanding() == 0 && held == 0 && links_waiting == 0 {
+                prune_waiting = false;
+                if source_incomplete {
+                    problem(&mut summary, &events, request.source.display().to_string(),
+                        "--delete skipped: part of the source could not be read (see above), so \
+                         nothing was deleted; fix the source and run again".into());
+                    session.end_of_entries();
+                    let _ = out_tx.send(vec![Message::EndOfEntries]);
+                } else {
+                    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+                    let (source, walk_options, out) = (request.source.clone(), walk_options.clone(), out_tx.clone());
+                    std::thread::Builder::new()
+                        .name("haul-delete-walk".into())
+                        .spawn(move || {
+                            let _ = done_tx.send(walk_for_delete(&source, &walk_options, &out));
+                        })
+                        .map_err(|e| EngineError::connection("cannot start the --delete listing", e))?;
+                    prune_walk = Some(done_rx);
+                }
+            }
             tokio::select! {
+                walked = async { prune_walk.as_mut().expect("guarded").await }, if prune_walk.is_some() => {
+                    prune_walk = None;
+                    let problem_text = match walked {
+                        Ok(None) => None,
+                        Ok(Some(e)) => Some(e),
+                        Err(_) => Some("the --delete listing stopped".into()),
+                    };
+                    if let Some(e) = problem_text {
+                        // No PruneEnd was sent: the receiver deletes nothing.
+                        problem(&mut summary, &events, request.source.display().to_string(),
+                            format!("--delete skipped, nothing was deleted: {e}"));
+                        session.end_of_entries();
+                        let _ = out_tx.send(vec![Message::EndOfEntries]);
+                    }
+                }
                 item = next_of(&mut scanned, || scan_rx.recv()),
                     if !scan_done
-                        && (!scan_exhausted || !scanned.is_empty() || checking.is_empty())
+                        && (!scan_exhausted
+                            || !scanned.is_empty()
+                            || (checking.is_empty() && links_waiting == 0))
                         && session.outstanding() + held < window => {
                     // Announce every scanned entry the window has room for before looking at
                     // anything else, and send their Entry messages as one batch.
@@ -530,8 +698,44 @@ pub async fn send(
                     let mut item = item;
                     loop {
                         match item {
-                            Some(ScanItem::Entry(entry)) => {
+                            Some(ScanItem::Entry(mut entry)) => 'entry: {
+                                // A multiply-linked file: its first name is sent as a file, the
+                                // others as links to it once it is installed.
+                                let mut first_of = None;
+                                if opts.hard_links && entry.kind == EntryKind::File && entry.nlink > 1 {
+                                    let key = (entry.dev, entry.ino);
+                                    match links.get_mut(&key) {
+                                        None => first_of = Some(key),
+                                        Some(group) => match &group.installed {
+                                            Some(first) => {
+                                                entry.link_target = first.clone();
+                                                entry.kind = EntryKind::HardLink;
+                                                entry.size = 0;
+                                                entry.xattrs.clear();
+                                                group.seen += 1;
+                                                if group.seen >= group.nlink {
+                                                    links.remove(&key);
+                                                }
+                                            }
+                                            None => {
+                                                group.waiting.push(entry);
+                                                links_waiting += 1;
+                                                break 'entry;
+                                            }
+                                        },
+                                    }
+                                }
                                 let id = session.announce(entry.kind);
+                                if let Some(key) = first_of {
+                                    links.insert(key, LinkGroup {
+                                        rel: entry.rel.clone(),
+                                        installed: None,
+                                        waiting: Vec::new(),
+                                        seen: 1,
+                                        nlink: entry.nlink,
+                                    });
+                                    link_of.insert(id, key);
+                                }
                                 match entry.kind {
                                     EntryKind::File => {
                                         summary.files_total += 1;
@@ -541,6 +745,11 @@ pub async fn send(
                                     EntryKind::Symlink => summary.symlinks += 1,
                                     EntryKind::HardLink => summary.hard_links += 1,
                                     _ => summary.specials += 1,
+                                }
+                                if opts.owners
+                                    && let Some(names) = name_table.names_for(entry.uid, entry.gid, &entry.xattrs)
+                                {
+                                    entries.push(Message::Names(names));
                                 }
                                 pending.insert(id, Pending {
                                     source: read::SourceFile {
@@ -561,13 +770,22 @@ pub async fn send(
                                     size: entry.size,
                                     meta: entry.meta,
                                     link_target: Bytes::from(entry.link_target),
-                                    uid: 0,
-                                    gid: 0,
-                                    rdev: 0,
-                                    xattrs: Vec::new(),
+                                    uid: entry.uid,
+                                    gid: entry.gid,
+                                    rdev: entry.rdev,
+                                    xattrs: entry.xattrs,
                                 }));
                             }
                             Some(ScanItem::Run(run)) if quick.check_next() => {
+                                // The receiver compares owners by the sender's numbers: it
+                                // needs their names first.
+                                if opts.owners {
+                                    for file in &run.files {
+                                        if let Some(names) = name_table.names_for(file.uid, file.gid, &[]) {
+                                            entries.push(Message::Names(names));
+                                        }
+                                    }
+                                }
                                 let id = session.announce(EntryKind::Dir);
                                 let name = |e: &ScanEntry| Bytes::copy_from_slice(dir_and_name(&e.rel).1);
                                 let (first, last) = match (run.files.first(), run.files.last()) {
@@ -590,10 +808,13 @@ pub async fn send(
                             Some(ScanItem::Problem(e)) => {
                                 if matches!(e, ScanError::Io { .. }) {
                                     summary.files_failed += 1;
+                                    // Something of the source could not be read: a mirror must
+                                    // not delete on the strength of an incomplete listing.
+                                    source_incomplete = true;
                                 }
                                 problem(&mut summary, &events, e.path().display().to_string(), e.to_string());
                             }
-                            None if !checking.is_empty() => {
+                            None if !checking.is_empty() || links_waiting > 0 => {
                                 scan_exhausted = true;
                                 break;
                             }
@@ -608,8 +829,13 @@ pub async fn send(
                                         ),
                                     });
                                 }
-                                session.end_of_entries();
-                                entries.push(Message::EndOfEntries);
+                                if opts.delete {
+                                    // The deletion runs once every entry is resolved.
+                                    prune_waiting = true;
+                                } else {
+                                    session.end_of_entries();
+                                    entries.push(Message::EndOfEntries);
+                                }
                             }
                         }
                         if scan_done || session.outstanding() + held >= window {
@@ -714,6 +940,18 @@ pub async fn send(
                                 }
                             }
                             Message::Installed(done) => {
+                                if done.meta_only {
+                                    summary.meta_only_changes += 1;
+                                }
+                                if let Some(key) = link_of.remove(&done.id)
+                                    && let Some(group) = links.get_mut(&key)
+                                {
+                                    group.installed = Some(std::mem::take(&mut group.rel));
+                                    links_waiting -= group.waiting.len();
+                                    for entry in group.waiting.drain(..).rev() {
+                                        scanned.push_front(ScanItem::Entry(entry));
+                                    }
+                                }
                                 if let Some(p) = pending.remove(&done.id)
                                     && p.kind == EntryKind::File
                                 {
@@ -754,6 +992,15 @@ pub async fn send(
                             }
                             Message::Failed(failed) => {
                                 let p = pending.remove(&failed.id);
+                                // The group's next name becomes its first: sent as a file.
+                                if let Some(key) = link_of.remove(&failed.id)
+                                    && let Some(group) = links.remove(&key)
+                                {
+                                    links_waiting -= group.waiting.len();
+                                    for entry in group.waiting.into_iter().rev() {
+                                        scanned.push_front(ScanItem::Entry(entry));
+                                    }
+                                }
                                 if failed.no_space {
                                     let path = failed.message.clone();
                                     let done = Progress::get(&progress.bytes_done);
@@ -769,7 +1016,27 @@ pub async fn send(
                                     problem(&mut summary, &events, path, failed.message);
                                 }
                             }
-                            Message::Finished(_) => return Ok(()),
+                            Message::Deleted(deleted) => {
+                                for path in &deleted.paths {
+                                    let path = String::from_utf8_lossy(path).into_owned();
+                                    if opts.list_files || opts.dry_run {
+                                        events(Event::Deleted { path: path.clone(), dry_run: opts.dry_run });
+                                    }
+                                    summary.deleted.push(path);
+                                }
+                                if deleted.done {
+                                    summary.deleted_total = deleted.total;
+                                    if !deleted.refused.is_empty() {
+                                        problem(&mut summary, &events, request.source.display().to_string(), deleted.refused);
+                                    }
+                                    session.end_of_entries();
+                                    let _ = out_tx.send(vec![Message::EndOfEntries]);
+                                }
+                            }
+                            Message::Finished(finished) => {
+                                summary.not_applied = finished.not_applied.into();
+                                return Ok(());
+                            }
                             Message::Abort(abort) => return Err(EngineError::PeerAborted(abort.message)),
                             other => return Err(EngineError::Protocol(format!(
                                 "unexpected {} on the control stream", other.name()
