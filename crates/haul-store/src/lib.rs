@@ -38,7 +38,7 @@
 //! let file = root.create_staging(5).unwrap();
 //! file.write_at(0, b"hello").unwrap();
 //! let meta = haul_proto::Meta { mode: 0o644, mtime_sec: 1_700_000_000, mtime_nsec: 5 };
-//! root.install_file(file, &rel, &meta).unwrap();
+//! root.install_file(file, &rel, &meta.into()).unwrap();
 //! assert_eq!(std::fs::read(dir.path().join("docs/hello.txt")).unwrap(), b"hello");
 //! ```
 //!

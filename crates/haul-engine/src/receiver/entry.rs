@@ -203,7 +203,7 @@ pub(crate) fn handle_entry(files: &Files, rules: &EntryRules, dirs: &DirList, en
             match existing {
                 Some(e) if quick_match(Some(&e), &entry) => {
                     keep_unchanged(root, rules, &rel, &e, &attrs)
-                        .map(|fixed| files.send(kept(id, empty, !fixed, fixed)))
+                        .map(|fixed| files.send(kept(id, empty, true, fixed)))
                 }
                 // Nothing there: made in place, as for any fresh file (unless it carries
                 // attributes, which must be on it before it appears under its name).
@@ -226,7 +226,7 @@ pub(crate) fn handle_entry(files: &Files, rules: &EntryRules, dirs: &DirList, en
                     Ok(Some(existing)) if quick_match(Some(&existing), &entry) => {
                         let attrs = rules.attrs_for(&entry);
                         return match keep_unchanged(root, rules, &rel, &existing, &attrs) {
-                            Ok(fixed) => files.send(kept(id, [0; 32], !fixed, fixed)),
+                            Ok(fixed) => files.send(kept(id, [0; 32], true, fixed)),
                             Err(e) => files.send(failed(id, e.to_string(), e.is_no_space())),
                         };
                     }

@@ -918,7 +918,8 @@ pub(super) fn installed(id: u64, hash: Hash, bytes_written: u64, unchanged: bool
 }
 
 /// The outcome that resolves entry `id` as installed with nothing written: `unchanged` when
-/// the target already held it exactly, `meta_only` when only its metadata had to be fixed.
+/// the target already held its data, `meta_only` when its metadata (owner, mode, attributes)
+/// had to be fixed.
 pub(super) fn kept(id: u64, hash: Hash, unchanged: bool, meta_only: bool) -> Outcome {
     Outcome::Resolved(
         id,

@@ -240,7 +240,7 @@ pub async fn receive(
                 to: to.to_bytes().into(),
             })
             .collect(),
-        privileged: false,
+        privileged,
     };
     let welcome = match session.accept(&hello, welcome) {
         Ok(welcome) => welcome,
