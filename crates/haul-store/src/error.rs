@@ -78,6 +78,74 @@ pub enum StoreError {
         /// The destination both receivers are writing.
         path: PathBuf,
     },
+    /// A request was refused because of what is (or is not) at the path: the root itself, a
+    /// name already taken, something that is not a directory or regular file, too large.
+    #[error("refusing to {op} {}: {reason}", path.display())]
+    Refused {
+        /// The path the request named (or the one in the way).
+        path: PathBuf,
+        /// What was asked ("remove", "rename", ...).
+        op: &'static str,
+        /// Why, and what to do about it.
+        reason: String,
+    },
+    /// A snapshot id given by a caller is not one (ids are letters, digits, `-` and `_`).
+    #[error(
+        "{id:?} is not a snapshot id: ids look like 20261204T181700Z-3fa9c1; list the snapshots to see which exist"
+    )]
+    InvalidSnapshotId {
+        /// The id as given.
+        id: String,
+    },
+    /// No snapshot has this id.
+    #[error(
+        "there is no snapshot {id:?} in {}: list the snapshots to see which exist",
+        path.display()
+    )]
+    NoSuchSnapshot {
+        /// The id asked for.
+        id: String,
+        /// The snapshots directory looked in.
+        path: PathBuf,
+    },
+    /// The snapshot's creation never finished (it died or failed part way).
+    #[error(
+        "snapshot {id:?} at {} is incomplete (its creation was interrupted), so it cannot be read back or restored from: delete it and take a new one",
+        path.display()
+    )]
+    SnapshotIncomplete {
+        /// The snapshot's id.
+        id: String,
+        /// Its directory.
+        path: PathBuf,
+    },
+    /// Someone else holds an unexpired lease on a subtree `path` lies in (or holds).
+    #[error(
+        "{} is in (or holds) a subtree leased to {holder:?} for {purpose:?}; the lease expires at {}: wait for that job to finish or to release its lease, then run again; if that job died, its lease can be taken over once it has expired",
+        path.display(),
+        crate::lease::describe_expiry(*expires)
+    )]
+    Leased {
+        /// The path that was refused.
+        path: PathBuf,
+        /// Who holds the lease.
+        holder: String,
+        /// What the holder said it is for.
+        purpose: String,
+        /// When the lease expires, Unix time in milliseconds.
+        expires: u64,
+    },
+    /// A lease to renew is not held by this holder any more.
+    #[error(
+        "{holder:?} no longer holds the lease on {} (it was released, or it expired and was taken over): take a new lease before going on",
+        path.display()
+    )]
+    LeaseLost {
+        /// The leased subtree.
+        path: PathBuf,
+        /// The holder that asked.
+        holder: String,
+    },
     /// Any other I/O failure.
     #[error("could not {op} {}: {source}", path.display())]
     Io {

@@ -2,7 +2,7 @@
 //! and their metadata updated in place (a re-run whose content matched).
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
@@ -61,6 +61,39 @@ impl FileStat {
 
 fn is_file(st: &Stat) -> bool {
     FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+}
+
+/// Whether the file `fd` (`st` its stat) already has everything `attrs` would set: owner,
+/// mode (as [`crate::Attrs`] would filter it), mtime and, when given, the extended attributes
+/// in the namespaces that may be set.
+fn meta_matches(fd: &OwnedFd, st: &Stat, attrs: &crate::Attrs) -> bool {
+    let mode = attrs.meta.mode & 0o7777 & if attrs.special_bits { 0o7777 } else { 0o1777 };
+    let owner_ok = attrs
+        .owner
+        .is_none_or(|(uid, gid)| (st.st_uid, st.st_gid) == (uid, gid));
+    let mtime_ok = (st.st_mtime, u32::try_from(st.st_mtime_nsec).ok())
+        == (attrs.meta.mtime_sec, Some(attrs.meta.mtime_nsec));
+    if !owner_ok || !mtime_ok || st.st_mode & 0o7777 != mode {
+        return false;
+    }
+    let Some(want) = &attrs.xattrs else {
+        return true;
+    };
+    let Ok(have) = crate::attrs::XattrTarget::Fd(fd.as_fd()).read_all() else {
+        return false;
+    };
+    let settable = |name: &[u8]| {
+        name.starts_with(b"user.")
+            || name.starts_with(b"system.posix_acl_")
+            || (attrs.privileged_xattrs
+                && (name.starts_with(b"security.") || name.starts_with(b"trusted.")))
+    };
+    want.iter()
+        .all(|w| have.iter().any(|h| h.name == w.name && h.value == w.value))
+        && have
+            .iter()
+            .filter(|h| settable(&h.name))
+            .all(|h| want.iter().any(|w| w.name == h.name))
 }
 
 impl Root {
@@ -172,9 +205,18 @@ impl Root {
 
     /// Sets the owner, mode, attributes and mtime (as [`Root::install_file`] does) of the
     /// existing regular file at `rel`, in place. Anything else there is an error.
+    ///
+    /// Snapshots: a file with more than one link while [`Root::has_snapshots`] may share its
+    /// inode with a hard-link snapshot, whose copy must not change. Such a file is left as
+    /// it is when it already has the wanted metadata; otherwise it is first copied to a new
+    /// inode in staging (`FICLONE` where the file system can, else `copy_file_range` of its
+    /// data, holes kept), with its owner (where permitted), mode and extended attributes,
+    /// then `attrs` are applied to the copy and it is renamed over `rel`. The other names of
+    /// the old inode (the snapshot's, or other names of a live hard-link group, which the
+    /// engine links to the new file again as it installs them) keep the old version.
     pub fn set_file_meta(&self, rel: &RelPath, attrs: &crate::Attrs) -> Result<(), StoreError> {
         let op = "set the metadata of";
-        let Some((fd, _)) = self.open_regular(rel, OFlags::RDONLY, op)? else {
+        let Some((fd, st)) = self.open_regular(rel, OFlags::RDONLY, op)? else {
             return Err(StoreError::Io {
                 path: self.display_path(rel),
                 op,
@@ -184,7 +226,78 @@ impl Root {
                 ),
             });
         };
-        attrs.apply_fd(std::os::fd::AsFd::as_fd(&fd), &|| self.display_path(rel))
+        if st.st_nlink > 1 && self.has_snapshots() {
+            if meta_matches(&fd, &st, attrs) {
+                // Nothing to change: what applying would still do is count a dropped setuid.
+                let _ = attrs.mode();
+                return Ok(());
+            }
+            let (name, copy) = self.private_copy(rel, fd.as_fd(), &st)?;
+            let shown = || self.staging.path.join(&name);
+            let applied = attrs.apply_fd(copy.as_fd(), &shown);
+            return match applied {
+                Ok(()) => self.replace_from_staging(rel, &name),
+                Err(e) => {
+                    let _ = self.staging.remove(&name);
+                    Err(e)
+                }
+            };
+        }
+        attrs.apply_fd(fd.as_fd(), &|| self.display_path(rel))
+    }
+
+    /// A copy of the regular file `fd` (at `rel`, `st` its stat) as a new inode in staging:
+    /// its data (cloned where the file system can, else copied with holes kept), then its
+    /// owner (where permitted), mode and extended attributes (best effort). Its times are the
+    /// caller's to set. Returns the staging name and the copy, open for writing.
+    pub(crate) fn private_copy(
+        &self,
+        rel: &RelPath,
+        fd: BorrowedFd<'_>,
+        st: &Stat,
+    ) -> Result<(String, OwnedFd), StoreError> {
+        let staging = &self.staging;
+        let flags =
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let (name, copy) = staging.create_unique("create staging file", |name| {
+            rustix::fs::openat(&staging.dir, name, flags, Mode::from_raw_mode(0o600))
+        })?;
+        let size = u64::try_from(st.st_size).unwrap_or(0);
+        let made = crate::snapshot::clone_or_copy(fd, copy.as_fd(), size)
+            .map_err(|e| {
+                self.err(
+                    e,
+                    rel,
+                    "copy to a new inode (it may be shared with a snapshot)",
+                )
+            })
+            .and_then(|_| {
+                crate::snapshot::owner_of(copy.as_fd(), st);
+                rustix::fs::fchmod(&copy, Mode::from_raw_mode(st.st_mode & 0o7777))
+                    .map_err(|e| staging.err(e, &name, "set the mode of"))?;
+                crate::snapshot::copy_xattrs(fd, copy.as_fd());
+                Ok(())
+            });
+        match made {
+            Ok(()) => Ok((name, copy)),
+            Err(e) => {
+                let _ = staging.remove(&name);
+                Err(e)
+            }
+        }
+    }
+
+    /// Renames the staging file `name` over `rel` (the parent must exist); on failure the
+    /// staging file is removed.
+    pub(crate) fn replace_from_staging(&self, rel: &RelPath, name: &str) -> Result<(), StoreError> {
+        let renamed = self.parent_of(rel).and_then(|(parent, final_name)| {
+            rustix::fs::renameat(&self.staging.dir, name, &*parent, final_name)
+                .map_err(|e| self.err(e, rel, "install (rename into place)"))
+        });
+        if renamed.is_err() {
+            let _ = self.staging.remove(name);
+        }
+        renamed
     }
 
     /// The fd and stat of the regular file at `rel`, or `None` when something else (or

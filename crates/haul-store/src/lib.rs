@@ -62,6 +62,19 @@
 //! - `patch`: [`Root::patch_in_place`], [`Root::recover_patches`], [`PatchRange`]: a file
 //!   whose new version changed a few chunks is overwritten in place under an undo log in
 //!   `<top root>/.haul/undo/`, so a crash mid-way puts the old version back.
+//! - `source`: [`Root::open_source`], [`SourceHandle`]: a subtree opened for reading, confined,
+//!   for a host that sends (a pull).
+//! - `ops`: [`Root::statfs`], [`Root::stat_path`], [`Root::list_dir`], [`Root::tree_size`],
+//!   [`Root::visit_tree`], [`Root::rename_path`], [`Root::remove_path`],
+//!   [`Root::read_control`], [`Root::write_control`]: what a remote client may ask of a
+//!   receiver, each walking afresh from the root's fd (never through the directory cache).
+//! - `snapshot`: [`Root::create_snapshot`], [`Root::list_snapshots`], [`Root::delete_snapshot`],
+//!   [`Root::snapshot_dir`], [`Root::has_snapshots`], [`SnapshotInfo`], [`SnapshotMethod`]:
+//!   immutable copies of a subtree in `<top root>/.haul/snapshots/`, sharing data with the
+//!   live tree by reflink or hard link (so no installed inode is ever changed in place).
+//! - `lease`: [`Root::take_lease`], [`Root::renew_lease`], [`Root::release_lease`],
+//!   [`Root::leases`], [`Root::check_lease`], [`Lease`], [`LeaseInfo`]: a job's claim on a
+//!   destination subtree, one file per lease in `<top root>/.haul/leases/`.
 //! - `dircache`: the bounded cache of open directory fds.
 //! - `error`: [`StoreError`] and the errno mapping.
 
@@ -76,20 +89,28 @@ mod existing;
 mod fileio;
 mod history;
 mod journal;
+mod lease;
+mod ops;
 mod partial;
 mod partial_open;
 mod patch;
 mod path;
 mod root;
+mod snapshot;
+mod source;
 mod staging;
 
 pub use attrs::{Attrs, NotAppliedCounter};
 pub use entries::{EntryStat, LinkOutcome, Listing};
 pub use error::StoreError;
 pub use existing::{ExistingFile, FileStat};
+pub use lease::{Lease, LeaseInfo};
+pub use ops::{DirItem, PathStat, SpaceInfo, TreeSize, TreeVisitor};
 pub use partial::{Partial, SourceIdentity};
 pub use partial_open::OpenedPartial;
 pub use patch::PatchRange;
 pub use path::{MAX_NAME, MAX_PATH, PathError, RESERVED, RelPath};
 pub use root::{FileKind, Root};
+pub use snapshot::{SnapshotInfo, SnapshotMethod};
+pub use source::SourceHandle;
 pub use staging::StagingFile;

@@ -20,6 +20,15 @@
 //!
 //! Exclusion: the log is `flock`ed while a patch or a recovery works on it. The destination
 //! itself is excluded by the partial the new chunks come from (see `partial`).
+//!
+//! Snapshots: a file with more than one link is never patched. Its inode may be shared with a
+//! hard-link snapshot (see `snapshot`), which must keep the old version; and other live names
+//! would change with it. Such a patch is refused like any other unpatchable file, with
+//! `Ok(false)`, and the caller writes a new file and renames it into place. The link count is
+//! checked when the file is opened and again once the undo log is written, just before the
+//! first byte is overwritten. A recovery that finds the file linked since (a snapshot taken
+//! after a receiver died mid-patch) restores the old version into a new inode renamed over
+//! the name, leaving the snapshot's copy as it was taken.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -175,8 +184,11 @@ impl Root {
     /// the module docs): whatever happens, the file ends up either fully patched or exactly as
     /// it was. Returns `Ok(false)`, having changed nothing, when the file there cannot be
     /// patched: it is no longer the file `expect` is open on, has a size other than `size`,
-    /// has other hard links (overwriting would change them too; a new file leaves them be), or
-    /// cannot be opened for writing (read-only to us, or a running executable).
+    /// has other hard links (overwriting would change them too, and one may be a hard-link
+    /// snapshot's copy, which must never change; a new file leaves them be), or cannot be
+    /// opened for writing (read-only to us, or a running executable). `Ok(false)` is the
+    /// caller's cue to write a whole new file and install it by rename, as for a file not
+    /// worth patching.
     ///
     /// On an error the ranges already written are restored from the log before returning.
     pub fn patch_in_place(
@@ -265,6 +277,14 @@ impl Root {
         if let Err(e) = written {
             let _ = rustix::fs::unlinkat(&dir, name.as_str(), AtFlags::empty());
             return Err(e);
+        }
+
+        // Linked since it was opened (a snapshot taken meanwhile): the other name must keep
+        // the old bytes, so no patch after all.
+        let linked = rustix::fs::fstat(&file).map_or(true, |now| now.st_nlink != 1);
+        if linked {
+            let _ = rustix::fs::unlinkat(&dir, name.as_str(), AtFlags::empty());
+            return Ok(false);
         }
 
         // From here on the log can put the old version back.
@@ -456,6 +476,18 @@ impl Root {
         {
             // The patch completed; only removing the log was lost.
             return Ok(false);
+        }
+        if st.st_nlink > 1 {
+            // Linked since the patch began (a snapshot taken after the receiver died): the
+            // other names keep what they have, and the old version goes into a new inode.
+            let (name, copy) = self.private_copy(&rel, std::os::fd::AsFd::as_fd(&file), &st)?;
+            let copy = File::from(copy);
+            if let Err(e) = self.undo(&copy, &header, log, &mut buf) {
+                let _ = self.staging.remove(&name);
+                return Err(e);
+            }
+            self.replace_from_staging(&rel, &name)?;
+            return Ok(true);
         }
         self.undo(&file, &header, log, &mut buf)?;
         Ok(true)
@@ -659,6 +691,35 @@ mod tests {
         assert_eq!(std::fs::metadata(&s.path).unwrap().mode() & 0o7777, 0o640);
         assert_eq!(logs_left(&s), 0);
         assert_eq!(s.root.recover_patches().unwrap(), 0, "nothing left to do");
+    }
+
+    #[test]
+    fn a_torn_patch_linked_since_is_undone_into_a_new_inode_leaving_the_link_alone() {
+        let s = logged();
+        let f = File::options().write(true).open(&s.path).unwrap();
+        f.write_all_at(&[0xAB; 4096], RANGES[0].offset).unwrap();
+        drop(f);
+        let torn = std::fs::read(&s.path).unwrap();
+        // A hard-link snapshot taken after the receiver died shares the torn inode.
+        let snap = s.path.with_file_name("snapshot-copy");
+        std::fs::hard_link(&s.path, &snap).unwrap();
+        let shared = std::fs::metadata(&snap).unwrap().ino();
+        assert_eq!(s.root.recover_patches().unwrap(), 1);
+        let live = std::fs::metadata(&s.path).unwrap();
+        assert_ne!(live.ino(), shared, "restored into a new inode");
+        assert!(std::fs::read(&s.path).unwrap() == old_bytes());
+        assert_eq!((live.mtime(), live.mode() & 0o7777), (OLD_MTIME, 0o640));
+        assert!(
+            std::fs::read(&snap).unwrap() == torn,
+            "the snapshot's copy is untouched"
+        );
+        assert_eq!(logs_left(&s), 0);
+        assert_eq!(
+            std::fs::read_dir(s.path.with_file_name(".haul/staging"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[test]

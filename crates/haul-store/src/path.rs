@@ -182,6 +182,24 @@ impl RelPath {
         self.bytes.clone()
     }
 
+    /// True when `self` is `base` or lies below it (whole components: `ab` is not below `a`).
+    pub fn starts_with(&self, base: &RelPath) -> bool {
+        self.strip_prefix(base).is_some()
+    }
+
+    /// `self` relative to `base`, when it is `base` (the root path) or lies below it.
+    pub fn strip_prefix(&self, base: &RelPath) -> Option<RelPath> {
+        if base.is_root() {
+            return Some(self.clone());
+        }
+        let (me, b) = (self.as_bytes(), base.as_bytes());
+        if me == b {
+            return Some(RelPath::root());
+        }
+        let rest = me.strip_prefix(b)?.strip_prefix(b"/")?;
+        RelPath::parse(rest).ok()
+    }
+
     /// The joined bytes without copying (crate-internal, for cache look-ups).
     pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.bytes
@@ -215,6 +233,18 @@ mod tests {
         assert!(parent.is_root());
         assert_eq!(name, b"x");
         assert!(RelPath::root().parent_and_name().is_none());
+    }
+
+    #[test]
+    fn prefixes_are_whole_components() {
+        let p = |s: &[u8]| RelPath::parse(s).unwrap();
+        assert!(p(b"a/b").starts_with(&p(b"a")));
+        assert!(p(b"a").starts_with(&p(b"a")));
+        assert!(p(b"a").starts_with(&RelPath::root()));
+        assert!(!p(b"ab").starts_with(&p(b"a")));
+        assert!(!p(b"a").starts_with(&p(b"a/b")));
+        assert_eq!(p(b"a/b/c").strip_prefix(&p(b"a")), Some(p(b"b/c")));
+        assert_eq!(p(b"a").strip_prefix(&p(b"a")), Some(RelPath::root()));
     }
 
     #[test]

@@ -95,6 +95,9 @@ pub(crate) struct TopDirs {
     pub(crate) partial: Arc<PartialDir>,
     /// `<top root>/.haul/chunks`, the chunk-hash cache, opened (or made) on first use.
     pub(crate) chunks: OnceLock<OwnedFd>,
+    /// A snapshot is known to exist in `.haul/snapshots` (see `snapshot`): set when one is
+    /// made or seen, so [`Root::has_snapshots`] is an atomic load from then on.
+    pub(crate) snapshots_seen: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Root {
@@ -258,6 +261,7 @@ impl Root {
                 haul_path,
                 partial: Arc::new(PartialDir::new(partial, partial_path, path.to_path_buf())),
                 chunks: OnceLock::new(),
+                snapshots_seen: std::sync::atomic::AtomicBool::new(false),
             }),
             prefix: RelPath::root(),
         })
