@@ -51,6 +51,8 @@ fn hello(token: &[u8], dest: &[u8]) -> Message {
         rename_aside: Vec::new(),
         filters: Vec::new(),
         max_delete: u64::MAX,
+        holder: Bytes::new(),
+        snapshot: Bytes::new(),
     })
 }
 

@@ -76,6 +76,8 @@ fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
         rename_aside: vec![Bytes::from_static(b"po1/cache"), Bytes::from_static(b"old")],
         filters: Vec::new(),
         max_delete: u64::MAX,
+        holder: Bytes::new(),
+        snapshot: Bytes::new(),
     });
     let entry = |id, kind, path: &'static [u8], link: &'static [u8]| {
         Message::Entry(Entry {

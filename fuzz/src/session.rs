@@ -192,6 +192,8 @@ impl Harness {
                         rename_aside: Vec::new(),
                         filters: Vec::new(),
                         max_delete: u64::MAX,
+                        holder: Bytes::new(),
+                        snapshot: Bytes::new(),
                     }),
                 };
                 self.accept(&hello, welcome);
@@ -488,6 +490,8 @@ fn hello_message(args: HelloArgs) -> Hello {
         rename_aside: args.rename_aside.list(),
         filters: Vec::new(),
         max_delete: u64::MAX,
+        holder: Bytes::new(),
+        snapshot: Bytes::new(),
     }
 }
 

@@ -59,7 +59,7 @@ pub(crate) enum Command {
         #[command(flatten)]
         transfer: TransferArgs,
     },
-    /// Run a receiver: accept pushes into ROOT.
+    /// Serve ROOT: accept pushes into it, pulls from it and remote operations on it.
     ///
     /// Prints one line with the listening address and the certificate fingerprint clients pin.
     /// The certificate is created once and kept in the config directory. Clients must present
@@ -75,14 +75,15 @@ pub(crate) enum Command {
         /// File holding the token clients must present.
         #[arg(long)]
         token_file: Option<PathBuf>,
-        /// A token confined to a part of the root: SUBDIR=TOKEN_FILE[,privileged]. A client
-        /// presenting that token writes only under ROOT/SUBDIR (its destination path is
-        /// relative to it), so one receiver serves several migrations without one reaching into
-        /// another's tree. ",privileged" lets that token's transfers set owners, setuid/setgid
-        /// bits, device nodes and security.*/trusted.* attributes (see --privileged).
-        /// Repeatable. With --grant and no --token-file or HAUL_TOKEN, no token covers the
-        /// whole root.
-        #[arg(long, value_name = "SUBDIR=TOKEN_FILE[,privileged]")]
+        /// A token confined to a part of the root: SUBDIR=TOKEN_FILE[,read|,write][,privileged].
+        /// A client presenting that token reaches only ROOT/SUBDIR (its paths are relative to
+        /// it), so one receiver serves several migrations without one reaching into another's
+        /// tree. ",read" allows only pulls, reading and looking; ",write" only pushes, changes
+        /// and looking (never reading file data); neither means both. ",privileged" lets that
+        /// token's transfers set owners, setuid/setgid bits, device nodes and
+        /// security.*/trusted.* attributes (see --privileged). Repeatable. With --grant and no
+        /// --token-file or HAUL_TOKEN, no token covers the whole root.
+        #[arg(long, value_name = "SUBDIR=TOKEN_FILE[,read|,write][,privileged]")]
         grant: Vec<String>,
         /// Where the certificate and generated token live [default: $HAUL_CONFIG_DIR, or
         /// $XDG_CONFIG_HOME/haul, or ~/.config/haul].
@@ -114,12 +115,213 @@ pub(crate) enum Command {
         #[command(flatten)]
         transfer: TransferArgs,
     },
+    /// Receive a file or tree from a running `haul serve` (the serving host sends).
+    ///
+    /// SRC is quic://HOST[:PORT]/PATH, PATH relative to the token's grant on the host (the
+    /// token needs read scope). Everything push guarantees holds: every chunk verified, files
+    /// installed only once whole, resumable after a kill, incremental re-runs, --delete,
+    /// filters. A directory PATH makes DEST a copy of it (created if missing, merged into if
+    /// present); a file lands at DEST, or in DEST when it is a directory.
+    Pull {
+        /// quic://HOST[:PORT]/PATH
+        src: OsString,
+        /// Where the copy goes (a local path).
+        dest: PathBuf,
+        /// Restore: read PATH from this snapshot of the host (`haul snapshot list` shows the
+        /// ids) instead of its live tree.
+        #[arg(long, value_name = "ID")]
+        snapshot: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        #[command(flatten)]
+        transfer: TransferArgs,
+    },
+    /// Look at and manage a serving host's tree: free space, listings, sizes, manifests,
+    /// removal, renames, small control files and leases.
+    ///
+    /// Every path is relative to the token's grant and confined to it exactly like a push
+    /// (no `..`, no absolute paths, never through a symlink, never `.haul`). Looking needs any
+    /// token; reading file data (cat, manifest) needs read scope; changes need write scope
+    /// and are logged by the host.
+    Remote {
+        /// Print the result as JSON.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        op: RemoteOp,
+    },
+    /// Make, list and delete snapshots: immutable point-in-time copies of a destination tree
+    /// (reflinks where the file system has them, XFS and Btrfs; hard links otherwise).
+    ///
+    /// TARGET is a local receiver root (optionally ROOT with --path SUB) or
+    /// quic://HOST[:PORT]/PATH on a serving host. Snapshots live in the root's .haul
+    /// directory: --delete, adoption and listings never see them, and `haul pull --snapshot
+    /// ID` restores one.
+    Snapshot {
+        /// Print the result as JSON.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        op: SnapshotOp,
+    },
     /// Print BLAKE3 hashes of files, in the format of `b3sum` (haul's file hash is the same).
     Hash {
         /// Files to hash.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+/// `haul remote` operations.
+#[derive(Debug, Subcommand)]
+pub(crate) enum RemoteOp {
+    /// Free and total space and inodes of the host's file system.
+    Df {
+        /// quic://HOST[:PORT][/PATH]
+        url: OsString,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// List a directory.
+    Ls {
+        /// quic://HOST[:PORT]/PATH
+        url: OsString,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// What is at a path (exit 1 when nothing is); for a directory, whether it is empty.
+    Stat {
+        /// quic://HOST[:PORT]/PATH
+        url: OsString,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Size of a tree: bytes, allocated bytes, files, directories.
+    Du {
+        /// quic://HOST[:PORT]/PATH
+        url: OsString,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Every entry of a tree with its size and BLAKE3 hash, in `b3sum` format (read scope).
+    Manifest {
+        /// quic://HOST[:PORT]/PATH
+        url: OsString,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Remove a file, link or whole tree.
+    Rm {
+        /// quic://HOST[:PORT]/PATH
+        url: OsString,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Rename within the grant (the target must not exist).
+    Mv {
+        /// quic://HOST[:PORT]/PATH
+        url: OsString,
+        /// The new path, relative to the grant.
+        to: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Print a small control file (read scope).
+    Cat {
+        /// quic://HOST[:PORT]/PATH
+        url: OsString,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Replace a small control file atomically with FILE's contents (- for stdin).
+    Put {
+        /// quic://HOST[:PORT]/PATH
+        url: OsString,
+        /// The local file to send, or - for standard input.
+        file: PathBuf,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Hold a lease on a tree until stopped (Ctrl-C, SIGTERM): pushes, removals and renames
+    /// into it from anyone but HOLDER are refused, naming HOLDER and PURPOSE. Renewed while
+    /// this runs; if it is killed, the lease expires after --ttl and can be taken over.
+    Lease {
+        /// quic://HOST[:PORT]/PATH
+        url: OsString,
+        /// Who holds it (pass the same to `push --lease-holder`).
+        #[arg(long)]
+        holder: String,
+        /// What for, shown to whoever is refused.
+        #[arg(long)]
+        purpose: String,
+        /// How long the lease outlives this process if it dies (e.g. 30s, 5m).
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        ttl: std::time::Duration,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// List the leases under the grant.
+    Leases {
+        /// quic://HOST[:PORT]
+        url: OsString,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+/// `haul snapshot` operations.
+#[derive(Debug, Subcommand)]
+pub(crate) enum SnapshotOp {
+    /// Make a snapshot of TARGET; prints its id.
+    Create {
+        /// A local receiver root, or quic://HOST[:PORT]/PATH.
+        target: OsString,
+        /// With a local root: the tree under it to snapshot.
+        #[arg(long, default_value = "")]
+        path: String,
+        /// Free-form label recorded with it (who made it, and why).
+        #[arg(long, default_value = "")]
+        label: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// List snapshots, oldest first.
+    List {
+        /// A local receiver root, or quic://HOST[:PORT].
+        target: OsString,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Delete a snapshot.
+    Delete {
+        /// A local receiver root, or quic://HOST[:PORT].
+        target: OsString,
+        /// The snapshot's id.
+        id: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+/// A duration like 500ms, 30s, 5m or 2h.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s or 5m"))?;
+    let ms = match unit {
+        "ms" => n,
+        "" | "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        _ => return Err(format!("unknown unit in {s:?}; use ms, s, m or h")),
+    };
+    if ms == 0 {
+        return Err("a lease must last longer than 0".into());
+    }
+    Ok(std::time::Duration::from_millis(ms))
 }
 
 /// How to reach and trust a receiver (push, and plan with a quic:// destination).
@@ -168,6 +370,14 @@ pub(crate) struct TransferArgs {
     /// Print JSON lines (events, then a summary object) instead of progress bars.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Where the state database lives (the record of every run, from which estimates are
+    /// drawn) [default: $HAUL_STATE_DIR, or $XDG_STATE_HOME/haul, or ~/.local/state/haul].
+    #[arg(long, value_name = "DIR", env = "HAUL_STATE_DIR")]
+    pub(crate) state: Option<PathBuf>,
+    /// The job this transfer works for, as named when a lease was taken on the destination
+    /// (`haul remote lease --holder`): only the holder may write into a leased tree.
+    #[arg(long, value_name = "HOLDER")]
+    pub(crate) lease_holder: Option<String>,
     /// Report every file as it is installed, with the BLAKE3 hash the receiver verified (the
     /// hash `b3sum` prints for the copy).
     #[arg(long)]
@@ -269,6 +479,7 @@ pub(crate) fn order_rules(cli: &mut Cli, sub: &clap::ArgMatches) {
     let transfer = match &mut cli.command {
         Command::Copy { transfer, .. }
         | Command::Push { transfer, .. }
+        | Command::Pull { transfer, .. }
         | Command::Plan { transfer, .. } => transfer,
         _ => return,
     };

@@ -10,6 +10,7 @@
 
 mod args;
 mod output;
+mod remote_cmd;
 
 use std::ffi::OsStr;
 use std::net::SocketAddr;
@@ -19,8 +20,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
+use haul_engine::job::{Endpoint, Job, JobEvent, RemoteEnd};
 use haul_engine::jobs::{self, PushTarget, ServeOptions};
-use haul_engine::{EngineError, Grant, Progress, Summary, TransferOptions};
+use haul_engine::{EngineError, Grant, TransferOptions};
 use haul_net::{Fingerprint, Identity, Token, Trust};
 
 use args::{Cli, Command, RemoteArgs, TransferArgs};
@@ -138,6 +140,27 @@ async fn run(cli: Cli) -> u8 {
                 }
             }
         }
+        Command::Pull {
+            src,
+            dest,
+            snapshot,
+            remote,
+            transfer,
+        } => match pull_source(&src, snapshot, &remote).await {
+            Ok(from) => {
+                let dest = Destination::Pull {
+                    from,
+                    dst: dest.clone(),
+                };
+                transfer_command(dest_placeholder(&dest), dest, transfer).await
+            }
+            Err(e) => {
+                output::fatal(Mode::pick(transfer.json), &e, 1);
+                1
+            }
+        },
+        Command::Remote { json, op } => remote_cmd::remote(op, json).await,
+        Command::Snapshot { json, op } => remote_cmd::snapshot(op, json).await,
         Command::Hash { files } => hash(&files),
     }
 }
@@ -173,6 +196,11 @@ enum Destination {
     Local { dst: PathBuf, via_quic: bool },
     /// `haul push`: a running receiver.
     Remote(PushTarget),
+    /// `haul pull`: from a serving host into a local path.
+    Pull {
+        from: haul_engine::pull::PullSource,
+        dst: PathBuf,
+    },
 }
 
 fn options(args: &TransferArgs, src: &Path) -> anyhow::Result<TransferOptions> {
@@ -202,6 +230,7 @@ fn options(args: &TransferArgs, src: &Path) -> anyhow::Result<TransferOptions> {
         max_delete: args.max_delete,
         filter: filter(args, src)?.map(Arc::new),
         one_file_system: args.one_file_system,
+        holder: args.lease_holder.clone(),
         ..TransferOptions::default()
     })
 }
@@ -228,25 +257,137 @@ fn filter(args: &TransferArgs, src: &Path) -> anyhow::Result<Option<haul_manifes
     Ok(Some(filter))
 }
 
-async fn run_job(
-    src: PathBuf,
-    dest: &Destination,
-    options: TransferOptions,
-    progress: Arc<Progress>,
-    events: haul_engine::EventSink,
-) -> Result<Summary, EngineError> {
-    match dest {
+/// A run being recorded in the state database. The database is a record, not a gate: when
+/// it cannot be opened the transfer still runs, with a warning saying why.
+struct RunRecorder {
+    db: haul_state::StateDb,
+    id: haul_state::RunId,
+}
+
+impl RunRecorder {
+    fn start(dir: Option<&Path>, src: &Path, dest: &Destination) -> Option<RunRecorder> {
+        let (kind, source, destination) = match dest {
+            Destination::Local { dst, .. } => (
+                haul_state::RunKind::Copy,
+                src.display().to_string(),
+                dst.display().to_string(),
+            ),
+            Destination::Remote(t) => (
+                haul_state::RunKind::Push,
+                src.display().to_string(),
+                format!("quic://{}/{}", t.host_key, String::from_utf8_lossy(&t.dest)),
+            ),
+            Destination::Pull { from, dst } => (
+                haul_state::RunKind::Pull,
+                format!(
+                    "quic://{}/{}",
+                    from.host_key,
+                    String::from_utf8_lossy(&from.path)
+                ),
+                dst.display().to_string(),
+            ),
+        };
+        let opened = match dir {
+            Some(dir) => haul_state::StateDb::open(dir),
+            None => haul_state::StateDb::open_default(),
+        };
+        let db = match opened {
+            Ok(db) => db,
+            Err(e) => {
+                tracing::warn!("this run is not recorded in the state database: {e}");
+                return None;
+            }
+        };
+        let start = haul_state::RunStart {
+            kind,
+            source,
+            destination,
+            profile: None,
+        };
+        match db.start_run(&start) {
+            Ok(id) => Some(RunRecorder { db, id }),
+            Err(e) => {
+                tracing::warn!("this run is not recorded in the state database: {e}");
+                None
+            }
+        }
+    }
+
+    fn finish(self, result: &Result<haul_engine::Summary, EngineError>) {
+        use haul_state::{Outcome, RunEnd};
+        let end = match result {
+            Ok(s) => RunEnd {
+                bytes: s.bytes_sent,
+                files: s.files_transferred,
+                chunks: s.chunks_sent,
+                outcome: if s.errors.is_empty() && s.files_failed == 0 {
+                    Outcome::Ok
+                } else {
+                    Outcome::Failed
+                },
+                error: s
+                    .errors
+                    .first()
+                    .map(|p| format!("{}: {}", p.path, p.message)),
+            },
+            Err(e) => RunEnd {
+                bytes: 0,
+                files: 0,
+                chunks: 0,
+                outcome: match e {
+                    _ if e.exit_code() == 3 => Outcome::Paused,
+                    EngineError::Connection { .. } | EngineError::PeerAborted(_) => {
+                        Outcome::Interrupted
+                    }
+                    _ => Outcome::Failed,
+                },
+                error: Some(e.to_string()),
+            },
+        };
+        if let Err(e) = self.db.finish_run(self.id, &end) {
+            tracing::warn!("cannot record the end of this run in the state database: {e}");
+        }
+    }
+}
+
+/// The engine job a transfer command runs (the CLI drives the same library API as the
+/// workflow crates).
+fn job_for(src: PathBuf, dest: &Destination, options: TransferOptions) -> Job {
+    let (source, dest) = match dest {
         Destination::Local { dst, via_quic } => {
             let options = TransferOptions {
                 via_quic: *via_quic,
                 ..options
             };
-            jobs::copy(src, dst.clone(), options, progress, events).await
+            let job = Job::new(Endpoint::Local(src), Endpoint::Local(dst.clone()));
+            return job.options(options);
         }
-        Destination::Remote(target) => {
-            jobs::push(src, target.clone(), options, progress, events).await
-        }
-    }
+        Destination::Remote(target) => (
+            Endpoint::Local(src),
+            Endpoint::Remote(RemoteEnd {
+                addr: target.addr,
+                host_key: target.host_key.clone(),
+                path: target.dest.clone(),
+                trust: target.trust.clone(),
+                token: target.token.clone(),
+                congestion: target.congestion,
+                snapshot: None,
+            }),
+        ),
+        Destination::Pull { from, dst } => (
+            Endpoint::Remote(RemoteEnd {
+                addr: from.addr,
+                host_key: from.host_key.clone(),
+                path: from.path.clone(),
+                trust: from.trust.clone(),
+                token: from.token.clone(),
+                congestion: from.congestion,
+                snapshot: from.snapshot.clone(),
+            }),
+            Endpoint::Local(dst.clone()),
+        ),
+    };
+    Job::new(source, dest).options(options)
 }
 
 async fn transfer_command(src: PathBuf, dest: Destination, args: TransferArgs) -> u8 {
@@ -265,15 +406,7 @@ async fn transfer_command(src: PathBuf, dest: Destination, args: TransferArgs) -
             list_files: false,
             ..options.clone()
         };
-        match run_job(
-            src.clone(),
-            &dest,
-            plan,
-            Arc::default(),
-            haul_engine::no_events(),
-        )
-        .await
-        {
+        match job_for(src.clone(), &dest, plan).plan().await {
             Ok(plan) if plan.would_send_bytes > plan.target_free_bytes => {
                 let e = anyhow!(
                     "--require-space: {} must be written but the target has only {} free; \
@@ -292,11 +425,30 @@ async fn transfer_command(src: PathBuf, dest: Destination, args: TransferArgs) -
             }
         }
     }
-    let progress = Arc::new(Progress::default());
+    let record = (!args.dry_run).then(|| RunRecorder::start(args.state.as_deref(), &src, &dest));
+    let job = job_for(src, &dest, options);
+    let progress = job.progress();
     let ticker = output::Ticker::start(mode, progress.clone());
     let events = output::event_sink(mode, ticker.bar.clone());
-    let result = run_job(src, &dest, options, progress.clone(), events).await;
+    let result = job
+        .run(move |event| match event {
+            JobEvent::FileDone {
+                path,
+                bytes,
+                blake3,
+            } => events(haul_engine::Event::FileInstalled {
+                path,
+                bytes,
+                blake3,
+            }),
+            JobEvent::Engine(event) => events(event),
+            _ => {}
+        })
+        .await;
     ticker.stop();
+    if let Some(Some(record)) = record {
+        record.finish(&result);
+    }
     match result {
         Ok(summary) => {
             output::summary(mode, &summary);
@@ -314,24 +466,35 @@ async fn transfer_command(src: PathBuf, dest: Destination, args: TransferArgs) -
     }
 }
 
-fn exit_code(e: &anyhow::Error) -> u8 {
+/// A pull has no local source: `--files-from` lists are read relative to the destination.
+fn dest_placeholder(dest: &Destination) -> PathBuf {
+    match dest {
+        Destination::Pull { dst, .. } => dst.clone(),
+        _ => PathBuf::new(),
+    }
+}
+
+pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
     e.downcast_ref::<EngineError>()
         .map_or(1, EngineError::exit_code)
 }
 
-/// Parses quic://HOST[:PORT]/PATH and works out how to trust and authenticate.
-async fn push_target(src: &Path, dest: &OsStr, remote: RemoteArgs) -> anyhow::Result<PushTarget> {
-    let RemoteArgs {
-        fingerprint,
-        known_hosts,
-        token_file,
-        congestion,
-    } = remote;
-    let raw = dest.as_bytes();
+/// A parsed quic://HOST[:PORT]/PATH.
+pub(crate) struct Url {
+    pub(crate) addr: SocketAddr,
+    /// HOST:PORT, the known-hosts key.
+    pub(crate) host_key: String,
+    /// PATH, relative to the token's grant (may be empty).
+    pub(crate) path: Vec<u8>,
+}
+
+/// Parses and resolves quic://HOST[:PORT]/PATH (port 7470 when none is given).
+pub(crate) async fn parse_url(url: &OsStr) -> anyhow::Result<Url> {
+    let raw = url.as_bytes();
     let rest = raw.strip_prefix(b"quic://").ok_or_else(|| {
         anyhow!(
-            "destination {:?} is not a haul URL; write quic://HOST[:PORT]/PATH",
-            dest.to_string_lossy()
+            "{:?} is not a haul URL; write quic://HOST[:PORT]/PATH",
+            url.to_string_lossy()
         )
     })?;
     let (authority, path) = match rest.iter().position(|&b| b == b'/') {
@@ -340,7 +503,7 @@ async fn push_target(src: &Path, dest: &OsStr, remote: RemoteArgs) -> anyhow::Re
     };
     let authority = std::str::from_utf8(authority).context("the host name is not valid UTF-8")?;
     if authority.is_empty() {
-        bail!("the destination names no host; write quic://HOST[:PORT]/PATH");
+        bail!("the URL names no host; write quic://HOST[:PORT]/PATH");
     }
     let host_key = if authority.ends_with(']') || !authority.contains(':') {
         format!("{authority}:7470")
@@ -352,7 +515,39 @@ async fn push_target(src: &Path, dest: &OsStr, remote: RemoteArgs) -> anyhow::Re
         .with_context(|| format!("cannot resolve {host_key}"))?
         .next()
         .ok_or_else(|| anyhow!("{host_key} resolves to no address"))?;
-    let mut dest_path = path.to_vec();
+    Ok(Url {
+        addr,
+        host_key,
+        path: path.to_vec(),
+    })
+}
+
+/// How to trust the host and authenticate to it.
+pub(crate) fn trust_and_token(
+    remote: &RemoteArgs,
+) -> anyhow::Result<(Trust, Token, haul_net::Congestion)> {
+    let trust = match &remote.fingerprint {
+        Some(fp) => Trust::Pinned(fp.parse::<Fingerprint>()?),
+        None => Trust::KnownHosts(
+            remote
+                .known_hosts
+                .clone()
+                .unwrap_or_else(|| haul_net::default_config_dir().join("known_hosts")),
+        ),
+    };
+    let Some(token) = given_token(remote.token_file.clone())? else {
+        bail!(
+            "no token: pass --token-file FILE (the token file `haul serve` printed) or set \
+             HAUL_TOKEN"
+        );
+    };
+    Ok((trust, token, remote.congestion.into()))
+}
+
+/// Parses quic://HOST[:PORT]/PATH and works out how to trust and authenticate.
+async fn push_target(src: &Path, dest: &OsStr, remote: RemoteArgs) -> anyhow::Result<PushTarget> {
+    let url = parse_url(dest).await?;
+    let mut dest_path = url.path;
     if dest_path.last() == Some(&b'/') {
         // Trailing slash: into PATH, under the source's own name.
         let name = src
@@ -362,26 +557,65 @@ async fn push_target(src: &Path, dest: &OsStr, remote: RemoteArgs) -> anyhow::Re
             .ok_or_else(|| anyhow!("{} has no name to copy under", src.display()))?;
         dest_path.extend_from_slice(&name);
     }
-    let trust = match fingerprint {
-        Some(fp) => Trust::Pinned(fp.parse::<Fingerprint>()?),
-        None => Trust::KnownHosts(
-            known_hosts.unwrap_or_else(|| haul_net::default_config_dir().join("known_hosts")),
-        ),
-    };
-    let Some(token) = given_token(token_file)? else {
-        bail!(
-            "no token: pass --token-file FILE (the token file `haul serve` printed) or set \
-             HAUL_TOKEN"
-        );
-    };
+    let (trust, token, congestion) = trust_and_token(&remote)?;
     Ok(PushTarget {
-        addr,
-        host_key,
+        addr: url.addr,
+        host_key: url.host_key,
         dest: dest_path,
         trust,
         token,
-        congestion: congestion.into(),
+        congestion,
     })
+}
+
+/// Where a pull comes from.
+async fn pull_source(
+    src: &OsStr,
+    snapshot: Option<String>,
+    remote: &RemoteArgs,
+) -> anyhow::Result<haul_engine::pull::PullSource> {
+    let url = parse_url(src).await?;
+    let (trust, token, congestion) = trust_and_token(remote)?;
+    let mut path = url.path;
+    while path.last() == Some(&b'/') {
+        path.pop();
+    }
+    Ok(haul_engine::pull::PullSource {
+        addr: url.addr,
+        host_key: url.host_key,
+        path,
+        snapshot,
+        trust,
+        congestion,
+        token,
+    })
+}
+
+/// The options after a grant's token file: `,read`, `,write`, `,privileged`.
+fn grant_options<'a>(
+    grant: &str,
+    spec: &'a str,
+) -> anyhow::Result<(&'a str, haul_engine::Scope, bool)> {
+    let mut parts = spec.split(',');
+    let file = parts.next().unwrap_or_default();
+    let (mut read, mut write, mut privileged) = (false, false, false);
+    for option in parts {
+        match option {
+            "read" => read = true,
+            "write" => write = true,
+            "rw" | "read+write" => (read, write) = (true, true),
+            "privileged" => privileged = true,
+            other => {
+                bail!("--grant {grant:?}: unknown option {other:?}; use read, write or privileged")
+            }
+        }
+    }
+    let scope = match (read, write) {
+        (true, false) => haul_engine::Scope::Read,
+        (false, true) => haul_engine::Scope::Write,
+        _ => haul_engine::Scope::ReadWrite,
+    };
+    Ok((file, scope, privileged))
 }
 
 /// Who may write what on a receiver.
@@ -416,10 +650,7 @@ async fn serve(
         let (subdir, file) = g.split_once('=').ok_or_else(|| {
             anyhow!("--grant {g:?}: write SUBDIR=TOKEN_FILE, e.g. --grant po1=/etc/haul/po1.token")
         })?;
-        let (file, privileged) = match file.strip_suffix(",privileged") {
-            Some(file) => (file, true),
-            None => (file, false),
-        };
+        let (file, scope, privileged) = grant_options(g, file)?;
         let subdir = haul_store::RelPath::parse(subdir.as_bytes())
             .map_err(|e| anyhow!("--grant {g:?}: the sub-directory is refused: {e}"))?;
         if subdir.is_root() {
@@ -430,6 +661,7 @@ async fn serve(
         grants.push(Grant {
             token: Token::load(Path::new(file))?,
             subdir,
+            scope,
             privileged,
         });
     }
@@ -456,6 +688,7 @@ async fn serve(
         grants.push(Grant {
             token,
             subdir: haul_store::RelPath::root(),
+            scope: haul_engine::Scope::ReadWrite,
             privileged,
         });
     }
@@ -480,7 +713,7 @@ async fn serve(
                  applied"
             }
         };
-        eprintln!("haul serve: grant {place}: {what}");
+        eprintln!("haul serve: grant {place}: {}; {what}", g.scope.name());
     }
     if created {
         eprintln!(

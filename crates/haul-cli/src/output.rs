@@ -89,6 +89,22 @@ fn human_event(event: &Event) -> String {
         Event::SessionStarted { peer, dest } => {
             format!("haul serve: session from {peer} into {:?}", dest)
         }
+        Event::RemoteOperation {
+            peer,
+            op,
+            paths,
+            error,
+        } => {
+            let paths = paths
+                .iter()
+                .map(|p| format!("/{}", p.trim_start_matches('/')))
+                .collect::<Vec<_>>()
+                .join(" -> ");
+            match error {
+                None => format!("haul serve: {peer}: {op} {paths}"),
+                Some(e) => format!("haul serve: {peer}: {op} {paths} refused: {e}"),
+            }
+        }
         Event::SessionEnded {
             peer,
             installed,

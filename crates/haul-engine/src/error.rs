@@ -59,6 +59,14 @@ pub enum EngineError {
     /// The local side of the target failed (the embedded receiver of `copy`, or `serve`).
     #[error("{0}")]
     Store(#[from] haul_store::StoreError),
+    /// A remote operation failed on the serving host.
+    #[error("remote {op} failed: {message}")]
+    Remote {
+        /// The operation.
+        op: String,
+        /// The host's explanation.
+        message: String,
+    },
     /// Setting up QUIC or TLS failed.
     #[error("{0}")]
     Net(#[from] haul_net::NetError),

@@ -100,7 +100,7 @@ pub async fn serve(
 
 /// Opens the root a receiver writes into and cleans up after receivers that died in it:
 /// their staging files go, and files they were patching in place get their old version back.
-fn open_receiver_root(path: &Path) -> Result<Root, EngineError> {
+pub(crate) fn open_receiver_root(path: &Path) -> Result<Root, EngineError> {
     let root = Root::open(path)?;
     root.sweep_staging()?;
     let restored = root.recover_patches()?;
@@ -240,6 +240,7 @@ pub async fn copy(
         vec![Grant {
             token: token.clone(),
             subdir: RelPath::root(),
+            scope: crate::receiver::Scope::ReadWrite,
             privileged: true,
         }],
     ));
@@ -367,7 +368,7 @@ type CopyOutcome = (
 );
 
 /// Works out the embedded receiver's root and the destination path under it.
-fn split_destination(
+pub(crate) fn split_destination(
     source: &Path,
     dest: &Path,
     source_is_dir: bool,

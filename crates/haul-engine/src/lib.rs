@@ -14,6 +14,10 @@
 //! - [`transport`]: the [`Link`] abstraction and its QUIC implementation; [`local_link`]: the
 //!   in-process link `copy` uses.
 //! - `sender`: the sending pipeline. `receiver`: the receiving pipeline.
+//! - [`job`]: the library API: a [`job::Job`] from a local or remote source to a local or
+//!   remote destination, planned or run with typed events. [`remote`]: the handle for remote
+//!   operations (free space, listings, manifests, snapshots, leases) and the host's side of
+//!   them. [`pull`]: a transfer where the serving host sends.
 //! - [`jobs`]: serve / push / copy.
 //! - [`progress`]: counters, events, summary. `error`: [`EngineError`].
 //!
@@ -24,18 +28,21 @@
 pub mod compress;
 mod error;
 mod idmap;
+pub mod job;
 pub mod jobs;
 pub mod local_link;
 mod owners;
 pub mod progress;
+pub mod pull;
 mod receiver;
+pub mod remote;
 mod sender;
 pub mod transport;
 mod wire;
 
 pub use error::EngineError;
 pub use progress::{Event, EventSink, FileProblem, Progress, RenamedAside, Summary, no_events};
-pub use receiver::{Grant, ReceiverConfig, SessionReport, receive};
+pub use receiver::{Grant, ReceiverConfig, Scope, SessionReport, receive};
 pub use sender::{SendRequest, TransferOptions, send};
 pub use transport::{Link, QuicLink};
 

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Live counters of a transfer, sampled by whoever shows progress.
 #[derive(Debug, Default)]
@@ -96,6 +96,18 @@ pub enum Event {
         /// The destination under the root.
         dest: String,
     },
+    /// A serving host ran a remote operation that changes its tree (logged whether or not it
+    /// succeeded).
+    RemoteOperation {
+        /// The peer's address.
+        peer: String,
+        /// `rm`, `mv`, `put`, `snapshot create`, ...
+        op: String,
+        /// The paths it named, relative to the peer's grant.
+        paths: Vec<String>,
+        /// Why it failed, if it did.
+        error: Option<String>,
+    },
     /// A receiver session ended.
     SessionEnded {
         /// The peer's address.
@@ -118,7 +130,7 @@ pub fn no_events() -> EventSink {
 }
 
 /// One file that could not be copied.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileProblem {
     /// The path.
     pub path: String,
@@ -127,7 +139,7 @@ pub struct FileProblem {
 }
 
 /// What a finished transfer did. Serialized as the last JSON line of `--json` output.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// Regular files in the source.
     pub files_total: u64,
@@ -186,7 +198,7 @@ pub struct Summary {
 }
 
 /// What the receiver did not apply (see [`haul_proto::NotApplied`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotAppliedCounts {
     /// Entries whose owner or group was not set.
     pub owners: u64,
@@ -210,7 +222,7 @@ impl From<haul_proto::NotApplied> for NotAppliedCounts {
 }
 
 /// A directory renamed aside.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RenamedAside {
     /// The directory (relative to the destination) that was copied anew.
     pub from: String,

@@ -46,6 +46,12 @@ pub trait Link: Send + Sync {
     /// Closes the connection with an application code and a reason for the peer.
     fn close(&self, code: u32, reason: &str);
 
+    /// Resolves once the connection is closed (by either end). An in-process link has no
+    /// connection to wait for and resolves at once.
+    fn closed(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
     /// True when both ends run in this process and a chunk arrives as the very buffer the
     /// sender hashed (`haul copy`'s in-process link). The receiver then takes the sender's
     /// hash instead of hashing the same memory a second time: nothing crossed a wire, so
@@ -181,5 +187,10 @@ impl Link for QuicLink {
     fn close(&self, code: u32, reason: &str) {
         self.conn
             .close(quinn::VarInt::from_u32(code), reason.as_bytes());
+    }
+    fn closed(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.conn.closed().await;
+        })
     }
 }

@@ -51,14 +51,14 @@ pub use limits::Limits;
 pub use message::{
     Abort, Chunk, DecodeError, Deleted, Entry, EntryKind, Failed, FileDone, Finished, Hash, Have,
     Hello, Installed, MAX_XATTR_TOTAL, MAX_XATTR_VALUE, MAX_XATTRS, Message, Meta, Names, Need,
-    NotApplied, Prune, QuickCheck, QuickChecked, RefuseReason, Refused, Renamed, SourceFailed,
-    Welcome, Xattr,
+    NotApplied, Prune, QuickCheck, QuickChecked, RefuseReason, Refused, Renamed, Request, Response,
+    SourceFailed, Welcome, Xattr,
 };
 pub use session::{ClientSession, ProtocolError, ServerSession};
 
 /// The protocol version this build speaks. Peers with a different version are refused with a
 /// message naming both versions.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// The default chunk size: 4 MiB. Chunk sizes are powers of two so that every chunk is a whole
 /// BLAKE3 subtree and a file's hash can be assembled from its chunk hashes.

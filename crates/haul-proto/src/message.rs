@@ -124,6 +124,12 @@ pub struct Hello {
     /// With [`Hello::DELETE`]: most entries the run may delete (`u64::MAX`: no limit). Over
     /// it, nothing is deleted and the run fails.
     pub max_delete: u64,
+    /// The job this session works for, as it named itself when it took a lease (empty: none).
+    /// A session may write into a leased subtree only when this names the lease's holder.
+    pub holder: Bytes,
+    /// With [`Hello::PULL`]: the id of a snapshot to read `dest` from instead of the live tree
+    /// (empty: the live tree).
+    pub snapshot: Bytes,
 }
 
 impl Hello {
@@ -144,6 +150,17 @@ impl Hello {
     pub const DELETE: u32 = 64;
     /// With [`Hello::DELETE`], also remove what the filter rules exclude.
     pub const DELETE_EXCLUDED: u32 = 128;
+    /// Pull: the client asks the server to send `dest` (under the token's grant) to it. The
+    /// server answers with a `Hello` of its own, as the sender, and the client receives; the
+    /// other flags and fields say how the client wants it sent.
+    pub const PULL: u32 = 256;
+    /// Remote operations: after the `Welcome`, the client sends [`Request`]s and the server
+    /// answers each with [`Response`]s. No entries move.
+    pub const OPS: u32 = 512;
+    /// With [`Hello::PULL`]: send multiply-linked files as separate files.
+    pub const NO_HARD_LINKS: u32 = 1024;
+    /// With [`Hello::PULL`]: do not cross into other file systems below the source.
+    pub const ONE_FILE_SYSTEM: u32 = 2048;
 
     /// True if `flag` is set.
     pub fn has(&self, flag: u32) -> bool {
@@ -193,6 +210,11 @@ pub enum RefuseReason {
     BadChunkSize,
     /// Anything else; the text says what.
     Other,
+    /// The token's grant does not allow this (a read-only token asked to write, or the
+    /// reverse).
+    Scope,
+    /// The destination is leased by another job; the text names its holder and purpose.
+    Leased,
 }
 
 /// Server's answer to a refused hello.
@@ -202,6 +224,35 @@ pub struct Refused {
     pub reason: RefuseReason,
     /// What to tell the operator.
     pub message: String,
+}
+
+/// A remote operation asked of the server in an [`Hello::OPS`] session. The body is the
+/// operation and its arguments as the engine encodes them (JSON); the protocol only frames it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// Chosen by the client; every [`Response`] to it carries the same id.
+    pub id: u64,
+    /// The operation.
+    pub body: Bytes,
+}
+
+/// One part of the answer to a [`Request`]. A long answer (a manifest of a large tree) comes
+/// in several parts, each with `more` set but the last.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// The request's id.
+    pub id: u64,
+    /// False when the operation failed; the body then holds the error.
+    pub ok: bool,
+    /// More parts follow.
+    pub more: bool,
+    /// The result (or the error), as the engine encodes it.
+    pub body: Bytes,
+}
+
+impl Request {
+    /// The largest body a request or response part may have.
+    pub const MAX_BODY: u32 = 1 << 20;
 }
 
 /// One entry of the streaming manifest.
@@ -535,6 +586,10 @@ pub enum Message {
     PruneEnd,
     /// See [`Deleted`].
     Deleted(Deleted),
+    /// See [`Request`].
+    Request(Request),
+    /// See [`Response`].
+    Response(Response),
 }
 
 /// A frame that does not decode to a valid message.
@@ -593,6 +648,8 @@ mod kind {
     pub(super) const PRUNE: u8 = 18;
     pub(super) const PRUNE_END: u8 = 19;
     pub(super) const DELETED: u8 = 20;
+    pub(super) const REQUEST: u8 = 21;
+    pub(super) const RESPONSE: u8 = 22;
 }
 
 impl Message {
@@ -652,6 +709,8 @@ impl Message {
                     put_bytes(body, rule);
                 }
                 body.put_u64(m.max_delete);
+                put_bytes(body, &m.holder);
+                put_bytes(body, &m.snapshot);
                 kind::HELLO
             }
             Message::Welcome(m) => {
@@ -801,6 +860,17 @@ impl Message {
                 put_bytes(body, m.refused.as_bytes());
                 kind::DELETED
             }
+            Message::Request(m) => {
+                body.put_u64(m.id);
+                put_bytes(body, &m.body);
+                kind::REQUEST
+            }
+            Message::Response(m) => {
+                body.put_u64(m.id);
+                body.put_u8(u8::from(m.ok) | (u8::from(m.more) << 1));
+                put_bytes(body, &m.body);
+                kind::RESPONSE
+            }
         }
     }
 
@@ -811,30 +881,54 @@ impl Message {
             tail: frame.tail,
         };
         let msg = match frame.kind {
-            kind::HELLO => Message::Hello(Hello {
-                version: r.u16("version")?,
-                token: r.bytes("token", limits.max_token)?,
-                dest: r.bytes("dest", limits.max_path)?,
-                chunk_size: r.u32("chunk_size")?,
-                flags: r.u32("flags")?,
-                rename_aside: {
-                    let n = r.count("rename_aside count", MAX_ASIDE, 4)?;
-                    let mut dirs = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        dirs.push(r.bytes("rename_aside", limits.max_path)?);
-                    }
-                    dirs
-                },
-                filters: {
-                    let n = r.count("filter count", MAX_FILTERS, 4)?;
-                    let mut rules = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        rules.push(r.bytes("filter", limits.max_path)?);
-                    }
-                    rules
-                },
-                max_delete: r.u64("max_delete")?,
-            }),
+            kind::HELLO => {
+                let version = r.u16("version")?;
+                if version != crate::PROTOCOL_VERSION {
+                    // Another version's hello may have other fields: keep only the version, so
+                    // the receiver refuses it with a message naming both versions instead of
+                    // failing to decode it.
+                    r.buf.advance(r.buf.remaining());
+                    r.tail = Bytes::new();
+                    return Ok(Message::Hello(Hello {
+                        version,
+                        token: Bytes::new(),
+                        dest: Bytes::new(),
+                        chunk_size: 0,
+                        flags: 0,
+                        rename_aside: Vec::new(),
+                        filters: Vec::new(),
+                        max_delete: 0,
+                        holder: Bytes::new(),
+                        snapshot: Bytes::new(),
+                    }));
+                }
+                Message::Hello(Hello {
+                    version,
+                    token: r.bytes("token", limits.max_token)?,
+                    dest: r.bytes("dest", limits.max_path)?,
+                    chunk_size: r.u32("chunk_size")?,
+                    flags: r.u32("flags")?,
+                    rename_aside: {
+                        let n = r.count("rename_aside count", MAX_ASIDE, 4)?;
+                        let mut dirs = Vec::with_capacity(n);
+                        for _ in 0..n {
+                            dirs.push(r.bytes("rename_aside", limits.max_path)?);
+                        }
+                        dirs
+                    },
+                    filters: {
+                        let n = r.count("filter count", MAX_FILTERS, 4)?;
+                        let mut rules = Vec::with_capacity(n);
+                        for _ in 0..n {
+                            rules.push(r.bytes("filter", limits.max_path)?);
+                        }
+                        rules
+                    },
+                    max_delete: r.u64("max_delete")?,
+                    holder: r.bytes("holder", limits.max_text)?,
+                    snapshot: r.bytes("snapshot", limits.max_name)?,
+                })
+            }
             kind::WELCOME => Message::Welcome(Welcome {
                 version: r.u16("version")?,
                 session: r.u64("session")?,
@@ -860,6 +954,8 @@ impl Message {
                     2 => RefuseReason::BadVersion,
                     3 => RefuseReason::BadPath,
                     4 => RefuseReason::BadChunkSize,
+                    5 => RefuseReason::Scope,
+                    6 => RefuseReason::Leased,
                     _ => RefuseReason::Other,
                 },
                 message: r.text("message", limits.max_text)?,
@@ -1063,6 +1159,26 @@ impl Message {
                 total: r.u64("total")?,
                 refused: r.text("refused", limits.max_text)?,
             }),
+            kind::REQUEST => Message::Request(Request {
+                id: r.u64("id")?,
+                body: r.bytes("request body", Request::MAX_BODY)?,
+            }),
+            kind::RESPONSE => {
+                let id = r.u64("id")?;
+                let flags = r.u8("response flags")?;
+                if flags > 3 {
+                    return Err(DecodeError::Invalid {
+                        field: "response flags",
+                        value: flags.into(),
+                    });
+                }
+                Message::Response(Response {
+                    id,
+                    ok: flags & 1 != 0,
+                    more: flags & 2 != 0,
+                    body: r.bytes("response body", Request::MAX_BODY)?,
+                })
+            }
             other => return Err(DecodeError::UnknownType(other)),
         };
         if r.buf.has_remaining() || !r.tail.is_empty() {
@@ -1094,6 +1210,8 @@ impl Message {
             Message::Prune(_) => "Prune",
             Message::PruneEnd => "PruneEnd",
             Message::Deleted(_) => "Deleted",
+            Message::Request(_) => "Request",
+            Message::Response(_) => "Response",
         }
     }
 }
@@ -1129,6 +1247,8 @@ fn refuse_code(reason: RefuseReason) -> u8 {
         RefuseReason::BadVersion => 2,
         RefuseReason::BadPath => 3,
         RefuseReason::BadChunkSize => 4,
+        RefuseReason::Scope => 5,
+        RefuseReason::Leased => 6,
         RefuseReason::Other => 0,
     }
 }

@@ -553,6 +553,8 @@ mod tests {
             rename_aside: Vec::new(),
             filters: Vec::new(),
             max_delete: u64::MAX,
+            holder: Bytes::new(),
+            snapshot: Bytes::new(),
         }
     }
 

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use haul_proto::{
     Chunk, Entry, EntryKind, FrameDecoder, Hello, Limits, Message, Meta, Need, RefuseReason,
-    Refused,
+    Refused, Request, Response,
 };
 use proptest::prelude::*;
 
@@ -14,20 +14,23 @@ fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
 
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (any::<u16>(), bytes(64), bytes(256), any::<u32>()).prop_map(
-            |(version, token, dest, cs)| {
-                Message::Hello(Hello {
-                    version,
-                    token,
-                    dest,
-                    chunk_size: cs,
-                    flags: Hello::CHECKSUM | Hello::DRY_RUN | Hello::COMPRESS,
-                    rename_aside: vec![Bytes::from_static(b"ofuser")],
-                    filters: Vec::new(),
-                    max_delete: u64::MAX,
-                })
-            }
-        ),
+        (bytes(64), bytes(256), any::<u32>(), bytes(64)).prop_map(|(token, dest, cs, holder)| {
+            Message::Hello(Hello {
+                version: haul_proto::PROTOCOL_VERSION,
+                token,
+                dest,
+                chunk_size: cs,
+                flags: Hello::CHECKSUM | Hello::DRY_RUN | Hello::COMPRESS,
+                rename_aside: vec![Bytes::from_static(b"ofuser")],
+                filters: Vec::new(),
+                max_delete: u64::MAX,
+                holder,
+                snapshot: Bytes::from_static(b"20261204T181500Z-a1b2c3"),
+            })
+        }),
+        (any::<u64>(), bytes(512)).prop_map(|(id, body)| Message::Request(Request { id, body })),
+        (any::<u64>(), any::<bool>(), any::<bool>(), bytes(512))
+            .prop_map(|(id, ok, more, body)| Message::Response(Response { id, ok, more, body })),
         (
             any::<u64>(),
             0u8..3,
@@ -310,4 +313,28 @@ fn chunk_encodings_are_checked() {
     assert!(decode(&empty).is_err(), "a zstd frame is never empty");
     assert_eq!(chunk(true, false, b"").encode()[at], 1);
     assert_eq!(chunk(false, false, b"raw").encode()[at], 0);
+}
+
+/// A hello of another protocol version may carry other fields: it decodes to its version
+/// alone, so the receiver can refuse it naming both versions instead of failing to parse it.
+#[test]
+fn hello_of_another_version_decodes_to_its_version() {
+    use bytes::BufMut;
+    let mut body = bytes::BytesMut::new();
+    body.put_u16(haul_proto::PROTOCOL_VERSION - 1);
+    body.put_slice(b"fields this version does not know");
+    let mut frame = bytes::BytesMut::new();
+    frame.put_u32(body.len() as u32 + 1);
+    frame.put_u8(1);
+    frame.put_slice(&body);
+    let mut decoder = FrameDecoder::new(Limits::default());
+    decoder.push(&frame);
+    let frame = decoder.next_frame().unwrap().unwrap();
+    match Message::decode(frame, &Limits::default()).unwrap() {
+        Message::Hello(h) => {
+            assert_eq!(h.version, haul_proto::PROTOCOL_VERSION - 1);
+            assert!(h.token.is_empty());
+        }
+        other => panic!("decoded {other:?}"),
+    }
 }

@@ -43,6 +43,9 @@ pub(crate) struct EntryRules {
     pub(crate) report: Arc<NotAppliedCounter>,
     /// `--delete`: the target's extras, found directory by directory.
     pub(crate) pruner: Mutex<Pruner>,
+    /// The first failure for lack of space this session reported: a receiver that is also
+    /// the client (a pull) ends with it, to pause (exit 3) rather than fail.
+    pub(crate) no_space: Mutex<Option<String>>,
 }
 
 /// What of an entry's metadata a session applies: what the client asked for, within what the

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::error::EngineError;
 use crate::lock;
-use crate::progress::{Event, EventSink};
+use crate::progress::{Event, EventSink, Progress};
 use crate::transport::Link;
 use crate::wire::{FramedRecv, FramedSend};
 use data::accept_data;
@@ -34,7 +34,41 @@ use files::{Files, Outcome};
 /// Running sessions by destination path: (session id, its connection).
 type ActiveSessions = HashMap<Vec<u8>, (u64, Arc<dyn Link>)>;
 
-/// A token and the part of the root it may write to.
+/// What a token may do in its subtree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// Pull, read files (`cat`, manifests) and look (`ls`, `stat`, `du`, `df`); no change.
+    Read,
+    /// Push, remove, rename, write control files, snapshots and leases, and look; never read
+    /// file data.
+    Write,
+    /// Both.
+    #[default]
+    ReadWrite,
+}
+
+impl Scope {
+    /// May read file data (pull, `cat`, manifests with hashes).
+    pub fn can_read(self) -> bool {
+        matches!(self, Scope::Read | Scope::ReadWrite)
+    }
+
+    /// May change the tree (push, delete, rename, put, snapshots, leases).
+    pub fn can_write(self) -> bool {
+        matches!(self, Scope::Write | Scope::ReadWrite)
+    }
+
+    /// `read`, `write` or `read+write`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Write => "write",
+            Scope::ReadWrite => "read+write",
+        }
+    }
+}
+
+/// A token and the part of the root it may use.
 #[derive(Clone, Debug)]
 pub struct Grant {
     /// The secret a client presents.
@@ -42,10 +76,25 @@ pub struct Grant {
     /// Where under the root this token's transfers land (the root itself when empty). A client
     /// names its destination relative to this and can never leave it.
     pub subdir: RelPath,
+    /// Read, write or both.
+    pub scope: Scope,
     /// Sessions with this token may set owners, setuid/setgid bits, device nodes and
     /// `security.*`/`trusted.*` attributes (on a receiver running as root). Off by default: a
     /// client must not be able to plant a setuid-root binary or a device on this host.
     pub privileged: bool,
+}
+
+impl Grant {
+    /// "read+write on /sub, privileged": what the grant allows, for messages and `serve`.
+    pub fn describe(&self) -> String {
+        let place = if self.subdir.is_root() {
+            "the whole root".to_string()
+        } else {
+            format!("/{}", self.subdir.display())
+        };
+        let privileged = if self.privileged { ", privileged" } else { "" };
+        format!("{} on {place}{privileged}", self.scope.name())
+    }
 }
 
 /// What a receiver serves: one root and the tokens allowed to write under it.
@@ -57,6 +106,8 @@ pub struct ReceiverConfig {
     /// from an older one (whose sender was most likely killed and has not timed out yet), so
     /// an operator who stops a push and starts it again is not locked out of its partial files.
     active: Mutex<ActiveSessions>,
+    /// Counters to keep up to date, for a receiver someone watches (a pulling client).
+    progress: Option<Arc<Progress>>,
 }
 
 impl ReceiverConfig {
@@ -65,6 +116,7 @@ impl ReceiverConfig {
         let grants = tokens.into_iter().map(|token| Grant {
             token,
             subdir: RelPath::root(),
+            scope: Scope::ReadWrite,
             privileged: false,
         });
         Self::with_grants(root, grants.collect())
@@ -78,7 +130,15 @@ impl ReceiverConfig {
             grants,
             next_session: AtomicU64::new(1),
             active: Mutex::default(),
+            progress: None,
         }
+    }
+
+    /// Keeps `progress` up to date as entries arrive and install (the files and bytes
+    /// announced count as scanned, the installed ones as done).
+    pub fn with_progress(mut self, progress: Arc<Progress>) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     /// The root.
@@ -114,6 +174,9 @@ const SUPERSEDED: u32 = 3;
 
 /// Serves one connection: runs until the client's session finishes or fails. Whatever happens,
 /// nothing partial is left under a final name.
+///
+/// The client's hello says what it wants: to push (this end receives), to pull (this end
+/// sends, see [`crate::pull`]) or remote operations ([`crate::remote`]).
 pub async fn receive(
     link: Arc<dyn Link>,
     config: Arc<ReceiverConfig>,
@@ -124,7 +187,7 @@ pub async fn receive(
         .accept_control()
         .await
         .map_err(|e| EngineError::connection("the client opened no control stream", e))?;
-    let mut ctl_tx = FramedSend::new(ctl_send);
+    let ctl_tx = FramedSend::new(ctl_send);
     // Until the token is checked, frames can be no larger than the largest possible hello: an
     // unauthenticated peer must not make the receiver buffer a chunk's worth per connection.
     let mut ctl_rx = FramedRecv::new(
@@ -135,50 +198,112 @@ pub async fn receive(
         },
     );
     let mut session = ServerSession::new(Limits::default());
+    let hello = read_hello(&mut ctl_rx, &mut session).await?;
+    let control = (ctl_tx, ctl_rx);
+    if hello.has(Hello::PULL) {
+        return crate::pull::serve_pull(link, control, session, hello, config, peer, events).await;
+    }
+    if hello.has(Hello::OPS) {
+        return crate::remote::serve_ops(link, control, session, hello, config, peer, events).await;
+    }
+    receive_session(link, control, session, hello, config, peer, events).await
+}
 
-    // Handshake: nothing is created under the root before the token is checked.
+/// Reads the first message of a session, which must be a hello, within [`HELLO_TIMEOUT`].
+async fn read_hello(
+    ctl_rx: &mut FramedRecv,
+    session: &mut ServerSession,
+) -> Result<Hello, EngineError> {
     let first = tokio::time::timeout(HELLO_TIMEOUT, ctl_rx.next())
         .await
         .map_err(|_| EngineError::Protocol("no hello within 10 s".into()))??
         .ok_or_else(|| {
             EngineError::Protocol("the client closed the connection before saying hello".into())
         })?;
-    let hello = match session.handle(first)? {
-        ServerEvent::Hello(hello) => hello,
-        _ => return Err(EngineError::Protocol("expected a hello".into())),
-    };
+    match session.handle(first)? {
+        ServerEvent::Hello(hello) => Ok(hello),
+        _ => Err(EngineError::Protocol("expected a hello".into())),
+    }
+}
+
+/// The control stream of a session: its sending and receiving halves.
+pub(crate) type Control = (FramedSend, FramedRecv);
+
+/// Sends `refused` and ends the session: the client reads the refusal and closes first.
+pub(crate) async fn refuse(
+    (mut ctl_tx, mut ctl_rx): Control,
+    session: &mut ServerSession,
+    refused: Refused,
+) -> EngineError {
+    let (reason, message) = (refused.reason, refused.message.clone());
+    if let Err(e) = ctl_tx.send(&session.refuse(refused)).await {
+        return EngineError::connection("cannot send the refusal", e);
+    }
+    let _ = ctl_tx.finish();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), ctl_rx.next()).await;
+    EngineError::Refused { reason, message }
+}
+
+/// The token's grant, if the receiver accepts it, or the refusal to send.
+pub(crate) fn check_token<'a>(
+    config: &'a ReceiverConfig,
+    hello: &Hello,
+) -> Result<&'a Grant, Refused> {
+    config.grant_for(&hello.token).ok_or_else(|| Refused {
+        reason: RefuseReason::BadToken,
+        message: "the token is not accepted by this receiver; pass the token printed by \
+                  `haul serve` with --token-file FILE or the HAUL_TOKEN variable"
+            .into(),
+    })
+}
+
+/// A push into this receiver (or, on a pulling client, what the serving host sends): checks
+/// the grant, renames aside, welcomes, and runs the receiving pipeline to its end.
+pub(crate) async fn receive_session(
+    link: Arc<dyn Link>,
+    (mut ctl_tx, mut ctl_rx): Control,
+    mut session: ServerSession,
+    hello: Hello,
+    config: Arc<ReceiverConfig>,
+    peer: String,
+    events: EventSink,
+) -> Result<SessionReport, EngineError> {
     let mut privileged = false;
     let decision = session.check_hello(&hello).and_then(|()| {
-        let Some(grant) = config.grant_for(&hello.token) else {
+        let grant = check_token(&config, &hello)?;
+        if !grant.scope.can_write() {
             return Err(Refused {
-                reason: RefuseReason::BadToken,
-                message: "the token is not accepted by this receiver; pass the token printed by \
-                          `haul serve` with --token-file FILE or the HAUL_TOKEN variable"
-                    .into(),
+                reason: RefuseReason::Scope,
+                message: format!(
+                    "this token may only read ({}); pushing needs a token with write scope \
+                     (haul serve --grant SUBDIR=FILE,write)",
+                    grant.describe()
+                ),
             });
-        };
+        }
         privileged = grant.privileged;
-        RelPath::parse(&hello.dest)
+        let dest = RelPath::parse(&hello.dest)
             .map(|dest| grant.subdir.join(&dest))
             .map_err(|e| Refused {
                 reason: RefuseReason::BadPath,
                 message: format!("destination path refused: {e}"),
-            })
+            })?;
+        // A tree another job holds a lease on is its alone until the lease ends.
+        let holder = std::str::from_utf8(&hello.holder)
+            .ok()
+            .filter(|h| !h.is_empty());
+        config
+            .root
+            .check_lease(&dest, holder)
+            .map_err(|e| Refused {
+                reason: RefuseReason::Leased,
+                message: e.to_string(),
+            })?;
+        Ok(dest)
     });
     let dest = match decision {
         Ok(dest) => dest,
-        Err(refused) => {
-            let message = refused.message.clone();
-            let reason = refused.reason;
-            ctl_tx
-                .send(&session.refuse(refused))
-                .await
-                .map_err(|e| EngineError::connection("cannot send the refusal", e))?;
-            let _ = ctl_tx.finish();
-            // Let the client read the refusal and close first.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), ctl_rx.next()).await;
-            return Err(EngineError::Refused { reason, message });
-        }
+        Err(refused) => return Err(refuse((ctl_tx, ctl_rx), &mut session, refused).await),
     };
     let session_id = config.next_session.fetch_add(1, Ordering::Relaxed);
     // Directories may have been renamed or removed since the last session.
@@ -289,6 +414,7 @@ pub async fn receive(
             hello.has(Hello::DELETE_EXCLUDED),
             hello.max_delete,
         )),
+        no_space: Mutex::new(None),
     });
     let started = std::time::Instant::now();
     let session = Arc::new(Mutex::new(session));
@@ -306,7 +432,7 @@ pub async fn receive(
         session.clone(),
         files.clone(),
         (dirs.clone(), rules.clone()),
-        started,
+        (started, config.progress.clone()),
     ));
     let data = tokio::spawn(accept_data(
         link.clone(),
@@ -361,6 +487,12 @@ pub async fn receive(
                 };
             }
             for event in &batch {
+                if let (Some(p), ServerEvent::Entry(e)) = (&config.progress, event)
+                    && e.kind == haul_proto::EntryKind::File
+                {
+                    Progress::add(&p.files_scanned, 1);
+                    Progress::add(&p.bytes_scanned, e.size);
+                }
                 match event {
                     ServerEvent::Abort(message) => {
                         return Err(EngineError::PeerAborted(message.clone()));
@@ -422,6 +554,17 @@ pub async fn receive(
             active.remove(&dest.to_bytes());
         }
     }
+    // The disk filled: whatever the connection did afterwards, that is what ended the session
+    // (the sender stops at the first file that did not fit).
+    let result = match (result, lock(&rules.no_space).take()) {
+        (_, Some(path)) => Err(EngineError::NoSpace {
+            path,
+            bytes_remaining: config.progress.as_ref().map_or(0, |p| {
+                Progress::get(&p.bytes_scanned).saturating_sub(Progress::get(&p.bytes_done))
+            }),
+        }),
+        (result, _) => result,
+    };
     let (installed, failed) = result.as_ref().map_or((0, 0), |r| *r);
     events(Event::SessionEnded {
         peer,
@@ -440,7 +583,7 @@ async fn control_writer(
     session: Arc<Mutex<ServerSession>>,
     files: Arc<Files>,
     (dirs, rules): (Arc<DirList>, Arc<EntryRules>),
-    started: std::time::Instant,
+    (started, progress): (std::time::Instant, Option<Arc<Progress>>),
 ) -> Result<(u64, u64), EngineError> {
     let (mut installed, mut failed, mut written) = (0u64, 0u64, 0u64);
     let mut end_seen = false;
@@ -462,9 +605,19 @@ async fn control_writer(
                         Message::Installed(i) => {
                             installed += 1;
                             written += i.bytes_written;
+                            if let Some(p) = &progress {
+                                Progress::add(&p.files_done, 1);
+                                Progress::add(&p.bytes_done, i.bytes_written);
+                                Progress::add(&p.bytes_sent, i.bytes_written);
+                            }
                             session.resolve(id)
                         }
-                        _ => {
+                        other => {
+                            if let Message::Failed(f) = other
+                                && f.no_space
+                            {
+                                lock(&rules.no_space).get_or_insert_with(|| f.message.clone());
+                            }
                             failed += 1;
                             session.resolve_failed(id)
                         }
@@ -479,6 +632,9 @@ async fn control_writer(
                 } => {
                     if unchanged {
                         installed += files;
+                        if let Some(p) = &progress {
+                            Progress::add(&p.files_done, files);
+                        }
                     }
                     finished |= lock(&session).resolve(id);
                     ctl_tx.queue(&Message::QuickChecked(haul_proto::QuickChecked {

@@ -87,6 +87,9 @@ pub struct TransferOptions {
     pub filter: Option<Arc<haul_manifest::Filter>>,
     /// Do not cross into other file systems below the source.
     pub one_file_system: bool,
+    /// The job this transfer works for, as named when it took a lease on the destination: a
+    /// receiver refuses writes into a leased subtree from anyone but its holder.
+    pub holder: Option<String>,
 }
 
 impl Default for TransferOptions {
@@ -112,6 +115,7 @@ impl Default for TransferOptions {
             max_delete: None,
             filter: None,
             one_file_system: false,
+            holder: None,
         }
     }
 }
@@ -399,40 +403,105 @@ pub async fn send(
     progress: Arc<Progress>,
     events: EventSink,
 ) -> Result<Summary, EngineError> {
-    let started = Instant::now();
-    let opts = request.options.clone();
     let (ctl_send, ctl_recv) = link
         .open_control()
         .await
         .map_err(|e| EngineError::connection("cannot open the control stream", e))?;
-    let mut ctl_tx = FramedSend::new(ctl_send);
-    let mut ctl_rx = FramedRecv::new(ctl_recv, Limits::default());
+    let control = (
+        FramedSend::new(ctl_send),
+        FramedRecv::new(ctl_recv, Limits::default()),
+    );
+    send_over(link, control, request, progress, events).await
+}
+
+/// The hello that asks a receiver for a session shaped by `opts`. A pulling client sends the
+/// same hello with [`Hello::PULL`] and the serving host turns it back into options
+/// ([`options_from_hello`]), so both directions agree on every option.
+pub(crate) fn hello_for(opts: &TransferOptions, token: &[u8], dest: &[u8]) -> Hello {
+    Hello {
+        version: PROTOCOL_VERSION,
+        token: Bytes::copy_from_slice(token),
+        dest: Bytes::copy_from_slice(dest),
+        chunk_size: opts.chunk_size,
+        flags: flag(opts.checksum, Hello::CHECKSUM)
+            | flag(opts.dry_run, Hello::DRY_RUN)
+            | flag(opts.compress != Compression::Off, Hello::COMPRESS)
+            | flag(opts.owners, Hello::OWNERS)
+            | flag(opts.numeric_ids, Hello::NUMERIC_IDS)
+            | flag(opts.xattrs, Hello::XATTRS)
+            | flag(opts.delete, Hello::DELETE)
+            | flag(opts.delete && opts.delete_excluded, Hello::DELETE_EXCLUDED)
+            | flag(!opts.hard_links, Hello::NO_HARD_LINKS)
+            | flag(opts.one_file_system, Hello::ONE_FILE_SYSTEM),
+        rename_aside: opts
+            .rename_aside
+            .iter()
+            .map(|d| Bytes::from(d.clone()))
+            .collect(),
+        filters: opts
+            .filter
+            .as_ref()
+            .map(|f| f.to_rules().into_iter().map(Bytes::from).collect())
+            .unwrap_or_default(),
+        max_delete: opts.max_delete.unwrap_or(u64::MAX),
+        holder: Bytes::copy_from_slice(opts.holder.as_deref().unwrap_or_default().as_bytes()),
+        snapshot: Bytes::new(),
+    }
+}
+
+/// The options a pulling client asked for in its hello, for the serving host's sender. What
+/// only the sending host can choose (streams, readers, window) keeps its default.
+pub(crate) fn options_from_hello(hello: &Hello) -> Result<TransferOptions, String> {
+    let filter = if hello.filters.is_empty() {
+        None
+    } else {
+        let rules = hello.filters.iter().map(|r| r.to_vec()).collect::<Vec<_>>();
+        Some(Arc::new(
+            haul_manifest::Filter::from_rules(&rules)
+                .map_err(|e| format!("filter rules refused: {e}"))?,
+        ))
+    };
+    Ok(TransferOptions {
+        chunk_size: hello.chunk_size,
+        checksum: hello.has(Hello::CHECKSUM),
+        dry_run: hello.has(Hello::DRY_RUN),
+        compress: if hello.has(Hello::COMPRESS) {
+            Compression::Auto
+        } else {
+            Compression::Off
+        },
+        owners: hello.has(Hello::OWNERS),
+        numeric_ids: hello.has(Hello::NUMERIC_IDS),
+        xattrs: hello.has(Hello::XATTRS),
+        delete: hello.has(Hello::DELETE),
+        delete_excluded: hello.has(Hello::DELETE_EXCLUDED),
+        hard_links: !hello.has(Hello::NO_HARD_LINKS),
+        one_file_system: hello.has(Hello::ONE_FILE_SYSTEM),
+        rename_aside: hello.rename_aside.iter().map(|d| d.to_vec()).collect(),
+        max_delete: (hello.max_delete != u64::MAX).then_some(hello.max_delete),
+        filter,
+        ..TransferOptions::default()
+    })
+}
+
+/// The sending pipeline over a control stream already open: says hello, and on a welcome
+/// sends the tree. A client pushing opens the stream ([`send`]); a host serving a pull runs
+/// this on the stream its client opened.
+pub(crate) async fn send_over(
+    link: Arc<dyn Link>,
+    (mut ctl_tx, mut ctl_rx): crate::receiver::Control,
+    request: SendRequest,
+    progress: Arc<Progress>,
+    events: EventSink,
+) -> Result<Summary, EngineError> {
+    let started = Instant::now();
+    let opts = request.options.clone();
     ctl_tx
-        .send(&Message::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            token: Bytes::from(request.token.clone()),
-            dest: Bytes::from(request.dest.clone()),
-            chunk_size: opts.chunk_size,
-            flags: flag(opts.checksum, Hello::CHECKSUM)
-                | flag(opts.dry_run, Hello::DRY_RUN)
-                | flag(opts.compress != Compression::Off, Hello::COMPRESS)
-                | flag(opts.owners, Hello::OWNERS)
-                | flag(opts.numeric_ids, Hello::NUMERIC_IDS)
-                | flag(opts.xattrs, Hello::XATTRS)
-                | flag(opts.delete, Hello::DELETE)
-                | flag(opts.delete && opts.delete_excluded, Hello::DELETE_EXCLUDED),
-            rename_aside: opts
-                .rename_aside
-                .iter()
-                .map(|d| Bytes::from(d.clone()))
-                .collect(),
-            filters: opts
-                .filter
-                .as_ref()
-                .map(|f| f.to_rules().into_iter().map(Bytes::from).collect())
-                .unwrap_or_default(),
-            max_delete: opts.max_delete.unwrap_or(u64::MAX),
-        }))
+        .send(&Message::Hello(hello_for(
+            &opts,
+            &request.token,
+            &request.dest,
+        )))
         .await
         .map_err(|e| EngineError::connection("cannot send the hello", e))?;
     let mut session = ClientSession::new();
