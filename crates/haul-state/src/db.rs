@@ -1,14 +1,16 @@
 //! [`StateDb`]: opening, checking and migrating the database file; where it lives.
 
 use std::ffi::OsString;
-use std::fs::{DirBuilder, File};
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags};
+use rustix::fs::FlockOperation;
+use rustix::io::Errno;
 
 use crate::error::StateError;
 use crate::schema::{self, Migrated};
@@ -18,6 +20,9 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The database's file name inside the state directory.
 pub const DB_FILE_NAME: &str = "state.sqlite3";
+
+/// The lock file that serializes [`StateDb::open`] in one state directory.
+const OPEN_LOCK_NAME: &str = "open.lock";
 
 /// The first 16 bytes of every SQLite database file.
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
@@ -59,6 +64,7 @@ impl StateDb {
             .create(dir)
             .map_err(|e| StateError::io(dir, "create the state directory", e))?;
         let path = dir.join(DB_FILE_NAME);
+        let _serialized = lock_for_open(dir, &path, busy_timeout)?;
         check_existing(&path, busy_timeout)?;
 
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -121,6 +127,49 @@ impl StateDb {
     /// Wraps a SQLite error with this database's path.
     pub(crate) fn err(&self, op: &'static str) -> impl Fn(rusqlite::Error) -> StateError + '_ {
         move |e| StateError::sqlite(&self.path, self.busy_timeout, op, e)
+    }
+}
+
+/// Takes `dir/open.lock` for the rest of [`StateDb::open`]. Why: SQLite is safe for any
+/// number of connections once a database is in WAL mode, but not while one process creates
+/// the file and switches it from the rollback journal to WAL and another opens it (seen
+/// here: a read-only check finding the creator's journal "hot", a second switch deleting the
+/// journal the first already removed, a busy error that skips the busy handler). Serializing
+/// only the opens removes that window; afterwards SQLite's own locking is enough.
+fn lock_for_open(dir: &Path, db: &Path, busy_timeout: Duration) -> Result<File, StateError> {
+    let lock_path = dir.join(OPEN_LOCK_NAME);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| StateError::io(&lock_path, "open the state directory's lock", e))?;
+    let deadline = Instant::now() + busy_timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(file),
+            // Another open takes milliseconds; a holder that dies releases the lock.
+            Err(Errno::WOULDBLOCK) if Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            Err(Errno::WOULDBLOCK) => {
+                return Err(StateError::Busy {
+                    path: db.to_path_buf(),
+                    timeout: busy_timeout,
+                });
+            }
+            Err(e) => {
+                return Err(StateError::io(
+                    &lock_path,
+                    "lock the state directory",
+                    e.into(),
+                ));
+            }
+        }
     }
 }
 

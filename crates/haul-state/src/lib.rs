@@ -12,7 +12,10 @@
 //! - [`StateDb`]: the open database. [`StateDb::open`] creates the directory (mode 0700),
 //!   checks an existing file before writing anything to it, switches it to WAL mode with a
 //!   [`BUSY_TIMEOUT`] and foreign keys on, and applies the [`schema`] migrations in one
-//!   transaction. Several threads, handles and processes may use one database at once.
+//!   transaction. Several threads, handles and processes may use one database at once; opens
+//!   of one directory are serialized by an `flock` on `open.lock` beside the database,
+//!   because creating the file and switching it to WAL is the one step SQLite does not make
+//!   safe against a second process.
 //! - [`RunStart`] → [`StateDb::start_run`] → [`RunId`] → [`StateDb::finish_run`] with a
 //!   [`RunEnd`] ([`Outcome`]); [`StateDb::runs`] with a [`RunFilter`] gives [`RunRecord`]s,
 //!   newest first; [`StateDb::throughput_estimate`] an [`Estimate`].
@@ -57,7 +60,7 @@
 //! and thiserror.
 //!
 //! # Layout
-//! - `db`: [`StateDb::open`], the pre-open check, [`default_dir`].
+//! - `db`: [`StateDb::open`], the open lock, the pre-open check, [`default_dir`].
 //! - [`schema`]: the migrations, one constant each.
 //! - `runs`: the run history and [`StateDb::throughput_estimate`].
 //! - `log`: the log. `tasks`: workflow tasks.

@@ -15,6 +15,7 @@ use common::{ok, push, spawn_test, wait_for};
 
 const PER_WRITER: usize = 200;
 const WRITER_ENV: &str = "HAUL_STATE_TEST_WRITER_DIR";
+const OPENER_ENV: &str = "HAUL_STATE_TEST_OPENER_DIR";
 
 /// Records `PER_WRITER` finished runs from `source`.
 fn write_runs(db: &StateDb, source: &str) {
@@ -68,9 +69,11 @@ fn two_threads_with_own_handles_and_a_second_process_lose_nothing() {
             let dir = dir.clone();
             let start = Arc::clone(&start);
             std::thread::spawn(move || {
-                let db = StateDb::open(&dir).unwrap();
+                let db = StateDb::open(&dir);
+                // Wait before unwrapping, so a failed open fails the test instead of leaving
+                // the others at the barrier.
                 start.wait();
-                write_runs(&db, source);
+                write_runs(&db.unwrap(), source);
             })
         })
         .collect();
@@ -93,6 +96,50 @@ fn two_threads_with_own_handles_and_a_second_process_lose_nothing() {
             ("/thread-b".to_string(), PER_WRITER),
         ]
     );
+}
+
+/// The opener in the child process: opens the database once. A no-op in the parent's run.
+#[test]
+fn child_opener() {
+    let Some(dir) = std::env::var_os(OPENER_ENV) else {
+        return;
+    };
+    StateDb::open(Path::new(&dir)).unwrap();
+}
+
+/// Regression: two processes creating one database at once used to fail now and then (a
+/// read-only check finding the creator's journal hot, a journal deleted twice by two
+/// switches to WAL, a busy error without the busy handler); opens are serialized now.
+#[test]
+fn first_opens_race_safely_across_processes() {
+    for _ in 0..20 {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let children: Vec<_> = (0..2)
+            .map(|_| spawn_test("child_opener", &[(OPENER_ENV, &dir)]))
+            .collect();
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let dir = dir.clone();
+                std::thread::spawn(move || StateDb::open(&dir).map(drop))
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap().unwrap();
+        }
+        for mut child in children {
+            drop(child.stdin.take());
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "child open failed: {out:?}");
+        }
+        assert!(
+            StateDb::open(&dir)
+                .unwrap()
+                .runs(&RunFilter::default())
+                .unwrap()
+                .is_empty()
+        );
+    }
 }
 
 #[test]
