@@ -8,8 +8,9 @@ use rustix::fs::{AtFlags, OFlags, RenameFlags};
 use rustix::io::Errno;
 
 use crate::error::StoreError;
+use crate::fsutil::Missing;
 use crate::path::RelPath;
-use crate::root::{Missing, Root};
+use crate::root::Root;
 
 /// `N` if `entry` is `name.N` with `N` all ASCII digits.
 fn aside_number(entry: &[u8], name: &[u8]) -> Option<u64> {

@@ -17,7 +17,7 @@ use rustix::fs::{Gid, Uid, XattrFlags};
 use rustix::io::Errno;
 
 use crate::error::StoreError;
-use crate::root::mtime;
+use crate::fsutil::mtime;
 
 /// What to apply to an entry besides its data (see the module docs for the order).
 #[derive(Clone, Debug, Default)]

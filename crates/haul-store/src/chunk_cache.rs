@@ -3,7 +3,9 @@
 //! image). A record is trusted only while the file is provably the one recorded: same device,
 //! inode, size, mtime and ctime (the ctime cannot be set back by a user, so a rewrite that
 //! restores the mtime is still caught). It is a cache: a lost, torn or stale record only costs
-//! a re-hash, so records are written atomically (temp file + rename) but never fsynced.
+//! a re-hash, so records are written atomically (temp file + rename) but never fsynced. The
+//! directory holds nothing but records and temp files, so [`Root::remove_state_dir`] removes
+//! it entry by entry without looking inside.
 //!
 //! Record (little-endian): magic+version, chunk size u32, dev u64, ino u64, size u64, mtime
 //! sec i64 + nsec u32, ctime sec i64 + nsec u32, count u64, path length u32, the path from
@@ -16,9 +18,9 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
 use crate::error::StoreError;
-use crate::fileio::pwrite_all;
+use crate::fsutil::{Missing, not_found, open_child_dir, pwrite_all};
 use crate::path::RelPath;
-use crate::root::{Missing, Root, not_found, open_child_dir};
+use crate::root::Root;
 
 const DIR: &[u8] = b"chunks";
 const MAGIC: &[u8; 8] = b"HAULCHK\x01";
@@ -55,24 +57,6 @@ impl Identity {
     fn chunks(&self, chunk_size: u32) -> u64 {
         self.size.div_ceil(u64::from(chunk_size))
     }
-}
-
-/// Removes every record and temp file, then the directory itself, through `haul`'s fd (never
-/// following a symlink: `unlinkat` removes a link, not its target). Best effort.
-pub(crate) fn remove_all(haul: &OwnedFd) {
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let Ok(dir) = rustix::fs::openat(haul, DIR, flags, Mode::empty()) else {
-        return;
-    };
-    if let Ok(entries) = rustix::fs::Dir::read_from(&dir) {
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            if name.to_bytes() != b"." && name.to_bytes() != b".." {
-                let _ = rustix::fs::unlinkat(&dir, name, AtFlags::empty());
-            }
-        }
-    }
-    let _ = rustix::fs::unlinkat(haul, DIR, AtFlags::REMOVEDIR);
 }
 
 impl Root {

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rustix::fs::{FallocateFlags, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::fileio::pwrite_all;
+use crate::fsutil::pwrite_all;
 
 /// The alignment every direct write keeps: the largest logical block size in common use.
 pub(crate) const ALIGN: usize = 4096;

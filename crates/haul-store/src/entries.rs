@@ -16,8 +16,9 @@ use rustix::io::Errno;
 
 use crate::attrs::{Attrs, XattrTarget};
 use crate::error::StoreError;
+use crate::fsutil::{Missing, mtime};
 use crate::path::{RESERVED, RelPath};
-use crate::root::{FileKind, Missing, Root};
+use crate::root::{FileKind, Root};
 
 /// What [`Root::stat_entry`] reports of any entry (from `lstat`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,13 +214,8 @@ impl Root {
                 .apply_xattrs(&XattrTarget::Path(proc), want)
                 .map_err(|e| (e, "set the extended attributes of"))?;
         }
-        rustix::fs::utimensat(
-            dir,
-            name,
-            &crate::root::mtime(&attrs.meta),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| (e, "set the modification time of"))
+        rustix::fs::utimensat(dir, name, &mtime(&attrs.meta), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| (e, "set the modification time of"))
     }
 
     /// Makes `rel` another name of the regular file at `target` (both in this root). If `rel`

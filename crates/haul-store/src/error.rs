@@ -123,7 +123,7 @@ pub enum StoreError {
     #[error(
         "{} is in (or holds) a subtree leased to {holder:?} for {purpose:?}; the lease expires at {}: wait for that job to finish or to release its lease, then run again; if that job died, its lease can be taken over once it has expired",
         path.display(),
-        crate::lease::describe_expiry(*expires)
+        crate::clock::describe_expiry(*expires)
     )]
     Leased {
         /// The path that was refused.

@@ -7,9 +7,12 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
+use crate::attrs::{Attrs, XattrTarget};
 use crate::error::StoreError;
+use crate::fsutil::Missing;
 use crate::path::RelPath;
 use crate::root::Root;
+use crate::snapshot::{clone_or_copy, copy_xattrs, owner_of};
 
 /// A regular file already at a destination, open for reading.
 #[derive(Debug)]
@@ -66,7 +69,7 @@ fn is_file(st: &Stat) -> bool {
 /// Whether the file `fd` (`st` its stat) already has everything `attrs` would set: owner,
 /// mode (as [`crate::Attrs`] would filter it), mtime and, when given, the extended attributes
 /// in the namespaces that may be set.
-fn meta_matches(fd: &OwnedFd, st: &Stat, attrs: &crate::Attrs) -> bool {
+fn meta_matches(fd: &OwnedFd, st: &Stat, attrs: &Attrs) -> bool {
     let mode = attrs.meta.mode & 0o7777 & if attrs.special_bits { 0o7777 } else { 0o1777 };
     let owner_ok = attrs
         .owner
@@ -79,7 +82,7 @@ fn meta_matches(fd: &OwnedFd, st: &Stat, attrs: &crate::Attrs) -> bool {
     let Some(want) = &attrs.xattrs else {
         return true;
     };
-    let Ok(have) = crate::attrs::XattrTarget::Fd(fd.as_fd()).read_all() else {
+    let Ok(have) = XattrTarget::Fd(fd.as_fd()).read_all() else {
         return false;
     };
     let settable = |name: &[u8]| {
@@ -149,7 +152,7 @@ impl Root {
         if !dir.is_root() && self.is_fresh_dir(dir) {
             return Ok(false);
         }
-        let fd = match self.resolve_dir(dir, crate::root::Missing::Absent) {
+        let fd = match self.resolve_dir(dir, Missing::Absent) {
             Ok(Some(fd)) => fd,
             Ok(None) | Err(StoreError::NotADirectory { .. }) => return Ok(false),
             Err(e) => return Err(e),
@@ -191,7 +194,7 @@ impl Root {
         let Some((parent, name)) = rel.parent_and_name() else {
             return Ok(None);
         };
-        let parent = match self.resolve_dir(&parent, crate::root::Missing::Absent) {
+        let parent = match self.resolve_dir(&parent, Missing::Absent) {
             Ok(Some(fd)) => fd,
             Ok(None) | Err(StoreError::NotADirectory { .. }) => return Ok(None),
             Err(e) => return Err(e),
@@ -214,7 +217,7 @@ impl Root {
     /// then `attrs` are applied to the copy and it is renamed over `rel`. The other names of
     /// the old inode (the snapshot's, or other names of a live hard-link group, which the
     /// engine links to the new file again as it installs them) keep the old version.
-    pub fn set_file_meta(&self, rel: &RelPath, attrs: &crate::Attrs) -> Result<(), StoreError> {
+    pub fn set_file_meta(&self, rel: &RelPath, attrs: &Attrs) -> Result<(), StoreError> {
         let op = "set the metadata of";
         let Some((fd, st)) = self.open_regular(rel, OFlags::RDONLY, op)? else {
             return Err(StoreError::Io {
@@ -263,7 +266,7 @@ impl Root {
             rustix::fs::openat(&staging.dir, name, flags, Mode::from_raw_mode(0o600))
         })?;
         let size = u64::try_from(st.st_size).unwrap_or(0);
-        let made = crate::snapshot::clone_or_copy(fd, copy.as_fd(), size)
+        let made = clone_or_copy(fd, copy.as_fd(), size)
             .map_err(|e| {
                 self.err(
                     e,
@@ -272,10 +275,10 @@ impl Root {
                 )
             })
             .and_then(|_| {
-                crate::snapshot::owner_of(copy.as_fd(), st);
+                owner_of(copy.as_fd(), st);
                 rustix::fs::fchmod(&copy, Mode::from_raw_mode(st.st_mode & 0o7777))
                     .map_err(|e| staging.err(e, &name, "set the mode of"))?;
-                crate::snapshot::copy_xattrs(fd, copy.as_fd());
+                copy_xattrs(fd, copy.as_fd());
                 Ok(())
             });
         match made {

@@ -13,6 +13,7 @@ use rustix::io::Errno;
 
 use crate::direct::DirectWriter;
 use crate::error::StoreError;
+use crate::fsutil::pwrite_all;
 
 /// Sparse granularity: the common file-system block size. A 4 KiB-aligned block of zeros is
 /// not written, so it stays (or becomes) a hole.
@@ -240,23 +241,6 @@ impl Target<'_> {
             format!("the file copied from ends at offset {at}, before the requested range"),
         )
     }
-}
-
-/// Writes all of `buf` at `offset`, retrying short writes and EINTR. A write that makes no
-/// progress (which a regular file never does) is reported as EIO.
-pub(crate) fn pwrite_all(fd: BorrowedFd<'_>, mut offset: u64, mut buf: &[u8]) -> Result<(), Errno> {
-    while !buf.is_empty() {
-        match rustix::io::pwrite(fd, buf, offset) {
-            Ok(0) => return Err(Errno::IO),
-            Ok(n) => {
-                buf = &buf[n..];
-                offset += n as u64;
-            }
-            Err(Errno::INTR) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 enum ReadError {

@@ -20,8 +20,30 @@
 //!   every 30 s bound what a power cut costs.
 //!
 //! Records before any marker are durable (journals of the first version had no markers).
+//!
+//! [`SourceIdentity`], the version of the source file a header records, is defined here, so
+//! the format depends on no other module.
 
-use crate::partial::SourceIdentity;
+/// Which source file a partial belongs to; a partial whose identity differs is stale and
+/// discarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceIdentity {
+    /// The source file's size in bytes.
+    pub size: u64,
+    /// Its modification time, seconds since the epoch.
+    pub mtime_sec: i64,
+    /// Nanoseconds part of the modification time.
+    pub mtime_nsec: u32,
+    /// The chunk size the transfer uses (chunk indexes are only meaningful with it).
+    pub chunk_size: u32,
+}
+
+impl SourceIdentity {
+    /// How many chunks the file has (`ceil(size / chunk_size)`); the chunk size is non-zero.
+    pub(crate) fn chunk_count(&self) -> u64 {
+        self.size.div_ceil(u64::from(self.chunk_size.max(1)))
+    }
+}
 
 const MAGIC: &[u8; 8] = b"HAULPRT1";
 const VERSION: u32 = 1;

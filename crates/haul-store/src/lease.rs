@@ -20,15 +20,17 @@
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rustix::fs::{FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 
+use crate::clock::now_ms;
 use crate::error::StoreError;
+use crate::fsutil::{Missing, not_found, open_child_dir};
 use crate::path::RelPath;
-use crate::root::{Missing, Root, open_child_dir};
-use crate::snapshot::{escape, names, read_text, unescape, utc, write_atomic};
+use crate::root::Root;
+use crate::snapshot::{escape, names, read_text, unescape, write_atomic};
 
 const DIR: &[u8] = b"leases";
 const LOCK: &str = ".lock";
@@ -110,27 +112,6 @@ pub struct Lease {
     pub renewed: bool,
 }
 
-/// The time now, Unix milliseconds.
-fn now_ms() -> u64 {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// `at` Unix milliseconds as a UTC time and how far off it is, for messages.
-pub(crate) fn describe_expiry(at: u64) -> String {
-    let secs = i64::try_from(at / 1000).unwrap_or(i64::MAX);
-    let when = utc(secs);
-    let now = now_ms();
-    if at <= now {
-        format!("{when} (expired)")
-    } else {
-        let left = (at - now).div_ceil(1000);
-        format!("{when} (in {left} s)")
-    }
-}
-
 /// Whether two subtrees (path bytes from the top root) overlap: one is, or holds, the other.
 fn overlaps(a: &[u8], b: &[u8]) -> bool {
     let inside = |inner: &[u8], outer: &[u8]| {
@@ -169,7 +150,7 @@ impl Root {
         self.check_lease_args(subtree, holder, purpose, "take a lease on")?;
         let locked = self
             .lock_leases(true, Missing::Create)?
-            .ok_or_else(|| crate::root::not_found(self.leases_path(), "create directory"))?;
+            .ok_or_else(|| not_found(self.leases_path(), "create directory"))?;
         let top = self.prefix.join(subtree);
         let now = now_ms();
         let all = self.read_leases(&locked.dir)?;

@@ -48,26 +48,31 @@
 //! journal records.
 //!
 //! # Layout
+//! Modules are layered: each depends only on modules listed above it (calling into another
+//! module's `impl Root` block counts). Helpers that know nothing of a root come first, then
+//! `root` (confinement, the directory walk), then the state kept under the top root's `.haul`,
+//! then the operations built on all of these.
 //! - `path`: [`RelPath`] and [`PathError`].
-//! - `root`: [`Root`] and [`FileKind`]: confinement and every directory-level operation.
-//! - `staging`: [`StagingFile`] and the shared staging directory.
-//! - `partial`: [`Partial`], [`OpenedPartial`], [`SourceIdentity`]; `journal`: its format.
+//! - `clock`: Unix time now and UTC dates, for snapshot ids and lease expiries.
+//! - `error`: [`StoreError`] and the errno mapping.
+//! - `fsutil`: the retrying positional write, the mode bits and mtime of a
+//!   [`haul_proto::Meta`], and opening (or making) one directory below another without
+//!   following a symlink.
+//! - `direct`: `O_DIRECT` writes for large partials.
 //! - `fileio`: the sparse-aware write, range copy and read shared by staging and partials.
-//! - `existing`: [`ExistingFile`], [`Root::open_existing`], [`Root::set_file_meta`].
-//! - `aside`: [`Root::rename_aside`], [`Root::list_aside`].
-//! - `history`: [`Root::record_throughput`], [`Root::throughput_history`].
+//! - `dircache`: the bounded cache of open directory fds.
+//! - `attrs`: [`Attrs`], [`NotAppliedCounter`]: owner, mode, extended attributes and mtime.
+//! - `staging`: [`StagingFile`] and the shared staging directory.
+//! - `partial_dir`: the top root's `.haul/partial` directory and its journal locks.
+//! - `root`: [`Root`] and [`FileKind`]: confinement and every directory-level operation.
+//! - `journal`: the format of a partial's journal, and [`SourceIdentity`].
+//! - `partial`: [`Partial`]; `partial_open`: [`Root::open_partial`], [`OpenedPartial`].
 //! - `chunk_cache`: [`Root::store_chunk_hashes`], [`Root::cached_chunk_hashes`]: the chunk
 //!   hashes of installed files in `<top root>/.haul/chunks/`, trusted only while the file's
 //!   device, inode, size, mtime and ctime are unchanged, so a re-run can skip re-hashing.
-//! - `patch`: [`Root::patch_in_place`], [`Root::recover_patches`], [`PatchRange`]: a file
-//!   whose new version changed a few chunks is overwritten in place under an undo log in
-//!   `<top root>/.haul/undo/`, so a crash mid-way puts the old version back.
+//! - `history`: [`Root::record_throughput`], [`Root::throughput_history`].
 //! - `source`: [`Root::open_source`], [`SourceHandle`]: a subtree opened for reading, confined,
 //!   for a host that sends (a pull).
-//! - `ops`: [`Root::statfs`], [`Root::stat_path`], [`Root::list_dir`], [`Root::tree_size`],
-//!   [`Root::visit_tree`], [`Root::rename_path`], [`Root::remove_path`],
-//!   [`Root::read_control`], [`Root::write_control`]: what a remote client may ask of a
-//!   receiver, each walking afresh from the root's fd (never through the directory cache).
 //! - `snapshot`: [`Root::create_snapshot`], [`Root::list_snapshots`], [`Root::delete_snapshot`],
 //!   [`Root::snapshot_dir`], [`Root::has_snapshots`], [`SnapshotInfo`], [`SnapshotMethod`]:
 //!   immutable copies of a subtree in `<top root>/.haul/snapshots/`, sharing data with the
@@ -75,23 +80,36 @@
 //! - `lease`: [`Root::take_lease`], [`Root::renew_lease`], [`Root::release_lease`],
 //!   [`Root::leases`], [`Root::check_lease`], [`Lease`], [`LeaseInfo`]: a job's claim on a
 //!   destination subtree, one file per lease in `<top root>/.haul/leases/`.
-//! - `dircache`: the bounded cache of open directory fds.
-//! - `error`: [`StoreError`] and the errno mapping.
+//! - `existing`: [`ExistingFile`], [`Root::open_existing`], [`Root::set_file_meta`].
+//! - `entries`: [`Root::stat_entry`], [`Root::install_special`], [`Root::install_hard_link`],
+//!   [`Root::remove_tree`], [`EntryStat`], [`LinkOutcome`], [`Listing`]: entries other than
+//!   regular files, and the tree operations `--delete` needs.
+//! - `aside`: [`Root::rename_aside`], [`Root::list_aside`].
+//! - `patch`: [`Root::patch_in_place`], [`Root::recover_patches`], [`PatchRange`]: a file
+//!   whose new version changed a few chunks is overwritten in place under an undo log in
+//!   `<top root>/.haul/undo/`, so a crash mid-way puts the old version back.
+//! - `ops`: [`Root::statfs`], [`Root::stat_path`], [`Root::list_dir`], [`Root::tree_size`],
+//!   [`Root::visit_tree`], [`Root::rename_path`], [`Root::remove_path`],
+//!   [`Root::read_control`], [`Root::write_control`]: what a remote client may ask of a
+//!   receiver, each walking afresh from the root's fd (never through the directory cache).
 
 mod aside;
 mod attrs;
 mod chunk_cache;
+mod clock;
 mod dircache;
 mod direct;
 mod entries;
 mod error;
 mod existing;
 mod fileio;
+mod fsutil;
 mod history;
 mod journal;
 mod lease;
 mod ops;
 mod partial;
+mod partial_dir;
 mod partial_open;
 mod patch;
 mod path;
@@ -104,9 +122,10 @@ pub use attrs::{Attrs, NotAppliedCounter};
 pub use entries::{EntryStat, LinkOutcome, Listing};
 pub use error::StoreError;
 pub use existing::{ExistingFile, FileStat};
+pub use journal::SourceIdentity;
 pub use lease::{Lease, LeaseInfo};
 pub use ops::{DirItem, PathStat, SpaceInfo, TreeSize, TreeVisitor};
-pub use partial::{Partial, SourceIdentity};
+pub use partial::Partial;
 pub use partial_open::OpenedPartial;
 pub use patch::PatchRange;
 pub use path::{MAX_NAME, MAX_PATH, PathError, RESERVED, RelPath};

@@ -31,8 +31,9 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat};
 use rustix::io::Errno;
 
 use crate::error::StoreError;
+use crate::fsutil::{Missing, not_found};
 use crate::path::{RESERVED, RelPath};
-use crate::root::{FileKind, Missing, Root, not_found};
+use crate::root::{FileKind, Root};
 
 /// How a directory below the start of a walk is opened: never following a symlink.
 const DIR_FLAGS: OFlags = OFlags::RDONLY

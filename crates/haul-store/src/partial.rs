@@ -20,11 +20,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::attrs::Attrs;
 use crate::direct::DirectWriter;
 use crate::error::StoreError;
-use crate::fileio::{Ops, Target, Zeros, pwrite_all};
-use crate::journal::{self, Batch, RECORD_LEN};
-use crate::partial_open::PartialDir;
+use crate::fileio::{Ops, Target, Zeros};
+use crate::fsutil::pwrite_all;
+use crate::journal::{self, Batch, RECORD_LEN, SourceIdentity};
+use crate::partial_dir::PartialDir;
 use crate::path::RelPath;
 use crate::root::Root;
 
@@ -43,27 +45,6 @@ const OPS: Ops = Ops {
     read: "read partial file",
     copy: "copy into partial file",
 };
-
-/// Which source file a partial belongs to; a partial whose identity differs is stale and
-/// discarded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SourceIdentity {
-    /// The source file's size in bytes.
-    pub size: u64,
-    /// Its modification time, seconds since the epoch.
-    pub mtime_sec: i64,
-    /// Nanoseconds part of the modification time.
-    pub mtime_nsec: u32,
-    /// The chunk size the transfer uses (chunk indexes are only meaningful with it).
-    pub chunk_size: u32,
-}
-
-impl SourceIdentity {
-    /// How many chunks the file has (`ceil(size / chunk_size)`); the chunk size is non-zero.
-    pub(crate) fn chunk_count(&self) -> u64 {
-        self.size.div_ceil(u64::from(self.chunk_size.max(1)))
-    }
-}
 
 /// The journal's fd and where the next record goes (just past the last good one, so a torn
 /// append is overwritten rather than left in the middle of the file).
@@ -287,12 +268,7 @@ impl Partial {
     /// Sets mode and mtime (like [`Root::install_file`]), renames the data file over `rel`
     /// in `root` (replacing a file or symlink; a directory is [`StoreError::IsADirectory`]),
     /// then removes the journal. `rel` is normally the path the partial was opened for.
-    pub fn install(
-        mut self,
-        root: &Root,
-        rel: &RelPath,
-        attrs: &crate::Attrs,
-    ) -> Result<(), StoreError> {
+    pub fn install(mut self, root: &Root, rel: &RelPath, attrs: &Attrs) -> Result<(), StoreError> {
         let (parent, name) = root.parent_of(rel)?;
         let data_name = self.data_name();
         let err = |e, op| self.dir.err(e, &data_name, op);

@@ -38,10 +38,12 @@ use std::os::unix::fs::FileExt;
 use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 
+use crate::attrs::Attrs;
 use crate::error::StoreError;
+use crate::fsutil::{Missing, mode_bits, mtime, not_found, open_child_dir};
 use crate::partial::Partial;
 use crate::path::RelPath;
-use crate::root::{Missing, Root, mode_bits, mtime, open_child_dir};
+use crate::root::Root;
 
 const MAGIC: &[u8; 8] = b"HAULUND1";
 const DIR: &[u8] = b"undo";
@@ -198,7 +200,7 @@ impl Root {
         size: u64,
         ranges: &[PatchRange],
         source: &Partial,
-        attrs: &crate::Attrs,
+        attrs: &Attrs,
     ) -> Result<bool, StoreError> {
         let meta = &attrs.meta;
         let op = "update in place";
@@ -344,7 +346,7 @@ impl Root {
         file: &File,
         ranges: &[PatchRange],
         source: &Partial,
-        attrs: &crate::Attrs,
+        attrs: &Attrs,
         buf: &mut [u8],
     ) -> Result<(), StoreError> {
         let failed = io_err(self, rel, "update in place");
@@ -519,7 +521,7 @@ impl Root {
     fn undo_dir(&self) -> Result<OwnedFd, StoreError> {
         let shown = || self.top.haul_path.join("undo");
         open_child_dir(&self.top.haul, DIR, Missing::Create, &shown, self.path())?
-            .ok_or_else(|| crate::root::not_found(shown(), "create directory"))
+            .ok_or_else(|| not_found(shown(), "create directory"))
     }
 }
 

@@ -18,19 +18,12 @@ use rustix::io::Errno;
 use crate::attrs::{Attrs, XattrTarget};
 use crate::dircache::DirCache;
 use crate::error::StoreError;
-use crate::partial_open::PartialDir;
+use crate::fsutil::{
+    Missing, mode_bits, mtime, not_found, open_child_dir, open_or_make_child_dir, remove_flat_dir,
+};
+use crate::partial_dir::PartialDir;
 use crate::path::{RESERVED, RelPath};
 use crate::staging::{Place, StagingDir, StagingFile};
-
-/// How every directory on the way is opened: never following a symlink.
-const DIR_FLAGS: OFlags = OFlags::RDONLY
-    .union(OFlags::DIRECTORY)
-    .union(OFlags::NOFOLLOW)
-    .union(OFlags::CLOEXEC);
-
-/// Mode of directories the store creates until [`Root::set_dir_meta`] sets the real one:
-/// private, so a half-received tree is not readable by others.
-const NEW_DIR_MODE: u32 = 0o700;
 
 /// What is at a path, as seen without following symlinks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,114 +99,6 @@ impl std::fmt::Debug for Root {
     }
 }
 
-/// Whether a step of a walk creates missing directories.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Missing {
-    Create,
-    /// Report a missing component as `None`.
-    Absent,
-}
-
-pub(crate) fn mode_bits(mode: u32, special_bits: bool) -> Mode {
-    // Permission bits and sticky; setuid/setgid from a peer only if the operator asked.
-    Mode::from_raw_mode(mode & if special_bits { 0o7777 } else { 0o1777 })
-}
-
-pub(crate) fn mtime(meta: &haul_proto::Meta) -> Timestamps {
-    Timestamps {
-        // Access time is left as it is: only the modification time is replicated.
-        last_access: Timespec {
-            tv_sec: 0,
-            tv_nsec: rustix::fs::UTIME_OMIT,
-        },
-        last_modification: Timespec {
-            tv_sec: meta.mtime_sec,
-            tv_nsec: meta.mtime_nsec.into(),
-        },
-    }
-}
-
-pub(crate) fn not_found(path: PathBuf, op: &'static str) -> StoreError {
-    StoreError::Io {
-        path,
-        op,
-        source: io::Error::from(io::ErrorKind::NotFound),
-    }
-}
-
-/// Opens (and with `Missing::Create`, makes) the directory `name` in `parent` without
-/// following a symlink. `shown` is its full path, for messages.
-pub(crate) fn open_child_dir(
-    parent: &OwnedFd,
-    name: &[u8],
-    missing: Missing,
-    shown: &dyn Fn() -> PathBuf,
-    space_path: &Path,
-) -> Result<Option<OwnedFd>, StoreError> {
-    open_or_make_child_dir(parent, name, missing, shown, space_path).map(|d| d.map(|(fd, _)| fd))
-}
-
-/// [`open_child_dir`], also saying whether this call made the directory (its `mkdirat`
-/// succeeded): such a directory is empty but for what this process puts in it.
-fn open_or_make_child_dir(
-    parent: &OwnedFd,
-    name: &[u8],
-    missing: Missing,
-    shown: &dyn Fn() -> PathBuf,
-    space_path: &Path,
-) -> Result<Option<(OwnedFd, bool)>, StoreError> {
-    let mut made = false;
-    // Two rounds: a directory made by mkdirat (or by a racing thread, EEXIST) is opened on
-    // the second. A third would mean someone is deleting it as fast as it is made.
-    for _ in 0..3 {
-        match rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty()) {
-            Ok(fd) => return Ok(Some((fd, made))),
-            Err(Errno::NOENT) if missing == Missing::Create => {
-                match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(NEW_DIR_MODE)) {
-                    Ok(()) => made = true,
-                    Err(Errno::EXIST) => continue,
-                    Err(e) => {
-                        return Err(StoreError::from_errno(
-                            e,
-                            shown(),
-                            space_path,
-                            "create directory",
-                        ));
-                    }
-                }
-            }
-            Err(Errno::NOENT) => return Ok(None),
-            // O_NOFOLLOW|O_DIRECTORY on a symlink gives ELOOP or ENOTDIR depending on the
-            // kernel path taken, so ask what is there instead of trusting the errno.
-            Err(errno @ (Errno::NOTDIR | Errno::LOOP)) => {
-                return Err(
-                    match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
-                        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
-                            StoreError::SymlinkInPath { path: shown() }
-                        }
-                        Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::Directory => {
-                            StoreError::NotADirectory { path: shown() }
-                        }
-                        _ => StoreError::from_errno(errno, shown(), space_path, "open directory"),
-                    },
-                );
-            }
-            Err(e) => {
-                return Err(StoreError::from_errno(
-                    e,
-                    shown(),
-                    space_path,
-                    "open directory",
-                ));
-            }
-        }
-    }
-    Err(not_found(
-        shown(),
-        "create directory (it keeps disappearing)",
-    ))
-}
-
 impl Root {
     /// Opens the receiver root at `path`, which must exist and be a directory, and creates
     /// `<root>/.haul/staging` and `<root>/.haul/partial` (mode 0700) if missing.
@@ -286,7 +171,8 @@ impl Root {
         // Non-empty only if a patch could not be undone yet: then `.haul` stays too.
         let _ = rustix::fs::unlinkat(haul, "undo", AtFlags::REMOVEDIR);
         let _ = rustix::fs::unlinkat(haul, "history", AtFlags::empty());
-        crate::chunk_cache::remove_all(haul);
+        // The chunk-hash cache (see `chunk_cache`) holds records and temp files only.
+        remove_flat_dir(haul, b"chunks");
         // By name in the root: if `.haul` is now a symlink this fails (ENOTDIR) and nothing
         // outside is touched; a non-empty directory is left alone (ENOTEMPTY).
         if rustix::fs::unlinkat(&*self.dir, ".haul", AtFlags::REMOVEDIR).is_err() {

@@ -13,8 +13,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::error::StoreError;
+use crate::fsutil::Missing;
 use crate::path::RelPath;
-use crate::root::{FileKind, Missing, Root};
+use crate::root::{FileKind, Root};
 
 /// A subtree (or one file) of a root, opened for reading without following any symlink on the
 /// way to it. Keep it alive while reading through [`SourceHandle::path`].
