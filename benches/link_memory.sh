@@ -21,7 +21,7 @@ haul=$PWD/target/release/haul
 mkdir -p "$work"
 mount -t tmpfs -o size=16g,nr_inodes=0 tmpfs "$work"
 cleanup() {
-    [[ -n ${server:-} ]] && kill "$server" 2>/dev/null || true
+    [[ -n ${server:-} ]] && { pkill -P "$server" 2>/dev/null; kill "$server" 2>/dev/null; } || true
     umount "$work" 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -47,6 +47,7 @@ while n < files:
         n += 1
 EOF
 echo "secret-token" >"$work/token"
+chmod 600 "$work/token"
 run() { # label, extra push args
     local label=$1
     shift
@@ -62,7 +63,8 @@ run() { # label, extra push args
     HAUL_CONFIG_DIR="$work/cfg/c" /usr/bin/time -f '%e %M' -o "$work/push.time" \
         "$haul" push --json "$@" --fingerprint "$fp" --token-file "$work/token" \
         "$work/src" "quic://$addr/copy" >"$work/push.json"
-    kill -INT "$server"
+    # $server is /usr/bin/time; the receiver is its child.
+    pkill -INT -P "$server" 2>/dev/null || kill -INT "$server"
     wait "$server" 2>/dev/null || true
     server=
     read -r wall push_rss <"$work/push.time"

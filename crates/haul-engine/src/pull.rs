@@ -149,7 +149,7 @@ fn open_pull_source(
         (root.open_source(&full), format!("/{}", full.display()))
     } else {
         let id = String::from_utf8_lossy(snapshot).into_owned();
-        crate::remote::snapshot_for_grant(root, grant, &id)?;
+        crate::remote::snapshot_for_grant(root, grant, &id, true)?;
         // The snapshot's copy holds the tree it was made of; the client names paths in it
         // relative to its grant, like in the live tree.
         let within = snapshot_subtree(root, &id)

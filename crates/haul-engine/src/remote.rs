@@ -949,7 +949,8 @@ fn run_op(
             json_list(&list)
         }
         Op::SnapshotDelete { id } => {
-            snapshot_for_grant(root, grant, id)?;
+            // An interrupted snapshot can only be deleted: do not require it complete.
+            snapshot_for_grant(root, grant, id, false)?;
             root.delete_snapshot(id).map_err(store)?;
             json(&())
         }
@@ -1007,12 +1008,18 @@ fn snapshot_info(grant: &Grant, s: &haul_store::SnapshotInfo) -> SnapshotInfo {
     }
 }
 
-/// Checks that the snapshot `id` exists, is complete and is of a tree inside `grant`.
-pub(crate) fn snapshot_for_grant(root: &Root, grant: &Grant, id: &str) -> Result<(), String> {
+/// Checks that the snapshot `id` exists, is of a tree inside `grant` and, with `complete`,
+/// was completed (what a restore needs).
+pub(crate) fn snapshot_for_grant(
+    root: &Root,
+    grant: &Grant,
+    id: &str,
+    complete: bool,
+) -> Result<(), String> {
     let list = root.list_snapshots().map_err(|e| e.to_string())?;
     let Some(snap) = list.iter().find(|s| s.id == id) else {
         return Err(format!(
-            "no snapshot {id:?} on this host; `haul remote snapshot list` shows them"
+            "no snapshot {id:?} on this host; `haul snapshot list` shows them"
         ));
     };
     if !snap.subtree.starts_with(&grant.subdir) {
@@ -1021,7 +1028,7 @@ pub(crate) fn snapshot_for_grant(root: &Root, grant: &Grant, id: &str) -> Result
             grant.describe()
         ));
     }
-    if !snap.complete {
+    if complete && !snap.complete {
         return Err(format!(
             "snapshot {id} was never completed (its making was interrupted); delete it"
         ));

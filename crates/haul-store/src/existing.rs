@@ -209,8 +209,10 @@ impl Root {
     /// Sets the owner, mode, attributes and mtime (as [`Root::install_file`] does) of the
     /// existing regular file at `rel`, in place. Anything else there is an error.
     ///
-    /// Snapshots: a file with more than one link while [`Root::has_snapshots`] may share its
-    /// inode with a hard-link snapshot, whose copy must not change. Such a file is left as
+    /// Snapshots: a file with more than one link may share its inode with a hard-link
+    /// snapshot, whose copy must not change, and that snapshot may belong to a root above
+    /// this one (or be a `cp -al` backup nobody told us about), so [`Root::has_snapshots`]
+    /// cannot be the test: every multiply-linked file is treated so. Such a file is left as
     /// it is when it already has the wanted metadata; otherwise it is first copied to a new
     /// inode in staging (`FICLONE` where the file system can, else `copy_file_range` of its
     /// data, holes kept), with its owner (where permitted), mode and extended attributes,
@@ -229,7 +231,7 @@ impl Root {
                 ),
             });
         };
-        if st.st_nlink > 1 && self.has_snapshots() {
+        if st.st_nlink > 1 {
             if meta_matches(&fd, &st, attrs) {
                 // Nothing to change: what applying would still do is count a dropped setuid.
                 let _ = attrs.mode();

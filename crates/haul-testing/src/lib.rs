@@ -5,6 +5,7 @@
 //! - [`tree`]: build source trees with odd names, modes, mtimes, symlinks and sparse files
 //!   ([`TreeBuilder`]), and compare two trees entry by entry ([`assert_same_tree`]).
 //! - [`disk`]: a tmpfs to fill up for real and grow again ([`Tmpfs`]).
+//! - [`xfs`]: an XFS file system with reflinks on a loop device ([`XfsLoop`]).
 //! - [`sim`]: an in-memory [`Link`](haul_engine::Link) pair whose splits, delays, kill point
 //!   and corruption are chosen by a seed, so protocol and failure cases replay exactly.
 //! - [`linkemu`]: a user-space WAN link ([`LinkEmu`]) between a UDP client and a real
@@ -21,8 +22,10 @@ pub mod hostile;
 pub mod linkemu;
 pub mod sim;
 pub mod tree;
+pub mod xfs;
 
 pub use cmd::{Haul, Server, assert_success, summary_of};
 pub use disk::Tmpfs;
 pub use linkemu::{DirStats, LinkEmu, LinkSpec, LinkStats};
 pub use tree::{TreeBuilder, assert_same_tree, partial_bytes, sparse_blocks};
+pub use xfs::XfsLoop;
