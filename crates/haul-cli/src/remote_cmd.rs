@@ -69,143 +69,220 @@ async fn run_remote(op: RemoteOp, json: bool) -> anyhow::Result<u8> {
     match op {
         RemoteOp::Df { url, remote } => {
             let (mut r, _, _) = connect(&url, &remote, None).await?;
-            let df = r.df().await?;
-            if json {
-                print_json(&df);
-            } else {
-                let used = df.total_bytes.saturating_sub(df.free_bytes);
-                println!(
-                    "{} free of {} ({} used); {} of {} inodes free",
-                    indicatif::HumanBytes(df.free_bytes),
-                    indicatif::HumanBytes(df.total_bytes),
-                    indicatif::HumanBytes(used),
-                    df.free_inodes,
-                    df.total_inodes
-                );
+            // Closed whatever happens: a connection left open holds a slot on the host
+            // until it times out.
+            let result: anyhow::Result<()> = async {
+                let df = r.df().await?;
+                if json {
+                    print_json(&df);
+                } else {
+                    let used = df.total_bytes.saturating_sub(df.free_bytes);
+                    println!(
+                        "{} free of {} ({} used); {} of {} inodes free",
+                        indicatif::HumanBytes(df.free_bytes),
+                        indicatif::HumanBytes(df.total_bytes),
+                        indicatif::HumanBytes(used),
+                        df.free_inodes,
+                        df.total_inodes
+                    );
+                }
+                Ok(())
             }
+            .await;
             r.close().await;
+            result?;
         }
         RemoteOp::Ls { url, remote } => {
             let (mut r, path, _) = connect(&url, &remote, None).await?;
-            let items = r.ls(&path).await?;
-            if json {
-                print_json(&items);
-            } else {
-                for item in &items {
-                    let suffix = if item.kind == "dir" { "/" } else { "" };
-                    println!("{:>12} {:<7} {}{suffix}", item.size, item.kind, item.name);
+            // Closed whatever happens: a connection left open holds a slot on the host
+            // until it times out.
+            let result: anyhow::Result<()> = async {
+                let items = r.ls(&path).await?;
+                if json {
+                    print_json(&items);
+                } else {
+                    for item in &items {
+                        let suffix = if item.kind == "dir" { "/" } else { "" };
+                        println!("{:>12} {:<7} {}{suffix}", item.size, item.kind, item.name);
+                    }
                 }
+                Ok(())
             }
+            .await;
             r.close().await;
+            result?;
         }
         RemoteOp::Stat { url, remote } => {
             let (mut r, path, _) = connect(&url, &remote, None).await?;
-            let info = r.stat(&path).await?;
-            if json {
-                print_json(&info);
-            } else {
-                match &info {
-                    None => println!("nothing at /{path}"),
-                    Some(i) => {
-                        let empty = match i.empty {
-                            Some(true) => ", empty",
-                            Some(false) => ", not empty",
-                            None => "",
-                        };
-                        println!(
-                            "{} {} bytes, mode {:o}, owner {}:{}, {} links, mtime {}{empty}",
-                            i.kind,
-                            i.size,
-                            i.mode & 0o7777,
-                            i.uid,
-                            i.gid,
-                            i.nlink,
-                            i.mtime_sec
-                        );
-                    }
-                }
-            }
-            if info.is_none() {
-                code = 1;
-            }
-            r.close().await;
-        }
-        RemoteOp::Du { url, remote } => {
-            let (mut r, path, _) = connect(&url, &remote, None).await?;
-            let du = r.du(&path).await?;
-            if json {
-                print_json(&du);
-            } else {
-                println!(
-                    "{} in {} files ({} allocated), {} directories, {} symlinks, {} others",
-                    indicatif::HumanBytes(du.bytes),
-                    du.files,
-                    indicatif::HumanBytes(du.allocated_bytes),
-                    du.dirs,
-                    du.symlinks,
-                    du.others
-                );
-            }
-            r.close().await;
-        }
-        RemoteOp::Manifest { url, remote } => {
-            let (mut r, path, _) = connect(&url, &remote, None).await?;
-            let entries = r.manifest(&path).await?;
-            if json {
-                print_json(&entries);
-            } else {
-                let mut out = std::io::stdout().lock();
-                for e in &entries {
-                    if let Some(hash) = &e.blake3 {
-                        // As b3sum does: a name with a backslash or newline is escaped and
-                        // its line starts with a backslash.
-                        if e.path.contains(['\\', '\n']) {
-                            let name = e.path.replace('\\', "\\\\").replace('\n', "\\n");
-                            let _ = writeln!(out, "\\{hash}  {name}");
-                        } else {
-                            let _ = writeln!(out, "{hash}  {}", e.path);
+            // Closed whatever happens: a connection left open holds a slot on the host
+            // until it times out.
+            let result: anyhow::Result<()> = async {
+                let info = r.stat(&path).await?;
+                if json {
+                    print_json(&info);
+                } else {
+                    match &info {
+                        None => println!("nothing at /{path}"),
+                        Some(i) => {
+                            let empty = match i.empty {
+                                Some(true) => ", empty",
+                                Some(false) => ", not empty",
+                                None => "",
+                            };
+                            println!(
+                                "{} {} bytes, mode {:o}, owner {}:{}, {} links, mtime {}{empty}",
+                                i.kind,
+                                i.size,
+                                i.mode & 0o7777,
+                                i.uid,
+                                i.gid,
+                                i.nlink,
+                                i.mtime_sec
+                            );
                         }
                     }
                 }
+                if info.is_none() {
+                    code = 1;
+                }
+                Ok(())
             }
+            .await;
             r.close().await;
+            result?;
+        }
+        RemoteOp::Du { url, remote } => {
+            let (mut r, path, _) = connect(&url, &remote, None).await?;
+            // Closed whatever happens: a connection left open holds a slot on the host
+            // until it times out.
+            let result: anyhow::Result<()> = async {
+                let du = r.du(&path).await?;
+                if json {
+                    print_json(&du);
+                } else {
+                    println!(
+                        "{} in {} files ({} allocated), {} directories, {} symlinks, {} others",
+                        indicatif::HumanBytes(du.bytes),
+                        du.files,
+                        indicatif::HumanBytes(du.allocated_bytes),
+                        du.dirs,
+                        du.symlinks,
+                        du.others
+                    );
+                }
+                Ok(())
+            }
+            .await;
+            r.close().await;
+            result?;
+        }
+        RemoteOp::Manifest { url, remote } => {
+            let (mut r, path, _) = connect(&url, &remote, None).await?;
+            // Closed whatever happens: a connection left open holds a slot on the host
+            // until it times out.
+            let result: anyhow::Result<()> = async {
+                let entries = r.manifest(&path).await?;
+                if json {
+                    print_json(&entries);
+                } else {
+                    let mut out = std::io::stdout().lock();
+                    // A manifest of one file names it by nothing: print its own name.
+                    let own = path
+                        .trim_end_matches('/')
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or_default();
+                    for e in &entries {
+                        let e = &haul_engine::remote::ManifestEntry {
+                            path: if e.path.is_empty() {
+                                own.to_string()
+                            } else {
+                                e.path.clone()
+                            },
+                            ..e.clone()
+                        };
+                        if let Some(hash) = &e.blake3 {
+                            // As b3sum does: a name with a backslash or newline is escaped and
+                            // its line starts with a backslash.
+                            if e.path.contains(['\\', '\n']) {
+                                let name = e.path.replace('\\', "\\\\").replace('\n', "\\n");
+                                let _ = writeln!(out, "\\{hash}  {name}");
+                            } else {
+                                let _ = writeln!(out, "{hash}  {}", e.path);
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            r.close().await;
+            result?;
         }
         RemoteOp::Rm { url, remote } => {
             let (mut r, path, _) = connect(&url, &remote, None).await?;
-            let removed = r.rm(&path).await?;
-            if json {
-                print_json(&serde_json::json!({ "removed": removed }));
-            } else {
-                println!("removed /{path} ({removed} entries)");
+            // Closed whatever happens: a connection left open holds a slot on the host
+            // until it times out.
+            let result: anyhow::Result<()> = async {
+                let removed = r.rm(&path).await?;
+                if json {
+                    print_json(&serde_json::json!({ "removed": removed }));
+                } else {
+                    println!("removed /{path} ({removed} entries)");
+                }
+                Ok(())
             }
+            .await;
             r.close().await;
+            result?;
         }
         RemoteOp::Mv { url, to, remote } => {
             let (mut r, path, _) = connect(&url, &remote, None).await?;
-            r.mv(&path, &to).await?;
-            if json {
-                print_json(&serde_json::json!({ "from": path, "to": to }));
-            } else {
-                println!("renamed /{path} to /{}", to.trim_start_matches('/'));
+            // Closed whatever happens: a connection left open holds a slot on the host
+            // until it times out.
+            let result: anyhow::Result<()> = async {
+                r.mv(&path, &to).await?;
+                if json {
+                    print_json(&serde_json::json!({ "from": path, "to": to }));
+                } else {
+                    println!("renamed /{path} to /{}", to.trim_start_matches('/'));
+                }
+                Ok(())
             }
+            .await;
             r.close().await;
+            result?;
         }
         RemoteOp::Cat { url, remote } => {
             let (mut r, path, _) = connect(&url, &remote, None).await?;
-            let bytes = r.cat(&path).await?;
-            std::io::stdout()
-                .write_all(&bytes)
-                .context("cannot write to standard output")?;
+            // Closed whatever happens: a connection left open holds a slot on the host
+            // until it times out.
+            let result: anyhow::Result<()> = async {
+                let bytes = r.cat(&path).await?;
+                std::io::stdout()
+                    .write_all(&bytes)
+                    .context("cannot write to standard output")?;
+                Ok(())
+            }
+            .await;
             r.close().await;
+            result?;
         }
         RemoteOp::Put { url, file, remote } => {
             let bytes = read_input(&file)?;
             let (mut r, path, _) = connect(&url, &remote, None).await?;
-            r.put(&path, &bytes).await?;
-            if !json {
-                println!("wrote /{path} ({} bytes)", bytes.len());
+            // Closed whatever happens: a connection left open holds a slot on the host
+            // until it times out.
+            let result: anyhow::Result<()> = async {
+                r.put(&path, &bytes).await?;
+                if !json {
+                    println!("wrote /{path} ({} bytes)", bytes.len());
+                }
+                Ok(())
             }
+            .await;
             r.close().await;
+            result?;
         }
         RemoteOp::Lease {
             url,
@@ -235,18 +312,25 @@ async fn run_remote(op: RemoteOp, json: bool) -> anyhow::Result<u8> {
         }
         RemoteOp::Leases { url, remote } => {
             let (mut r, _, _) = connect(&url, &remote, None).await?;
-            let leases = r.leases().await?;
-            if json {
-                print_json(&leases);
-            } else {
-                for l in &leases {
-                    println!(
-                        "/{}  held by {} ({}), expires at {} ms",
-                        l.path, l.holder, l.purpose, l.expires_ms
-                    );
+            // Closed whatever happens: a connection left open holds a slot on the host
+            // until it times out.
+            let result: anyhow::Result<()> = async {
+                let leases = r.leases().await?;
+                if json {
+                    print_json(&leases);
+                } else {
+                    for l in &leases {
+                        println!(
+                            "/{}  held by {} ({}), expires at {} ms",
+                            l.path, l.holder, l.purpose, l.expires_ms
+                        );
+                    }
                 }
+                Ok(())
             }
+            .await;
             r.close().await;
+            result?;
         }
     }
     Ok(code)
@@ -325,9 +409,9 @@ async fn run_snapshot(op: SnapshotOp, json: bool) -> anyhow::Result<u8> {
             let info = if is_url(&target) {
                 let (mut r, url_path, _) = connect(&target, &remote, None).await?;
                 let path = if path.is_empty() { url_path } else { path };
-                let info = r.snapshot_create(&path, &label).await?;
+                let info = r.snapshot_create(&path, &label).await;
                 r.close().await;
-                info
+                info?
             } else {
                 let root = local_root(&target)?;
                 let rel = haul_store::RelPath::parse(path.trim_start_matches('/').as_bytes())
@@ -346,9 +430,9 @@ async fn run_snapshot(op: SnapshotOp, json: bool) -> anyhow::Result<u8> {
         SnapshotOp::List { target, remote } => {
             let list = if is_url(&target) {
                 let (mut r, _, _) = connect(&target, &remote, None).await?;
-                let list = r.snapshot_list().await?;
+                let list = r.snapshot_list().await;
                 r.close().await;
-                list
+                list?
             } else {
                 local_root(&target)?
                     .list_snapshots()?
@@ -365,8 +449,9 @@ async fn run_snapshot(op: SnapshotOp, json: bool) -> anyhow::Result<u8> {
         SnapshotOp::Delete { target, id, remote } => {
             if is_url(&target) {
                 let (mut r, _, _) = connect(&target, &remote, None).await?;
-                r.snapshot_delete(&id).await?;
+                let deleted = r.snapshot_delete(&id).await;
                 r.close().await;
+                deleted?;
             } else {
                 local_root(&target)?.delete_snapshot(&id)?;
             }

@@ -324,6 +324,14 @@ impl std::fmt::Debug for Remote {
     }
 }
 
+impl Drop for Remote {
+    /// A handle dropped without [`Remote::close`] still closes its connection, so the host
+    /// does not keep a slot for it until the idle timeout.
+    fn drop(&mut self) {
+        self.link.close(0, "done");
+    }
+}
+
 impl Remote {
     /// Connects and authenticates. Fails with [`EngineError::Refused`] for a token the host
     /// does not accept.
@@ -751,7 +759,7 @@ pub(crate) async fn serve_ops(
 
 /// A path from a request, under the grant.
 fn grant_path(grant: &Grant, path: &str) -> Result<RelPath, String> {
-    let trimmed = path.trim_start_matches('/');
+    let trimmed = path.trim_matches('/');
     let rel = RelPath::parse(trimmed.as_bytes()).map_err(|e| format!("path {path:?}: {e}"))?;
     Ok(grant.subdir.join(&rel))
 }
