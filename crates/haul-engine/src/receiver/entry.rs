@@ -1,6 +1,11 @@
 //! What the receiver does with each announced entry: create directories and links at once,
 //! skip files the target already has, and plan the rest (which chunks it holds, which it
 //! needs).
+//!
+//! This is where a file starts: a planned file is handed to the file stages ([`Files::open`],
+//! see `files` for the way from there to its final name) and everything else is resolved here.
+//! Entry handling uses the file stages, never the other way round; both answer through
+//! `outcome`.
 
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -11,16 +16,11 @@ use haul_store::{
     SourceIdentity,
 };
 
-use super::files::{Files, Outcome, Plan, Reuse, failed, kept};
+use super::files::{Files, MAX_CHUNKS_IN_FLIGHT, MAX_CHUNKS_PER_FILE, Plan, Reuse};
+use super::outcome::{Outcome, failed, kept};
 use super::prune::Pruner;
 use super::target::Target;
 use crate::owners::IdMapper;
-
-/// Most chunks one file may have: 16 TiB at the default 4 MiB chunk size.
-pub(crate) const MAX_CHUNKS_PER_FILE: u64 = 1 << 22;
-/// Most chunks of all files in flight in one session (about 70 MB of bookkeeping at most;
-/// 4 TiB of file data at the default chunk size).
-pub(crate) const MAX_CHUNKS_IN_FLIGHT: u64 = 1 << 20;
 
 /// Directories whose metadata is set once their contents are in place.
 pub(crate) type DirList = Mutex<Vec<(RelPath, Attrs)>>;

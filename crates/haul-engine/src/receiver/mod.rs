@@ -7,6 +7,7 @@
 mod data;
 mod entry;
 mod files;
+mod outcome;
 mod prune;
 mod target;
 
@@ -29,7 +30,8 @@ use crate::transport::Link;
 use crate::wire::{FramedRecv, FramedSend};
 use data::accept_data;
 use entry::{DirList, EntryRules, Policy, handle_entry, quick_check, rename_aside};
-use files::{Files, Outcome};
+use files::Files;
+use outcome::Outcome;
 
 /// Running sessions by destination path: (session id, its connection).
 type ActiveSessions = HashMap<Vec<u8>, (u64, Arc<dyn Link>)>;
@@ -747,13 +749,13 @@ fn handle_batch(files: &Files, rules: &EntryRules, dirs: &DirList, batch: Vec<Se
             }
             ServerEvent::Prune(msg) => {
                 if !files.is_closed() {
-                    prune::prune(files, rules, msg.clone());
+                    prune::prune(files, &rules.pruner, &rules.dest, msg.clone());
                 }
                 continue;
             }
             ServerEvent::PruneEnd => {
                 if !files.is_closed() {
-                    prune::prune_end(files, rules);
+                    prune::prune_end(files, &rules.pruner, rules.dry_run);
                 }
                 continue;
             }

@@ -11,14 +11,15 @@
 //! rules exclude.
 
 use std::collections::HashSet;
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use haul_manifest::Filter;
 use haul_proto::{Deleted, Message, Prune};
 use haul_store::{FileKind, RelPath};
 
-use super::entry::EntryRules;
-use super::files::{Files, Outcome};
+use super::files::Files;
+use super::outcome::Outcome;
 
 /// The deletion the sender's lists call for, collected until `PruneEnd`.
 #[derive(Default)]
@@ -52,8 +53,8 @@ impl Pruner {
 }
 
 /// Takes one `Prune` message: once a directory's list is complete, finds its extras.
-pub(crate) fn prune(files: &Files, rules: &EntryRules, msg: Prune) {
-    let mut pruner = crate::lock(&rules.pruner);
+pub(crate) fn prune(files: &Files, pruner: &Mutex<Pruner>, dest: &RelPath, msg: Prune) {
+    let mut pruner = crate::lock(pruner);
     let (dir, names) = match pruner.current.take() {
         Some((dir, mut names)) if dir == msg.dir => {
             names.extend(msg.names);
@@ -76,7 +77,7 @@ pub(crate) fn prune(files: &Files, rules: &EntryRules, msg: Prune) {
         ));
         return;
     };
-    let full = rules.dest.join(&dir_rel);
+    let full = dest.join(&dir_rel);
     let listed = match root.list_names(&full) {
         Ok(Some(listed)) => listed,
         // Nothing there (the directory failed to copy, or it is not a directory here).
@@ -123,8 +124,8 @@ pub(crate) fn prune(files: &Files, rules: &EntryRules, msg: Prune) {
 
 /// `PruneEnd`: removes the extras (a dry run only reports them) and reports what went, or
 /// why nothing did.
-pub(crate) fn prune_end(files: &Files, rules: &EntryRules) {
-    let mut pruner = crate::lock(&rules.pruner);
+pub(crate) fn prune_end(files: &Files, pruner: &Mutex<Pruner>, dry_run: bool) {
+    let mut pruner = crate::lock(pruner);
     let extras = std::mem::take(&mut pruner.extras);
     let refused = if let Some(problem) = pruner.problem.take() {
         format!("--delete removed nothing: {problem}")
@@ -145,7 +146,7 @@ pub(crate) fn prune_end(files: &Files, rules: &EntryRules) {
     let mut batch = Vec::new();
     let mut error = String::new();
     for (shown, target) in extras {
-        if !rules.dry_run {
+        if !dry_run {
             match files.root().remove_tree(&target) {
                 Ok(n) => removed += n,
                 Err(e) => {
@@ -159,7 +160,7 @@ pub(crate) fn prune_end(files: &Files, rules: &EntryRules) {
             report(files, std::mem::take(&mut batch), false, 0, String::new());
         }
     }
-    let total = if rules.dry_run { pruner.total } else { removed };
+    let total = if dry_run { pruner.total } else { removed };
     report(files, batch, true, total, error);
 }
 
