@@ -583,4 +583,54 @@ mod hostile_host {
             assert_eq!(link, Path::new("/etc/passwd"), "a link is made as a link");
         }
     }
+
+    /// A receiver of an older release cannot parse a newer hello and hangs up: the client
+    /// says that this is the likely reason, naming its own protocol version.
+    #[test]
+    fn a_receiver_that_hangs_up_on_the_hello_is_named_as_likely_older() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("f"), b"x").unwrap();
+        let token = tmp.path().join("token");
+        std::fs::write(&token, "old-host").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let identity = haul_net::Identity::ephemeral().unwrap();
+        let fingerprint = identity.fingerprint.to_string();
+        let (endpoint, addr) = rt.block_on(async {
+            let ep = haul_net::server_endpoint("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
+            let addr = ep.local_addr().unwrap();
+            (ep, addr)
+        });
+        let host = rt.spawn(async move {
+            let conn = endpoint.accept().await.unwrap().await.unwrap();
+            let (_send, mut recv) = conn.accept_bi().await.unwrap();
+            let _ = recv.read_chunk(1 << 16, true).await;
+            // What a v5 receiver did with a v6 hello.
+            conn.close(2u32.into(), b"malformed frame: 42 trailing bytes");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        });
+        let out = haul().run(
+            &tmp.path().join("cfg"),
+            &[
+                OsStr::new("push"),
+                src.as_os_str(),
+                OsStr::new(&format!("quic://{addr}/x")),
+                OsStr::new("--fingerprint"),
+                OsStr::new(&fingerprint),
+                OsStr::new("--token-file"),
+                token.as_os_str(),
+            ],
+        );
+        rt.block_on(host).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("older haul release")
+                && err.contains(&haul_proto::PROTOCOL_VERSION.to_string()),
+            "{err}"
+        );
+    }
 }

@@ -96,9 +96,24 @@ pub(crate) async fn send_over(
         .await
         .map_err(|e| EngineError::connection("cannot send the hello", e))?;
     let mut session = ClientSession::new();
-    let answer = ctl_rx.next().await?.ok_or_else(|| {
-        EngineError::Protocol("the receiver closed the connection without answering".into())
-    })?;
+    // A receiver of an older release cannot parse this hello and closes the connection
+    // instead of refusing it: say what is most likely.
+    let older = |what: String| {
+        EngineError::Protocol(format!(
+            "{what}; if the receiver runs an older haul release (this one speaks protocol \
+             version {}), run the same release on both hosts",
+            haul_proto::PROTOCOL_VERSION
+        ))
+    };
+    let answer = match ctl_rx.next().await {
+        Ok(Some(answer)) => answer,
+        Ok(None) => {
+            return Err(older(
+                "the receiver closed the connection without answering the hello".into(),
+            ));
+        }
+        Err(e) => return Err(older(format!("no answer to the hello: {e}"))),
+    };
     let welcome = match session.handle_answer(answer)? {
         Ok(welcome) => welcome,
         Err(refused) => {
