@@ -33,6 +33,10 @@ fn haul() -> Haul {
 /// Longest any single haul run may take before the test calls it a hang.
 const RUN_TIMEOUT: Duration = Duration::from_secs(40);
 
+/// Most kill-and-resume rounds [`resume_from_partials_while_directories_are_swapped`] runs
+/// looking for one that resumed (it stops after three once one has).
+const MAX_RESUME_ROUNDS: u64 = 8;
+
 /// A fixed, old mtime for everything outside the root, so a utimes that escaped shows.
 const OUTSIDE_MTIME: i64 = 1_000_000_000;
 
@@ -370,6 +374,16 @@ struct Ran {
 }
 
 impl Ran {
+    /// The `--json` summary the run printed last (`Null` if it printed none: killed, or it
+    /// failed before the transfer ended).
+    fn summary(&self) -> serde_json::Value {
+        self.stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .rfind(|v| v["event"] == "summary")
+            .unwrap_or_default()
+    }
+
     /// Lines where the receiver refused a symlink it met: the racer won that moment.
     fn symlink_refusals(&self) -> usize {
         self.stderr
@@ -643,10 +657,16 @@ fn push_of_a_new_tree_while_its_directories_are_swapped() {
     let dest = b.root().join("new5");
     remove_racer_leftovers(&dest);
     // The blocker may be gone already: if the receiver made d005 again while the racer had
-    // it renamed away, the original (with the blocker) was left as `d005.away`, removed above.
-    match fs::remove_dir_all(dest.join("d005/f03")) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => panic!("remove the blocker: {e}"),
-        _ => {}
+    // it renamed away, the original (with the blocker) was left as `d005.away`, removed above,
+    // and d005/f03 may be missing or the file the receiver has since installed there (which
+    // stays). Checked by kind, not removed blindly: d005 must be a real directory by now.
+    assert!(
+        !is_symlink(&dest.join("d005")),
+        "the racer left new5/d005 a symlink"
+    );
+    let blocker = dest.join("d005/f03");
+    if is_dir(&blocker) {
+        fs::remove_dir_all(&blocker).unwrap_or_else(|e| panic!("remove the blocker: {e}"));
     }
     let ran = b.push(&server, &src, "new5", &["--chunk-size", "64K"], "log-clean");
     assert_eq!(ran.status.and_then(|s| s.code()), Some(0), "{}", ran.stderr);
@@ -743,6 +763,7 @@ fn rename_aside_while_directories_are_swapped() {
     targets.extend((1..8).map(|n| ra.join(format!("proj.{n}"))));
     targets.extend((1..8).map(|n| ra.join(format!("proj.{n}/p00"))));
     let mut tally = Tally::default();
+    let mut reused_bytes = 0;
     for i in 0..5u64 {
         // Something changes, so chunks both travel and are reused from the aside copy.
         t.file(format!("proj/p{:02}/f00", i * 7), 5000);
@@ -756,7 +777,7 @@ fn rename_aside_while_directories_are_swapped() {
             &server,
             &src,
             "ra",
-            &["--chunk-size", "64K", "--rename-aside", "proj"],
+            &["--chunk-size", "64K", "--rename-aside", "proj", "--json"],
         );
         let ran = run(
             &b.path("client-cfg"),
@@ -768,7 +789,14 @@ fn rename_aside_while_directories_are_swapped() {
         racer.stop();
         tally.add(&ran);
         b.check_outside(&format!("rename-aside run {i} ({swap:?})"));
+        // No summary if the racer made the whole run fail.
+        reused_bytes += ran.summary()["bytes_reused"].as_u64().unwrap_or(0);
     }
+    eprintln!("race tally [rename-aside]: {reused_bytes} bytes reused from the aside copies");
+    assert!(
+        reused_bytes > 0,
+        "no run reused a chunk from the aside copy: the rename-aside reuse never happened"
+    );
     tally.report("rename-aside");
     b.finish(server, "rename-aside");
 }
@@ -776,6 +804,12 @@ fn rename_aside_while_directories_are_swapped() {
 /// Resume: a push of multi-chunk files is killed once partials exist under `.haul/partial`,
 /// then run again to install them; the racer swaps the destination's directories and the
 /// receiver's own `.haul/partial` and `.haul/staging` throughout.
+///
+/// The re-runs' `--json` summaries must show the resume happened: a re-run after a kill never
+/// sends the whole tree again, and at least one takes chunks back from the partials
+/// (`bytes_reused`). The racer may legitimately spoil a resume (a partial met through a
+/// swapped-in symlink is not used), so up to [`MAX_RESUME_ROUNDS`] rounds run until one
+/// resumes, rather than betting the test on three.
 #[test]
 fn resume_from_partials_while_directories_are_swapped() {
     let b = Bench::new();
@@ -789,8 +823,12 @@ fn resume_from_partials_while_directories_are_swapped() {
     let server = b.serve();
     let partial = b.root().join(".haul/partial");
     let mut tally = Tally::default();
-    let mut resumed = 0;
-    for i in 0..3u64 {
+    let (mut rounds, mut killed_runs, mut resumed, mut reused_bytes) = (0, 0, 0, 0);
+    for i in 0..MAX_RESUME_ROUNDS {
+        if i >= 3 && resumed > 0 {
+            break;
+        }
+        rounds += 1;
         let dest = format!("res{i}");
         let d = b.root().join(&dest);
         let mut targets = vec![d.clone(), partial.clone(), b.root().join(".haul/staging")];
@@ -802,17 +840,21 @@ fn resume_from_partials_while_directories_are_swapped() {
             Swap::Rename
         };
         let racer = Racer::start(targets, &b.outside, swap, 300 + i);
-        let args = b.push_args(&server, &src, &dest, &["--chunk-size", "64K"]);
+        let args = b.push_args(&server, &src, &dest, &["--chunk-size", "64K", "--json"]);
         let cfg = b.path("client-cfg");
-        // Kill the sender once a few MB of verified chunks sit in partials.
+        // Kill the sender once this run has written a few MB of chunks into partials. What
+        // earlier rounds left there does not count (a file that failed keeps its partial):
+        // with that over the threshold already, the kill came before anything was sent.
+        let left_before = partial_bytes(&b.root());
         let killed = run(
             &cfg,
             &args,
             &b.path(&format!("log{i}-a")),
             Some(&racer),
-            || partial_bytes(&b.root()) >= 3 << 20,
+            || partial_bytes(&b.root()) >= left_before + (3 << 20),
         );
-        resumed += u64::from(killed.status.is_none());
+        let was_killed = killed.status.is_none();
+        killed_runs += u64::from(was_killed);
         tally.add(&killed);
         let again = run(
             &cfg,
@@ -824,8 +866,36 @@ fn resume_from_partials_while_directories_are_swapped() {
         tally.add(&again);
         racer.stop();
         b.check_outside(&format!("resume run {i} ({swap:?})"));
+        // No summary if the racer made the whole run fail; then there is nothing to check.
+        let summary = again.summary();
+        let count = |field: &str| summary[field].as_u64();
+        if let (true, Some(total), Some(sent)) =
+            (was_killed, count("bytes_total"), count("bytes_sent"))
+        {
+            let reused = count("bytes_reused").unwrap_or(0);
+            eprintln!(
+                "  resume round {i}: sent {sent} of {total} bytes, {reused} reused from \
+                 partials, {} files already installed",
+                summary["files_unchanged"]
+            );
+            assert!(
+                sent < total,
+                "round {i}: the run after the kill sent all {total} bytes again: nothing the \
+                 killed run received was kept; summary: {summary}"
+            );
+            resumed += u64::from(reused > 0);
+            reused_bytes += reused;
+        }
     }
-    eprintln!("race tally [resume]: {resumed} of 3 first runs were killed with partials on disk");
+    eprintln!(
+        "race tally [resume]: {killed_runs} of {rounds} first runs were killed with partials on \
+         disk; {resumed} re-runs took {reused_bytes} bytes back from them"
+    );
+    assert!(
+        resumed > 0,
+        "in {rounds} rounds ({killed_runs} killed with partials on disk) no re-run reused a \
+         chunk from the partials: the resume this test is about never happened"
+    );
     tally.report("resume");
     b.finish(server, "resume");
 }

@@ -56,7 +56,8 @@ fn a_push_across_a_lossy_wan_arrives_intact() {
         ],
     );
     let took = started.elapsed();
-    let stats = link.stats();
+    // Final counters: the link stops here, so they are consistent with each other.
+    let stats = link.finish();
     assert!(
         out.status.success(),
         "push across the link failed after {took:?} ({stats}): {}",
@@ -67,5 +68,25 @@ fn a_push_across_a_lossy_wan_arrives_intact() {
     assert!(stats.up.bytes > 16 << 20, "{stats}");
     assert!(stats.up.dropped_loss > 0, "{stats}");
     assert!(stats.down.packets > 0, "{stats}");
+    // And the link shaped every packet as specified, by its own count rather than a clock: each
+    // took its 80 ns a byte of the 100 Mbit/s bottleneck, then was lost or delayed exactly the
+    // configured 10 ms.
+    for dir in [stats.up, stats.down] {
+        assert_eq!(dir.paced_ns, dir.paced_bytes * 80, "{stats}");
+        assert_eq!(
+            dir.paced_packets,
+            dir.dropped_loss + dir.delayed_packets,
+            "{stats}"
+        );
+        assert_eq!(dir.delay_ns, dir.delayed_packets * 10_000_000, "{stats}");
+        assert!(
+            dir.delayed_packets >= dir.packets + dir.send_errors,
+            "{stats}"
+        );
+        assert!(
+            dir.peak_backlog_bytes <= spec(0).queue_limit() as u64,
+            "{stats}"
+        );
+    }
     eprintln!("pushed 16 MiB across the link in {took:?}: {stats}");
 }

@@ -20,6 +20,11 @@
 //! run of same-sized packets due together leaves in one call, as a NIC's interrupt moderation
 //! would hand them over. Packets due within [`DELIVERY_SLACK`] of now count as due; each is
 //! still scheduled, queued, rate-limited and lost one by one.
+//!
+//! Every step is counted ([`DirStats`]): bytes through the bottleneck and the serialisation time
+//! booked for them, packets that queued, the peak backlog, packets delayed and the delay given
+//! them. Those are the model's own figures, not measurements, so a test can check what the link
+//! did without timing it on a machine that may be busy.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -133,6 +138,32 @@ pub struct DirStats {
     pub dropped_mtu: u64,
     /// Packets whose final `send` failed (the far side went away, or a full kernel buffer).
     pub send_errors: u64,
+    /// Packets that went through the rate bottleneck (those lost after it included); 0 when
+    /// the rate is unlimited.
+    pub paced_packets: u64,
+    /// UDP payload bytes in those packets.
+    pub paced_bytes: u64,
+    /// Serialisation time the bottleneck booked for them, in nanoseconds: `n * 8 / rate` per
+    /// packet of `n` bytes, from the configured rate, not measured. So `paced_bytes * 8e9 /
+    /// paced_ns` is the rate the link applied, however busy the machine was.
+    pub paced_ns: u64,
+    /// Of `paced_packets`, those that found the bottleneck busy and waited in its queue.
+    pub queued_packets: u64,
+    /// The most bytes the queue ever held (the backlog not yet serialised, counting the packet
+    /// just admitted): never more than the queue limit.
+    pub peak_backlog_bytes: u64,
+    /// Packets given a nonzero propagation delay (`delay ± jitter`) after the bottleneck.
+    pub delayed_packets: u64,
+    /// The delay they were given in all, in nanoseconds: drawn from the spec, not measured.
+    pub delay_ns: u64,
+}
+
+impl DirStats {
+    /// Packets the link has finished with: delivered, dropped for any reason, or failed to
+    /// send. Once this equals what the client sent, nothing more is on its way.
+    pub fn handled(&self) -> u64 {
+        self.packets + self.dropped_loss + self.dropped_queue + self.dropped_mtu + self.send_errors
+    }
 }
 
 /// Counters of both directions.
@@ -148,13 +179,22 @@ impl fmt::Display for DirStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "packets={} bytes={} dropped_loss={} dropped_queue={} dropped_mtu={} send_errors={}",
+            "packets={} bytes={} dropped_loss={} dropped_queue={} dropped_mtu={} send_errors={} \
+             paced_packets={} paced_bytes={} paced_ns={} queued_packets={} \
+             peak_backlog_bytes={} delayed_packets={} delay_ns={}",
             self.packets,
             self.bytes,
             self.dropped_loss,
             self.dropped_queue,
             self.dropped_mtu,
-            self.send_errors
+            self.send_errors,
+            self.paced_packets,
+            self.paced_bytes,
+            self.paced_ns,
+            self.queued_packets,
+            self.peak_backlog_bytes,
+            self.delayed_packets,
+            self.delay_ns
         )
     }
 }
@@ -173,6 +213,13 @@ struct Counters {
     dropped_queue: AtomicU64,
     dropped_mtu: AtomicU64,
     send_errors: AtomicU64,
+    paced_packets: AtomicU64,
+    paced_bytes: AtomicU64,
+    paced_ns: AtomicU64,
+    queued_packets: AtomicU64,
+    peak_backlog_bytes: AtomicU64,
+    delayed_packets: AtomicU64,
+    delay_ns: AtomicU64,
 }
 
 impl Counters {
@@ -185,6 +232,13 @@ impl Counters {
             dropped_queue: get(&self.dropped_queue),
             dropped_mtu: get(&self.dropped_mtu),
             send_errors: get(&self.send_errors),
+            paced_packets: get(&self.paced_packets),
+            paced_bytes: get(&self.paced_bytes),
+            paced_ns: get(&self.paced_ns),
+            queued_packets: get(&self.queued_packets),
+            peak_backlog_bytes: get(&self.peak_backlog_bytes),
+            delayed_packets: get(&self.delayed_packets),
+            delay_ns: get(&self.delay_ns),
         }
     }
 }
@@ -253,22 +307,20 @@ impl LinkEmu {
             };
             let from_state = UdpSocketState::new((&*from).into())?;
             let to_state = UdpSocketState::new((&*to).into())?;
+            // Different streams per direction even with the same seed.
+            let salt = if to_upstream { 0x5555 } else { 0xaaaa };
             let dir = Direction {
                 from_state,
                 to_state,
                 upstream,
                 batch: Vec::with_capacity(MAX_SEND),
-                queue_limit: spec.queue_limit(),
-                // Different streams per direction even with the same seed.
-                rng: Rng::new(spec.seed ^ if to_upstream { 0x5555 } else { 0xaaaa }),
-                spec,
+                shaper: Shaper::new(spec, salt, Arc::clone(counters), Instant::now()),
                 to_upstream,
                 from,
                 to,
                 client: client.clone(),
                 counters: Arc::clone(counters),
                 stop: stop.clone(),
-                free_at: Instant::now(),
                 in_flight: VecDeque::new(),
                 pool: Vec::new(),
             };
@@ -302,21 +354,36 @@ impl LinkEmu {
         self.addr
     }
 
-    /// The counters so far.
+    /// The counters so far. While packets are crossing, each direction's counters are read
+    /// one after another, so relations between them may be off by a packet in flight; see
+    /// [`finish`](Self::finish) for final ones.
     pub fn stats(&self) -> LinkStats {
         LinkStats {
             up: self.up.snapshot(),
             down: self.down.snapshot(),
         }
     }
-}
 
-impl Drop for LinkEmu {
-    fn drop(&mut self) {
+    /// Stops the link and returns its final counters: nothing changes them any more, so the
+    /// relations between them hold exactly (every paced packet was lost or delayed, and so on).
+    /// Packets still in flight at the stop are delayed but never delivered.
+    pub fn finish(mut self) -> LinkStats {
+        self.halt();
+        self.stats()
+    }
+
+    /// Stops both threads and waits for them.
+    fn halt(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+    }
+}
+
+impl Drop for LinkEmu {
+    fn drop(&mut self) {
+        self.halt();
     }
 }
 
@@ -339,11 +406,85 @@ struct Scheduled {
     payload: Vec<u8>,
 }
 
-/// One direction's state, owned by its thread.
-struct Direction {
+/// One direction's model apart from its sockets: MTU, drop-tail queue, rate, loss and delay,
+/// on the clock its caller passes in (the relay passes `Instant::now()`, tests made-up instants).
+struct Shaper {
     spec: LinkSpec,
     queue_limit: usize,
     rng: Rng,
+    counters: Arc<Counters>,
+    /// When the bottleneck finishes serialising the last admitted packet.
+    free_at: Instant,
+}
+
+impl Shaper {
+    /// A shaper for `spec` whose bottleneck is idle at `start`; `salt` varies the random
+    /// stream between directions that share a seed.
+    fn new(spec: LinkSpec, salt: u64, counters: Arc<Counters>, start: Instant) -> Shaper {
+        Shaper {
+            queue_limit: spec.queue_limit(),
+            rng: Rng::new(spec.seed ^ salt),
+            spec,
+            counters,
+            free_at: start,
+        }
+    }
+
+    /// Runs a packet of `len` bytes arriving at `now` through MTU, queue, rate, loss and delay:
+    /// when it leaves the far side, or `None` if it is dropped (and counted as such).
+    fn schedule(&mut self, len: usize, now: Instant) -> Option<Instant> {
+        if len > self.spec.mtu {
+            bump(&self.counters.dropped_mtu, 1);
+            return None;
+        }
+        let mut departure = now;
+        if self.spec.rate_bits_per_s > 0 {
+            let start = self.free_at.max(now);
+            let rate = u128::from(self.spec.rate_bits_per_s);
+            let backlog = (start - now).as_nanos() * rate / 8_000_000_000;
+            let held = backlog + len as u128;
+            if held > self.queue_limit as u128 {
+                bump(&self.counters.dropped_queue, 1);
+                return None;
+            }
+            let serialise = len as u128 * 8_000_000_000 / rate;
+            self.free_at = start + Duration::from_nanos(serialise as u64);
+            departure = self.free_at;
+            bump(&self.counters.paced_packets, 1);
+            bump(&self.counters.paced_bytes, len as u64);
+            bump(&self.counters.paced_ns, serialise as u64);
+            if start > now {
+                bump(&self.counters.queued_packets, 1);
+            }
+            self.counters
+                .peak_backlog_bytes
+                .fetch_max(held as u64, Ordering::Relaxed);
+        }
+        // Lost on the wire after the bottleneck: it used its share of the rate regardless.
+        if self.spec.loss > 0.0 && self.rng.unit() < self.spec.loss {
+            bump(&self.counters.dropped_loss, 1);
+            return None;
+        }
+        let mut delay = self.spec.delay;
+        if !self.spec.jitter.is_zero() {
+            let span = self.spec.jitter.as_nanos() as f64;
+            let offset = (self.rng.unit() * 2.0 - 1.0) * span;
+            delay = Duration::from_nanos((delay.as_nanos() as f64 + offset).max(0.0) as u64);
+        }
+        if !delay.is_zero() {
+            bump(&self.counters.delayed_packets, 1);
+            bump(
+                &self.counters.delay_ns,
+                u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX),
+            );
+        }
+        Some(departure + delay)
+    }
+}
+
+/// One direction's state, owned by its thread.
+struct Direction {
+    shaper: Shaper,
     to_upstream: bool,
     from: Arc<UdpSocket>,
     to: Arc<UdpSocket>,
@@ -355,8 +496,6 @@ struct Direction {
     client: Arc<OnceLock<SocketAddr>>,
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
-    /// When the bottleneck finishes serialising the last admitted packet.
-    free_at: Instant,
     /// Sorted by `at`; without jitter every packet goes to the back.
     in_flight: VecDeque<Scheduled>,
     pool: Vec<Vec<u8>>,
@@ -419,38 +558,11 @@ impl Direction {
         *self.client.get_or_init(|| from) == from
     }
 
-    /// Runs one arriving packet through MTU, queue, rate, loss and delay.
+    /// Runs one arriving packet through the [`Shaper`] and, unless dropped, schedules it.
     fn admit(&mut self, packet: &[u8]) {
-        if packet.len() > self.spec.mtu {
-            bump(&self.counters.dropped_mtu, 1);
+        let Some(at) = self.shaper.schedule(packet.len(), Instant::now()) else {
             return;
-        }
-        let now = Instant::now();
-        let mut departure = now;
-        if self.spec.rate_bits_per_s > 0 {
-            let start = self.free_at.max(now);
-            let rate = u128::from(self.spec.rate_bits_per_s);
-            let backlog = (start - now).as_nanos() * rate / 8_000_000_000;
-            if backlog + packet.len() as u128 > self.queue_limit as u128 {
-                bump(&self.counters.dropped_queue, 1);
-                return;
-            }
-            let serialise = packet.len() as u128 * 8_000_000_000 / rate;
-            self.free_at = start + Duration::from_nanos(serialise as u64);
-            departure = self.free_at;
-        }
-        // Lost on the wire after the bottleneck: it used its share of the rate regardless.
-        if self.spec.loss > 0.0 && self.rng.unit() < self.spec.loss {
-            bump(&self.counters.dropped_loss, 1);
-            return;
-        }
-        let mut delay = self.spec.delay;
-        if !self.spec.jitter.is_zero() {
-            let span = self.spec.jitter.as_nanos() as f64;
-            let offset = (self.rng.unit() * 2.0 - 1.0) * span;
-            delay = Duration::from_nanos((delay.as_nanos() as f64 + offset).max(0.0) as u64);
-        }
-        let at = departure + delay;
+        };
         let mut payload = self.pool.pop().unwrap_or_default();
         payload.clear();
         payload.extend_from_slice(packet);
@@ -555,12 +667,16 @@ impl Rng {
 mod tests {
     use super::*;
 
+    /// How long a test waits for the link to finish with what it was sent before calling it a
+    /// hang. A guard only: no assertion depends on how quickly the link works.
+    const HANG: Duration = Duration::from_secs(60);
+
     /// A receiving socket standing in for the upstream, with a big buffer so the test itself
-    /// drops nothing.
+    /// drops nothing. Its read timeout is only how often [`drain`] looks at the counters.
     fn upstream() -> UdpSocket {
         let socket = bind_big("127.0.0.1:0".parse().unwrap()).unwrap();
         socket
-            .set_read_timeout(Some(Duration::from_millis(500)))
+            .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
         socket
     }
@@ -581,14 +697,135 @@ mod tests {
         (server, link, client())
     }
 
-    /// Receives until the socket stays quiet for its read timeout; returns the arrival times.
-    fn drain(socket: &UdpSocket) -> Vec<(Instant, usize)> {
-        let mut buf = [0u8; 65536];
+    /// Receives what the link delivers upstream until its counters say it has handled all
+    /// `sent` packets (delivered, dropped or failed) and every delivered one has arrived. No
+    /// quiet period is guessed, so a busy machine makes this slower, never shorter. Returns each
+    /// payload with the time it arrived.
+    fn drain(socket: &UdpSocket, link: &LinkEmu, sent: u64) -> Vec<(Instant, Vec<u8>)> {
+        let give_up = Instant::now() + HANG;
+        let mut buf = vec![0u8; 65536];
         let mut got = Vec::new();
-        while let Ok(len) = socket.recv(&mut buf) {
-            got.push((Instant::now(), len));
+        loop {
+            let stats = link.stats().up;
+            if stats.handled() == sent && got.len() as u64 == stats.packets {
+                return got;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "after {HANG:?} the link has handled {} of {sent} packets, and {} of the {} it \
+                 delivered arrived: {stats}",
+                stats.handled(),
+                got.len(),
+                stats.packets
+            );
+            match socket.recv(&mut buf) {
+                Ok(len) => got.push((Instant::now(), buf[..len].to_vec())),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("receiving from the link: {e}"),
+            }
         }
-        got
+    }
+
+    /// One direction's model on a made-up clock, its counters, and the instant it starts idle.
+    fn shaper(spec: LinkSpec) -> (Shaper, Arc<Counters>, Instant) {
+        let counters = Arc::new(Counters::default());
+        let start = Instant::now();
+        (
+            Shaper::new(spec, 0, counters.clone(), start),
+            counters,
+            start,
+        )
+    }
+
+    #[test]
+    fn the_bottleneck_books_each_packet_its_serialisation_time() {
+        let (mut link, counters, t0) = shaper(LinkSpec {
+            rate_bits_per_s: 20_000_000,
+            queue_bytes: Some(8 << 20),
+            ..LinkSpec::default()
+        });
+        // 1400 bytes at 20 Mbit/s take 560 µs. A burst all at once leaves one serialisation
+        // time apart, the first after one.
+        let per_packet = Duration::from_micros(560);
+        for i in 1..=1500 {
+            assert_eq!(
+                link.schedule(1400, t0),
+                Some(t0 + per_packet * i),
+                "packet {i}"
+            );
+        }
+        // An idle bottleneck starts at once; idle time is not saved up as credit.
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(link.schedule(1400, later), Some(later + per_packet));
+        let stats = counters.snapshot();
+        assert_eq!(
+            (stats.paced_packets, stats.paced_bytes, stats.paced_ns),
+            (1501, 1501 * 1400, 1501 * 560_000),
+            "{stats}"
+        );
+        assert_eq!(stats.queued_packets, 1499, "all of the burst but its first");
+        assert_eq!(stats.peak_backlog_bytes, 1500 * 1400, "{stats}");
+        assert_eq!((stats.dropped_queue, stats.delayed_packets), (0, 0));
+    }
+
+    #[test]
+    fn the_queue_admits_exactly_its_limit() {
+        let (mut link, counters, t0) = shaper(LinkSpec {
+            rate_bits_per_s: 1_000_000,
+            queue_bytes: Some(20_000),
+            ..LinkSpec::default()
+        });
+        // 1000 bytes at 1 Mbit/s take 8 ms: 20 packets fill 20,000 bytes of backlog.
+        let admitted = (0..100)
+            .filter(|_| link.schedule(1000, t0).is_some())
+            .count();
+        assert_eq!(admitted, 20);
+        // 8 ms later one packet has left: room for exactly one more.
+        let later = t0 + Duration::from_millis(8);
+        assert_eq!(
+            link.schedule(1000, later),
+            Some(t0 + Duration::from_millis(168))
+        );
+        assert_eq!(link.schedule(1000, later), None);
+        let stats = counters.snapshot();
+        assert_eq!(
+            (
+                stats.paced_packets,
+                stats.dropped_queue,
+                stats.peak_backlog_bytes
+            ),
+            (21, 81, 20_000),
+            "{stats}"
+        );
+    }
+
+    #[test]
+    fn delay_and_jitter_are_booked_per_packet() {
+        let (mut link, counters, t0) = shaper(LinkSpec::wan(0, Duration::from_millis(40), 0.0));
+        assert_eq!(link.schedule(100, t0), Some(t0 + Duration::from_millis(40)));
+        let stats = counters.snapshot();
+        assert_eq!((stats.delayed_packets, stats.delay_ns), (1, 40_000_000));
+        assert_eq!(stats.paced_packets, 0, "an unlimited rate paces nothing");
+
+        let (mut link, counters, t0) = shaper(LinkSpec {
+            jitter: Duration::from_millis(10),
+            ..LinkSpec::wan(0, Duration::from_millis(40), 0.0)
+        });
+        let mut total = 0;
+        for _ in 0..1000 {
+            let delay = link.schedule(100, t0).unwrap() - t0;
+            assert!(
+                (Duration::from_millis(30)..=Duration::from_millis(50)).contains(&delay),
+                "{delay:?}"
+            );
+            total += delay.as_nanos() as u64;
+        }
+        let stats = counters.snapshot();
+        assert_eq!((stats.delayed_packets, stats.delay_ns), (1000, total));
     }
 
     #[test]
@@ -606,7 +843,7 @@ mod tests {
             for i in 0..5000u32 {
                 c.send_to(&i.to_be_bytes(), link.addr()).unwrap();
             }
-            let got = drain(&server).len() as u64;
+            let got = drain(&server, &link, 5000).len() as u64;
             let stats = link.stats().up;
             assert_eq!(stats.packets, got);
             assert_eq!(stats.packets + stats.dropped_loss, 5000, "{stats}");
@@ -629,18 +866,36 @@ mod tests {
         let c = client();
         let packet = [7u8; 1400];
         let count = 1500;
+        let started = Instant::now();
         for _ in 0..count {
             c.send_to(&packet, link.addr()).unwrap();
         }
-        let got = drain(&server);
-        assert_eq!(got.len(), count, "{}", link.stats());
-        // The first packet left after one serialisation time; count-1 more followed it.
-        let span = got[count - 1].0 - got[0].0;
-        let bits = (count - 1) as f64 * 1400.0 * 8.0;
-        let rate = bits / span.as_secs_f64();
+        let got = drain(&server, &link, count);
+        let stats = link.stats().up;
+        assert_eq!(got.len() as u64, count, "{stats}");
+        // Each packet was booked 1400 * 8 bits / 20 Mbit/s = 560 µs of the bottleneck: the rate
+        // the link applied, as it counted it rather than as a busy machine would time it.
+        assert_eq!(
+            (stats.paced_packets, stats.paced_bytes, stats.paced_ns),
+            (count, count * 1400, count * 560_000),
+            "{stats}"
+        );
+        assert_eq!(
+            stats.paced_bytes * 8 * 1_000_000_000 / stats.paced_ns,
+            20_000_000
+        );
+        // The client sent far faster than 560 µs a packet, so packets really queued.
+        assert!(stats.queued_packets > 0, "{stats}");
+        assert!(stats.peak_backlog_bytes <= 8 << 20, "{stats}");
+        assert_eq!(stats.dropped_queue, 0, "{stats}");
+        // And the relay kept to the schedule: the last packet cannot arrive before the
+        // bottleneck has serialised all of them, less the slack deliveries may leave early by.
+        // A lower bound only: a busy machine makes delivery late, never early.
+        let span = got[got.len() - 1].0 - started;
+        let booked = Duration::from_nanos(stats.paced_ns);
         assert!(
-            (17_000_000.0..=23_000_000.0).contains(&rate),
-            "delivered at {rate:.0} bit/s, want 20 Mbit/s ±15%"
+            span >= booked - DELIVERY_SLACK,
+            "{count} packets of 1400 bytes crossed 20 Mbit/s in {span:?}, faster than {booked:?}"
         );
     }
 
@@ -657,21 +912,30 @@ mod tests {
         for _ in 0..100 {
             c.send_to(&[1u8; 1000], link.addr()).unwrap();
         }
-        let got = drain(&server);
+        let got = drain(&server, &link, 100);
         let stats = link.stats().up;
         assert_eq!(stats.packets, got.len() as u64);
-        // 20 KB of backlog plus the packet in service, give or take the send loop's own time.
-        assert!((20..=30).contains(&got.len()), "{stats}");
         assert_eq!(stats.dropped_queue + stats.packets, 100, "{stats}");
+        // The first 20 always fit (the backlog only shrinks while the client sends). Fitting
+        // all 100 would take the client 0.64 s, at the link's 8 ms a packet after the first 20.
+        assert!(stats.packets >= 20, "{stats}");
+        assert!(stats.dropped_queue > 0, "{stats}");
+        // The queue never held more than its limit, and it dropped only when (nearly) full:
+        // with less than a packet of room.
+        assert!(
+            (19_001..=20_000).contains(&stats.peak_backlog_bytes),
+            "{stats}"
+        );
     }
 
     #[test]
     fn delay_applies_each_way() {
         let server = upstream();
+        server.set_read_timeout(Some(HANG)).unwrap();
         let spec = LinkSpec::wan(0, Duration::from_millis(40), 0.0);
         let link = LinkEmu::start(server.local_addr().unwrap(), spec.clone(), spec).unwrap();
         let c = client();
-        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        c.set_read_timeout(Some(HANG)).unwrap();
         let sent = Instant::now();
         c.send_to(b"ping", link.addr()).unwrap();
         let mut buf = [0u8; 64];
@@ -682,12 +946,24 @@ mod tests {
         let rtt = sent.elapsed();
         assert_eq!(&buf[..len], b"ping");
         assert_eq!(reply_from, link.addr(), "replies come from the relay");
+        // Each way, the relay delayed the one packet by the configured 40 ms (booked when it
+        // was scheduled; `packets` may not count the reply yet, it is bumped after the send).
+        let stats = link.stats();
+        for dir in [stats.up, stats.down] {
+            assert_eq!(
+                (dir.delayed_packets, dir.delay_ns),
+                (1, 40_000_000),
+                "{stats}"
+            );
+        }
+        // Lower bounds only: a delayed packet cannot arrive before its delay (less the slack
+        // the relay may send early by); how much later it arrives is up to the machine.
         assert!(
-            one_way >= Duration::from_millis(40) && one_way < Duration::from_millis(70),
+            one_way >= Duration::from_millis(40) - DELIVERY_SLACK,
             "{one_way:?}"
         );
         assert!(
-            rtt >= Duration::from_millis(80) && rtt < Duration::from_millis(130),
+            rtt >= Duration::from_millis(80) - DELIVERY_SLACK * 2,
             "{rtt:?}"
         );
     }
@@ -710,16 +986,19 @@ mod tests {
             src_ip: None,
         };
         state.try_send((&c).into(), &transmit).unwrap();
-        c.set_nonblocking(false).unwrap();
-        let mut buf = [0u8; 65536];
-        let mut got = Vec::new();
-        while let Ok(len) = server.recv(&mut buf) {
-            got.push((buf[0], len));
-        }
+        let got: Vec<(u8, usize)> = drain(&server, &link, 31)
+            .into_iter()
+            .map(|(_, payload)| (payload[0], payload.len()))
+            .collect();
         let want: Vec<(u8, usize)> = (0..30).map(|i| (i, 1000)).chain([(30, 300)]).collect();
         assert_eq!(got, want, "{}", link.stats());
         let stats = link.stats().up;
         assert_eq!((stats.packets, stats.bytes), (31, 30_300), "{stats}");
+        assert_eq!(
+            (stats.paced_packets, stats.delayed_packets),
+            (0, 0),
+            "a plain link neither paces nor delays: {stats}"
+        );
     }
 
     /// Sends 300 numbered packets through a link with `jitter` and returns the order they came.
@@ -734,12 +1013,10 @@ mod tests {
         for i in 0..300u32 {
             c.send_to(&i.to_be_bytes(), link.addr()).unwrap();
         }
-        let mut buf = [0u8; 64];
-        let mut order = Vec::new();
-        while let Ok(4) = server.recv(&mut buf) {
-            order.push(u32::from_be_bytes(buf[..4].try_into().unwrap()));
-        }
-        order
+        drain(&server, &link, 300)
+            .into_iter()
+            .map(|(_, payload)| u32::from_be_bytes(payload[..4].try_into().unwrap()))
+            .collect()
     }
 
     #[test]
@@ -760,13 +1037,14 @@ mod tests {
         let (server, link, c) = plain_link();
         c.send_to(&[0u8; ETHERNET_UDP_PAYLOAD + 1], link.addr())
             .unwrap();
+        // A second sender is not the client, so it is ignored. It is sent before the client's
+        // last packet, so the link has dealt with it by the time it has dealt with that one.
+        client().send_to(b"stranger", link.addr()).unwrap();
         c.send_to(&[0u8; ETHERNET_UDP_PAYLOAD], link.addr())
             .unwrap();
-        // A second sender is not the client, so it is ignored.
-        client().send_to(b"stranger", link.addr()).unwrap();
-        let got = drain(&server);
+        let got = drain(&server, &link, 2);
         assert_eq!(
-            got.iter().map(|g| g.1).collect::<Vec<_>>(),
+            got.iter().map(|g| g.1.len()).collect::<Vec<_>>(),
             [ETHERNET_UDP_PAYLOAD]
         );
         let stats = link.stats().up;
