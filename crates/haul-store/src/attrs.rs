@@ -34,6 +34,13 @@ pub struct Attrs {
     pub xattrs: Option<Vec<Xattr>>,
     /// `security.*` and `trusted.*` may be set.
     pub privileged_xattrs: bool,
+    /// Leave the modification time at the time the data was written, instead of the
+    /// source's: for a file whose data is not yet durable (see [`Root::settle_times`]). A
+    /// quick check compares size and mtime, so until the source's mtime is set a file whose
+    /// data a power cut lost can never pass for the source's.
+    ///
+    /// [`Root::settle_times`]: crate::Root::settle_times
+    pub keep_write_time: bool,
     /// Where to count what could not be applied.
     pub report: Option<Arc<NotAppliedCounter>>,
 }
@@ -137,6 +144,9 @@ impl Attrs {
         if let Some(want) = &self.xattrs {
             self.apply_xattrs(&XattrTarget::Fd(fd), want)
                 .map_err(|e| err(e, "set the extended attributes of"))?;
+        }
+        if self.keep_write_time {
+            return Ok(());
         }
         rustix::fs::futimens(fd, &mtime(&self.meta))
             .map_err(|e| err(e, "set the modification time of"))

@@ -488,6 +488,51 @@ impl Root {
             .map_err(|e| self.err(e, &RelPath::root(), "flush (syncfs) the file system of"))
     }
 
+    /// Flushes the file system holding `rel` (a directory under the root) when it is not the
+    /// root's own: a destination that is a mount point below the root is flushed too. Nothing
+    /// to do for a file or a missing path.
+    pub fn sync_dir(&self, rel: &RelPath) -> Result<(), StoreError> {
+        // A destination that is a single file lives in a directory of the root's own.
+        let dir = match self.resolve_dir(rel, Missing::Absent) {
+            Ok(Some(dir)) => dir,
+            Ok(None) | Err(StoreError::NotADirectory { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let (here, there) = (rustix::fs::fstat(&*self.dir), rustix::fs::fstat(&*dir));
+        if let (Ok(here), Ok(there)) = (here, there)
+            && here.st_dev == there.st_dev
+        {
+            return Ok(());
+        }
+        rustix::fs::syncfs(&*dir).map_err(|e| self.err(e, rel, "flush (syncfs) the file system of"))
+    }
+
+    /// Gives files installed with [`Attrs::keep_write_time`] their source modification time,
+    /// once the caller has made their data durable ([`Root::sync`]): the last step of an
+    /// install, so that only a file whose data survived can look like the source's. A file
+    /// that is gone or is no longer a regular file (replaced since) is skipped.
+    pub fn settle_times(&self, files: &[(RelPath, haul_proto::Meta)]) -> Result<(), StoreError> {
+        for (rel, meta) in files {
+            let (parent, name) = match self.parent_of(rel) {
+                Ok(found) => found,
+                Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match rustix::fs::statat(&*parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {}
+                Ok(_) | Err(Errno::NOENT) => continue,
+                Err(e) => return Err(self.err(e, rel, "inspect")),
+            }
+            match rustix::fs::utimensat(&*parent, name, &mtime(meta), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(self.err(e, rel, "set the modification time of")),
+            }
+        }
+        Ok(())
+    }
+
     /// Bytes available to an unprivileged user on the root's file system
     /// (`f_bavail * f_frsize`).
     pub fn available_bytes(&self) -> Result<u64, StoreError> {

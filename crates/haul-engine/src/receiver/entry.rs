@@ -48,6 +48,14 @@ pub(crate) struct EntryRules {
     pub(crate) no_space: Mutex<Option<String>>,
 }
 
+/// `attrs` for a file installed before it is durable: its time is set once it is.
+fn unsettled(attrs: &Attrs) -> Attrs {
+    Attrs {
+        keep_write_time: true,
+        ..attrs.clone()
+    }
+}
+
 /// What of an entry's metadata a session applies: what the client asked for, within what the
 /// grant allows.
 #[derive(Clone, Copy, Debug)]
@@ -114,6 +122,7 @@ impl EntryRules {
                 .xattrs
                 .then(|| entry.xattrs.iter().map(|x| ids.map_xattr(x)).collect()),
             privileged_xattrs: self.policy.privileged,
+            keep_write_time: false,
             report: Some(self.report.clone()),
         }
     }
@@ -210,14 +219,15 @@ pub(crate) fn handle_entry(files: &Files, rules: &EntryRules, dirs: &DirList, en
                 }
                 // Nothing there: made in place, as for any fresh file (unless it carries
                 // attributes, which must be on it before it appears under its name).
+                // Answered, and given its time, once its name is durable (see `files::flush`).
                 None if !rules.checksum && !has_xattrs(&attrs) => root
                     .create_fresh_for(&rel, 0, entry.meta.mode)
-                    .and_then(|file| root.install_file(file, &rel, &attrs))
-                    .map(|()| files.send(done(id, empty, false))),
+                    .and_then(|file| root.install_file(file, &rel, &unsettled(&attrs)))
+                    .map(|()| files.unsettled(rel, Some(attrs.meta), id, done(id, empty, false))),
                 _ => root
                     .create_staging(0)
-                    .and_then(|staging| root.install_file(staging, &rel, &attrs))
-                    .map(|()| files.send(done(id, empty, false))),
+                    .and_then(|staging| root.install_file(staging, &rel, &unsettled(&attrs)))
+                    .map(|()| files.unsettled(rel, Some(attrs.meta), id, done(id, empty, false))),
             }
         }
         EntryKind::File => {

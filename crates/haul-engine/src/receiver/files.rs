@@ -121,8 +121,8 @@ pub(crate) struct Files {
     shared_buffers: bool,
     /// Bytes written through the page cache since the last early flush was started.
     unflushed: AtomicU64,
-    /// An early flush is running.
-    flushing: Arc<AtomicBool>,
+    /// Installed files whose data is not yet known durable (see `flush`).
+    unsettled: Arc<flush::Unsettled>,
 }
 
 /// A new file to receive, as planned by the session.
@@ -146,6 +146,7 @@ impl Files {
         out: UnboundedSender<Vec<Outcome>>,
         shared_buffers: bool,
     ) -> Self {
+        let unsettled = flush::Unsettled::start(root.clone(), out.clone());
         Files {
             root,
             slots: Mutex::new(IdMap::default()),
@@ -155,7 +156,7 @@ impl Files {
             closed: AtomicBool::new(false),
             shared_buffers,
             unflushed: AtomicU64::new(0),
-            flushing: Arc::default(),
+            unsettled,
         }
     }
 

@@ -547,6 +547,16 @@ pub(crate) async fn receive_session(
     files.close();
     files.wait_idle().await;
     files.abandon_all();
+    // A session that ends early (an error, a full disk, a lost sender) still makes what it
+    // installed durable with its final times; a complete one already did (no-op then).
+    let settled = {
+        let files = files.clone();
+        tokio::task::spawn_blocking(move || files.settle()).await
+    };
+    let result = match (result, settled) {
+        (Ok(_), Ok(Err(e))) => Err(EngineError::Store(e)),
+        (result, _) => result,
+    };
     {
         let mut active = lock(&config.active);
         if active
@@ -657,7 +667,11 @@ async fn control_writer(
             let root_files = files.clone();
             let dirs = std::mem::take(&mut *lock(&dirs));
             let policy = rules.policy;
+            let dest = rules.dest.clone();
             let sync = tokio::task::spawn_blocking(move || {
+                // Every file's data durable and its time set, before the directories get
+                // theirs (settling a file's time does not touch its directory's).
+                root_files.settle()?;
                 for (rel, attrs) in dirs.iter().rev() {
                     let root = root_files.root();
                     // A directory already as the source has it is left alone (its ctime too).
@@ -667,6 +681,8 @@ async fn control_writer(
                     root.set_dir_meta(rel, attrs)?;
                 }
                 root_files.root().sync()?;
+                // A destination on another file system below the root is flushed too.
+                root_files.root().sync_dir(&dest)?;
                 // Sessions that moved enough data to time it feed the estimates of dry runs.
                 if written >= 16 << 20 {
                     let _ = root_files

@@ -40,6 +40,11 @@ impl Outbox {
         Outbox { out }
     }
 
+    /// The channel itself, for a thread that answers later (see `files::flush`).
+    pub(crate) fn sender(&self) -> UnboundedSender<Vec<Outcome>> {
+        self.out.clone()
+    }
+
     /// Sends `outcome` to the control writer, or holds it until the end of the enclosing
     /// [`Self::batched`] on this thread.
     pub(crate) fn send(&self, outcome: Outcome) {

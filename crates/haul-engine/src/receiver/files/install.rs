@@ -14,6 +14,18 @@ use crate::lock;
 use crate::receiver::outcome::{failed, installed};
 use crate::receiver::target::{Disposal, Target};
 
+/// How a file's install ended.
+enum Done {
+    /// Durable and answered now; `true` when nothing had to be rewritten.
+    Durable(bool),
+    /// Renamed into place, to be answered once a flush has made its name (and, from
+    /// staging, its data) durable; `time_set` when it already has the source's mtime.
+    Installed {
+        /// The file has its final mtime (a synced partial).
+        time_set: bool,
+    },
+}
+
 impl Files {
     /// Records the sender's whole-file hash and how many chunks it sent.
     pub(crate) fn file_done(&self, id: u64, hash: Hash, chunks_sent: u64) {
@@ -65,13 +77,23 @@ impl Files {
             client,
         );
         match result {
-            Ok(unchanged) => self.send(installed(slot.id, client, bytes_written, unchanged)),
+            Ok(Done::Durable(unchanged)) => {
+                self.send(installed(slot.id, client, bytes_written, unchanged))
+            }
+            // Answered once a flush has made its data durable (see `flush`).
+            Ok(Done::Installed { time_set }) => self.unsettled(
+                slot.rel.clone(),
+                (!time_set).then_some(slot.attrs.meta),
+                slot.id,
+                installed(slot.id, client, bytes_written, false),
+            ),
             Err((message, no_space)) => self.send(failed(slot.id, message, no_space)),
         }
     }
 
     /// Fills the chunks the sender did not send from the reusable copy, checks the whole-file
-    /// hash and installs. Returns whether the file was unchanged (nothing rewritten).
+    /// hash and installs. Says whether the file was unchanged (nothing rewritten) or waits
+    /// for a flush.
     fn finish_file(
         &self,
         slot: &Slot,
@@ -80,7 +102,7 @@ impl Files {
         bytes_written: &mut u64,
         received: u64,
         client: Hash,
-    ) -> Result<bool, (String, bool)> {
+    ) -> Result<Done, (String, bool)> {
         let shown = || self.root.display_path(&slot.rel).display().to_string();
         let missing = hashes.iter().filter(|h| h.is_none()).count();
         // The destination itself already holds every chunk (nothing was sent, nothing came
@@ -100,7 +122,7 @@ impl Files {
                     target.discard();
                 }
                 return match self.root.set_file_meta(&slot.rel, &slot.attrs) {
-                    Ok(()) => Ok(true),
+                    Ok(()) => Ok(Done::Durable(true)),
                     Err(e) => Err((e.to_string(), e.is_no_space())),
                 };
             }
@@ -120,7 +142,7 @@ impl Files {
                 Ok(Some(written)) => {
                     *bytes_written = written;
                     target.discard();
-                    return Ok(false);
+                    return Ok(Done::Durable(false));
                 }
                 Ok(None) => {} // not patchable: write a new file below
                 Err(e) => {
@@ -156,7 +178,19 @@ impl Files {
             target.discard();
             return Err(source_changed(&shown()));
         }
-        match target.install(&self.root, &slot.rel, &slot.attrs) {
+        // A staging file's data is in the page cache only: it takes the source's mtime once
+        // a flush has made the data durable (see `flush`). A partial is synced as it installs.
+        let staged = matches!(target, Target::Staging(_));
+        let installed = if staged {
+            let attrs = haul_store::Attrs {
+                keep_write_time: true,
+                ..slot.attrs.clone()
+            };
+            target.install(&self.root, &slot.rel, &attrs)
+        } else {
+            target.install(&self.root, &slot.rel, &slot.attrs)
+        };
+        match installed {
             Ok(()) => {
                 // The next run that finds this file changed reuses its chunks without
                 // re-hashing them (a cache: failing to record costs only that).
@@ -166,7 +200,7 @@ impl Files {
                 {
                     tracing::debug!(error = %e, "chunk-hash cache not updated");
                 }
-                Ok(false)
+                Ok(Done::Installed { time_set: !staged })
             }
             Err(e) => Err((e.to_string(), e.is_no_space())),
         }
