@@ -42,6 +42,18 @@
 //! assert_eq!(std::fs::read(dir.path().join("docs/hello.txt")).unwrap(), b"hello");
 //! ```
 //!
+//! # Durability: the order of operations
+//! A file may look like the source's (its final name with the source's size *and* mtime)
+//! only once its data is durable, because the next run's quick check trusts size and mtime:
+//! - multi-chunk files ([`Partial`]): chunk data is `fdatasync`ed before the journal records
+//!   it, and the whole file again before [`Partial::install`] sets its metadata and renames it;
+//! - single-chunk files ([`StagingFile`]): installed with [`Attrs::keep_write_time`] (their
+//!   mtime is the time they were written), and given the source's by [`Root::settle_times`]
+//!   only after the caller's [`Root::sync`] succeeded (the engine answers for them then);
+//! - the caller flushes every file system it wrote to ([`Root::sync`], [`Root::sync_dir`] for
+//!   a destination mounted below the root) before calling a run complete, and treats any
+//!   flush error as a failure of every file that waited on it.
+//!
 //! # Must not depend on
 //! Networking, tokio or any async runtime, `haul-manifest` or `haul-engine`. Only
 //! `haul-proto` (for [`haul_proto::Meta`]) sits below it; `blake3` names partials and checks

@@ -446,14 +446,18 @@ impl PowerCut {
         if let Some(session) = self.session.take()
             && let Err(e) = session.umount_and_join()
         {
-            rustix::mount::unmount(&self.mountpoint, rustix::mount::UnmountFlags::DETACH).map_err(
-                |d| {
-                    io::Error::other(format!(
+            match rustix::mount::unmount(&self.mountpoint, rustix::mount::UnmountFlags::DETACH) {
+                Ok(()) => {}
+                // Not a mount point any more: the session already ended (a killed process
+                // can abort the FUSE connection, and the kernel then drops the mount).
+                Err(rustix::io::Errno::INVAL) if !is_mount_point(&self.mountpoint) => {}
+                Err(d) => {
+                    return Err(io::Error::other(format!(
                         "cannot unmount {} ({e}), not even lazily ({d})",
                         self.mountpoint.display()
-                    ))
-                },
-            )?;
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -504,4 +508,16 @@ impl Drop for PowerCut {
             let _ = std::fs::remove_dir_all(&self.state_dir);
         }
     }
+}
+
+/// True when `dir` is on another device than its parent (something is mounted on it).
+fn is_mount_point(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(me), Some(Ok(parent))) = (
+        std::fs::symlink_metadata(dir),
+        dir.parent().map(std::fs::symlink_metadata),
+    ) else {
+        return false;
+    };
+    me.dev() != parent.dev()
 }
