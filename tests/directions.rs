@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use haul_testing::fidelity::rsync_itemize;
 use haul_testing::{
-    Haul, Server, Tmpfs, TreeBuilder, assert_same_tree, assert_success, partial_bytes, summary_of,
+    Haul, Server, Tmpfs, TreeBuilder, assert_same_tree, assert_success, kill_when, summary_of,
 };
 
 const MIB: u64 = 1 << 20;
@@ -247,24 +247,6 @@ fn both_directions_rename_aside_and_mirror_with_delete() {
             &case.source().join("mail/ofuser"),
             &case.target().join("mail/ofuser"),
         );
-    }
-}
-
-/// Waits until the receiving side holds `bytes` of partial data, then SIGKILLs `child`.
-fn kill_when(child: &mut Child, receiver_root: &Path, bytes: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let seen = partial_bytes(receiver_root);
-        if seen >= bytes {
-            child.kill().expect("kill -9");
-            let _ = child.wait();
-            return seen;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the transfer ended ({status}) before it could be killed at {bytes} bytes");
-        }
-        assert!(Instant::now() < deadline, "no progress to kill at");
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

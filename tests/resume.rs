@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use haul_testing::{
-    Haul, Tmpfs, TreeBuilder, assert_same_tree, assert_success, partial_bytes, summary_of,
+    Haul, Tmpfs, TreeBuilder, assert_same_tree, assert_success, kill_when, partial_bytes, summary_of,
 };
 
 fn haul() -> Haul {
@@ -21,25 +21,6 @@ const MIB: u64 = 1 << 20;
 /// What a killed run may have had in flight and not yet journaled: the partial journal's
 /// checkpoint interval (64 MiB) plus the sender's and QUIC's buffers.
 const WINDOW: u64 = 224 * MIB;
-
-/// Waits until the receiver holds at least `bytes` of partial data, then kills `child` with
-/// SIGKILL. Returns the partial bytes seen at the kill.
-fn kill_when(child: &mut Child, root: &Path, bytes: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let seen = partial_bytes(root);
-        if seen >= bytes {
-            child.kill().expect("kill -9");
-            let _ = child.wait();
-            return seen;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the transfer ended ({status}) before it could be killed at {bytes} bytes");
-        }
-        assert!(Instant::now() < deadline, "no progress to kill at");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 fn source(dir: &Path) -> u64 {
     let mut t = TreeBuilder::new(dir, 99);
@@ -106,7 +87,7 @@ impl Remote {
     fn new() -> Remote {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir(tmp.path().join("root")).unwrap();
-        std::fs::write(tmp.path().join("token"), "resume-token").unwrap();
+        haul_testing::cmd::write_secret(&tmp.path().join("token"), "resume-token");
         Remote { tmp }
     }
     fn path(&self, name: &str) -> PathBuf {

@@ -31,5 +31,5 @@ pub use cmd::{Haul, Server, assert_success, summary_of};
 pub use disk::Tmpfs;
 pub use linkemu::{DirStats, LinkEmu, LinkSpec, LinkStats};
 pub use powercut::PowerCut;
-pub use tree::{TreeBuilder, assert_same_tree, partial_bytes, sparse_blocks};
+pub use tree::{TreeBuilder, assert_same_tree, kill_when, partial_bytes, sparse_blocks};
 pub use xfs::XfsLoop;

@@ -106,6 +106,27 @@ impl TreeBuilder {
     }
 }
 
+/// Waits until the receiver whose root is `root` holds at least `bytes` of partial data, then
+/// kills `child` with SIGKILL. Returns the partial bytes seen at the kill. Panics if the
+/// transfer ends first or makes no progress for two minutes.
+pub fn kill_when(child: &mut std::process::Child, root: &Path, bytes: u64) -> u64 {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let seen = partial_bytes(root);
+        if seen >= bytes {
+            child.kill().expect("kill -9");
+            let _ = child.wait();
+            return seen;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the transfer ended ({status}) before it could be killed at {bytes} bytes");
+        }
+        assert!(Instant::now() < deadline, "no progress to kill at");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Data bytes on disk in a receiver's partial files under `root` (its resume state).
 pub fn partial_bytes(root: &Path) -> u64 {
     fs::read_dir(root.join(".haul/partial"))
