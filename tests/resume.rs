@@ -6,7 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use haul_testing::{
-    Haul, Tmpfs, TreeBuilder, assert_same_tree, assert_success, kill_when, partial_bytes, summary_of,
+    Haul, Tmpfs, TreeBuilder, assert_same_tree, assert_success, kill_when, partial_bytes,
+    summary_of,
 };
 
 fn haul() -> Haul {
