@@ -246,7 +246,7 @@ fn push_with_delete_mirrors_the_remote_destination() {
     let mut x = TreeBuilder::new(&root.join("po1"), 4);
     x.file("extra", 10);
     x.file("d/extra2", 10);
-    std::fs::write(p.join("token"), "tok\n").unwrap();
+    haul_testing::cmd::write_secret(&p.join("token"), "tok\n");
     let server = haul().serve(&root, &p.join("scfg"), Some(&p.join("token")));
     let url = server.url("po1");
     let out = haul().run(

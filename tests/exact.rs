@@ -196,7 +196,7 @@ fn serve_fidelity(extra: &[&str]) -> Remote {
     let root = p.join("root");
     std::fs::create_dir(&root).unwrap();
     let token = p.join("token");
-    std::fs::write(&token, "fidelity-token\n").unwrap();
+    haul_testing::cmd::write_secret(&token, "fidelity-token\n");
     let mut args: Vec<std::ffi::OsString> = vec!["--token-file".into(), token.clone().into()];
     args.extend(extra.iter().map(Into::into));
     let server = haul().serve_with(&root, &p.join("server-cfg"), &args);

@@ -279,7 +279,7 @@ fn a_plan_against_a_receiver_estimates_from_its_history() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path();
     std::fs::create_dir(p.join("root")).unwrap();
-    std::fs::write(p.join("token"), "t0k").unwrap();
+    haul_testing::cmd::write_secret(&p.join("token"), "t0k");
     let mut t = TreeBuilder::new(&p.join("src"), 9);
     t.file("layer.vhdx", (40 * MIB) as usize);
     let server = haul().serve(&p.join("root"), &p.join("scfg"), Some(&p.join("token")));
@@ -300,7 +300,7 @@ fn a_receivers_chunk_hash_cache_serves_changed_files_and_never_a_changed_target(
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path();
     std::fs::create_dir(p.join("root")).unwrap();
-    std::fs::write(p.join("token"), "t0k").unwrap();
+    haul_testing::cmd::write_secret(&p.join("token"), "t0k");
     let mut t = TreeBuilder::new(&p.join("src"), 17);
     let layer = t.file("layer.vhdx", (48 * MIB) as usize + 999);
     let server = haul().serve(&p.join("root"), &p.join("scfg"), Some(&p.join("token")));
@@ -345,7 +345,7 @@ fn a_few_changed_chunks_are_patched_in_place_but_never_through_a_hard_link() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path();
     std::fs::create_dir(p.join("root")).unwrap();
-    std::fs::write(p.join("token"), "t0k").unwrap();
+    haul_testing::cmd::write_secret(&p.join("token"), "t0k");
     let mut t = TreeBuilder::new(&p.join("src"), 23);
     let layer = t.file("layer.vhdx", (48 * MIB) as usize + 999);
     let server = haul().serve(&p.join("root"), &p.join("scfg"), Some(&p.join("token")));
@@ -419,7 +419,7 @@ fn quick_checks_of_whole_runs_skip_unchanged_dirs_and_miss_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path();
     std::fs::create_dir(p.join("root")).unwrap();
-    std::fs::write(p.join("token"), "t0k").unwrap();
+    haul_testing::cmd::write_secret(&p.join("token"), "t0k");
     let src = p.join("src");
     let mut t = TreeBuilder::new(&src, 23);
     // Eight directories of 60 files; in fd0 a subdirectory and a symlink split the run.

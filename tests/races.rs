@@ -471,7 +471,7 @@ impl Bench {
     fn new() -> Bench {
         let tmp = tempfile::tempdir().unwrap();
         fs::create_dir(tmp.path().join("root")).unwrap();
-        fs::write(tmp.path().join("token"), "race-token\n").unwrap();
+        haul_testing::cmd::write_secret(&tmp.path().join("token"), "race-token\n");
         let outside = tmp.path().join("outside");
         make_outside(&outside);
         let outside_before = snapshot(&outside);

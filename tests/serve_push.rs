@@ -33,7 +33,7 @@ fn setup() -> Setup {
     t.dir("ofwork");
     t.symlink("current", "ofuser/user1.db");
     std::fs::create_dir(p.join("root")).unwrap();
-    std::fs::write(p.join("token"), "s3cret-token\n").unwrap();
+    haul_testing::cmd::write_secret(&p.join("token"), "s3cret-token\n");
     Setup {
         src: p.join("po1"),
         root: p.join("root"),
@@ -104,7 +104,7 @@ fn a_wrong_token_is_refused_and_nothing_is_written() {
     let s = setup();
     let server = haul().serve(&s.root, &s.server_cfg, Some(&s.token));
     let wrong = s.root.parent().unwrap().join("wrong-token");
-    std::fs::write(&wrong, "guess").unwrap();
+    haul_testing::cmd::write_secret(&wrong, "guess");
     let out = haul().run(
         &s.client_cfg,
         &[
@@ -281,8 +281,8 @@ fn an_unreachable_receiver_is_a_clear_error() {
 fn a_granted_token_writes_only_under_its_own_subdirectory() {
     let s = setup();
     let dir = s.root.parent().unwrap().to_path_buf();
-    std::fs::write(dir.join("po1.token"), "token-for-po1").unwrap();
-    std::fs::write(dir.join("po2.token"), "token-for-po2").unwrap();
+    haul_testing::cmd::write_secret(&dir.join("po1.token"), "token-for-po1");
+    haul_testing::cmd::write_secret(&dir.join("po2.token"), "token-for-po2");
     let grant = |name: &str| -> Vec<std::ffi::OsString> {
         vec![
             "--grant".into(),

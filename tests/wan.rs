@@ -29,7 +29,7 @@ fn a_push_across_a_lossy_wan_arrives_intact() {
     let root = p.join("root");
     std::fs::create_dir(&root).unwrap();
     let token = p.join("token");
-    std::fs::write(&token, "wan-token\n").unwrap();
+    haul_testing::cmd::write_secret(&token, "wan-token\n");
 
     let haul = Haul::new(env!("CARGO_BIN_EXE_haul"));
     let server = haul.serve(&root, &p.join("server-cfg"), Some(&token));

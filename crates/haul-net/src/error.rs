@@ -125,6 +125,25 @@ pub enum NetError {
         reason: String,
     },
 
+    /// A secret file (token or private key) is readable or writable by group or others. Like
+    /// ssh's "UNPROTECTED PRIVATE KEY FILE", it is refused rather than used: other users may
+    /// already have copied it.
+    #[error(
+        "UNPROTECTED SECRET FILE: permissions {mode:04o} for {what} {} are too open; it must \
+         not be accessible by other users. Run `chmod 600 {}` (and, if other users may have \
+         read it, replace the secret)",
+        .path.display(),
+        shell_quote(.path)
+    )]
+    ExposedSecret {
+        /// The secret file.
+        path: PathBuf,
+        /// Its permission bits (`mode & 0o7777`).
+        mode: u32,
+        /// What it holds ("token file", "private key").
+        what: &'static str,
+    },
+
     /// The `HOST:PORT` key for known-hosts cannot be stored in the file.
     #[error(
         "`{0}` cannot be used as a known-hosts key: it must be non-empty and contain no whitespace"
@@ -148,6 +167,21 @@ impl NetError {
             op,
             source,
         }
+    }
+}
+
+/// `path` as one shell word, so the `chmod` in a message can be pasted as is (a leading `-`
+/// gets `./` so that it is not taken for an option).
+fn shell_quote(path: &Path) -> String {
+    let mut text = path.display().to_string();
+    if text.starts_with('-') {
+        text.insert_str(0, "./");
+    }
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+,:@%=".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        text
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
     }
 }
 

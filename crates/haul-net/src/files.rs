@@ -1,10 +1,11 @@
 //! Small file helpers shared by identity, token and known-hosts code.
 //!
 //! Secrets (private key, token) are created with mode 0600 inside directories created 0700,
-//! and always with `create_new`, so an existing file is never truncated or overwritten.
+//! and always with `create_new`, so an existing file is never truncated or overwritten. Secrets
+//! found accessible by group or others are refused when loaded ([`read_secret_if_exists`]).
 
-use std::fs::{self, DirBuilder, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -46,16 +47,30 @@ pub(crate) fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>, NetError> {
     }
 }
 
-/// Logs a warning when a secret file is readable by group or others. Not an error: the
-/// administrator may have reasons, but they should hear about it.
-pub(crate) fn warn_if_exposed(path: &Path) {
-    if let Ok(meta) = fs::metadata(path)
-        && meta.mode() & 0o077 != 0
-    {
-        tracing::warn!(
-            path = %path.display(),
-            mode = format_args!("{:o}", meta.mode() & 0o777),
-            "secret file is accessible by other users; run `chmod 600` on it"
-        );
+/// Reads a whole secret file (token, private key), or `Ok(None)` if it does not exist.
+///
+/// Like ssh with an unprotected private key, a file that group or others may read or write is
+/// refused with [`NetError::ExposedSecret`], which names the `chmod` to run. The mode is taken
+/// from the opened file (`fstat`), so it is the file actually read that was checked.
+pub(crate) fn read_secret_if_exists(
+    path: &Path,
+    what: &'static str,
+) -> Result<Option<Vec<u8>>, NetError> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(NetError::io(path, "open", e)),
+    };
+    let meta = file.metadata().map_err(|e| NetError::io(path, "stat", e))?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(NetError::ExposedSecret {
+            path: path.to_path_buf(),
+            mode: meta.mode() & 0o7777,
+            what,
+        });
     }
+    let mut data = Vec::new();
+    file.read_to_end(&mut data)
+        .map_err(|e| NetError::io(path, "read", e))?;
+    Ok(Some(data))
 }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::io;
 use std::path::Path;
 
-use crate::files::{create_private_dir, read_if_exists, warn_if_exposed, write_new};
+use crate::files::{create_private_dir, read_if_exists, read_secret_if_exists, write_new};
 use crate::{Fingerprint, NetError};
 
 const CERT_FILE: &str = "cert.der";
@@ -25,15 +25,15 @@ pub struct Identity {
 impl Identity {
     /// Loads `dir/cert.der` and `dir/key.der`, or, when neither exists, creates a self-signed
     /// certificate (subject "haul") and stores it (key mode 0600, `dir` created 0700).
-    /// Returns the identity and whether it was created now.
+    /// Returns the identity and whether it was created now. A key that group or others may
+    /// access is refused ([`NetError::ExposedSecret`]).
     pub fn load_or_create(dir: &Path) -> Result<(Identity, bool), NetError> {
         let cert_path = dir.join(CERT_FILE);
         let key_path = dir.join(KEY_FILE);
         let cert = read_if_exists(&cert_path)?;
-        let key = read_if_exists(&key_path)?;
+        let key = read_secret_if_exists(&key_path, "private key")?;
         match (cert, key) {
             (Some(cert_der), Some(key_der)) => {
-                warn_if_exposed(&key_path);
                 let identity = Identity::from_der(cert_der, key_der);
                 identity.check(dir)?;
                 Ok((identity, false))

@@ -233,3 +233,98 @@ fn default_config_dir_prefers_haul_config_dir() {
         None => assert!(dir.ends_with("haul"), "{}", dir.display()),
     }
 }
+
+/// Writes a token file with `mode` (set explicitly, so the umask does not matter).
+fn token_file_with_mode(dir: &Path, name: &str, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, "sesame\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+#[test]
+fn a_world_readable_token_is_refused_with_the_chmod_to_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = token_file_with_mode(tmp.path(), "token", 0o644);
+    for err in [
+        crate::Token::load(&path).unwrap_err(),
+        crate::Token::load_or_generate(&path).unwrap_err(),
+    ] {
+        assert!(
+            matches!(err, NetError::ExposedSecret { mode: 0o644, .. }),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(message.contains("0644"), "{message}");
+        assert!(
+            message.contains(&format!("chmod 600 {}", path.display())),
+            "{message}"
+        );
+        assert!(!err.is_retryable());
+    }
+    // Refused, not replaced: the file and its mode are as they were.
+    assert_eq!(std::fs::read(&path).unwrap(), b"sesame\n");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o644);
+}
+
+#[test]
+fn a_group_readable_token_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = token_file_with_mode(tmp.path(), "token", 0o640);
+    let err = crate::Token::load(&path).unwrap_err();
+    assert!(
+        matches!(err, NetError::ExposedSecret { mode: 0o640, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+}
+
+#[test]
+fn a_private_token_is_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = token_file_with_mode(tmp.path(), "token", 0o600);
+    let token = crate::Token::load(&path).unwrap();
+    assert_eq!(token.as_bytes(), b"sesame");
+    let (again, created) = crate::Token::load_or_generate(&path).unwrap();
+    assert!(!created);
+    assert_eq!(again, token);
+}
+
+#[test]
+fn the_chmod_hint_quotes_awkward_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = token_file_with_mode(tmp.path(), "my token's", 0o604);
+    let err = crate::Token::load(&path).unwrap_err();
+    let quoted = format!("'{}/my token'\\''s'", tmp.path().display());
+    assert!(
+        err.to_string().contains(&format!("chmod 600 {quoted}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_exposed_private_key_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, created) = Identity::load_or_create(tmp.path()).unwrap();
+    assert!(created);
+    let key = tmp.path().join("key.der");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = Identity::load_or_create(tmp.path()).unwrap_err();
+    assert!(
+        matches!(err, NetError::ExposedSecret { mode: 0o644, .. }),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(message.contains("private key"), "{message}");
+    assert!(
+        message.contains(&format!("chmod 600 {}", key.display())),
+        "{message}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (_, created) = Identity::load_or_create(tmp.path()).unwrap();
+    assert!(!created);
+}

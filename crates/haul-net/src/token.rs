@@ -7,7 +7,10 @@ use std::path::Path;
 use subtle::ConstantTimeEq;
 
 use crate::NetError;
-use crate::files::{create_private_dir, read_if_exists, warn_if_exposed, write_new};
+use crate::files::{create_private_dir, read_secret_if_exists, write_new};
+
+/// What a token file is called in [`NetError::ExposedSecret`].
+const TOKEN_FILE: &str = "token file";
 
 /// A client token.
 ///
@@ -37,9 +40,10 @@ impl Token {
         self.0.as_slice().ct_eq(other).into()
     }
 
-    /// Reads a token file. An empty file (or one holding only whitespace) is an error.
+    /// Reads a token file. An empty file (or one holding only whitespace) is an error, and so
+    /// is a file that group or others may access ([`NetError::ExposedSecret`]).
     pub fn load(path: &Path) -> Result<Token, NetError> {
-        match read_if_exists(path)? {
+        match read_secret_if_exists(path, TOKEN_FILE)? {
             Some(data) => Token::from_file_data(path, &data),
             None => Err(NetError::io(
                 path,
@@ -51,9 +55,10 @@ impl Token {
 
     /// Returns the token stored at `path` with `false`, or generates 32 random bytes,
     /// hex-encoded, writes them to a new file with mode 0600 (the parent directory is created
-    /// 0700) and returns the token with `true`.
+    /// 0700) and returns the token with `true`. An existing file that group or others may
+    /// access is refused, not replaced ([`NetError::ExposedSecret`]).
     pub fn load_or_generate(path: &Path) -> Result<(Token, bool), NetError> {
-        if let Some(data) = read_if_exists(path)? {
+        if let Some(data) = read_secret_if_exists(path, TOKEN_FILE)? {
             return Ok((Token::from_file_data(path, &data)?, false));
         }
         let secret: [u8; 32] = rand::random();
@@ -82,7 +87,6 @@ impl Token {
                     .to_owned(),
             });
         }
-        warn_if_exposed(path);
         Ok(token)
     }
 }
@@ -156,6 +160,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let empty = tmp.path().join("empty-token");
         std::fs::write(&empty, "\n").unwrap();
+        std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o600)).unwrap();
         let err = Token::load(&empty).unwrap_err();
         assert!(matches!(err, NetError::BadToken { .. }));
         assert!(err.to_string().contains("empty-token"), "{err}");

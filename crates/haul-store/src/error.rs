@@ -146,6 +146,18 @@ pub enum StoreError {
         /// The holder that asked.
         holder: String,
     },
+    /// The root's `.haul` state directory is owned by another user or writable by group or
+    /// others, so someone else could plant or swap the partial files and journals in it.
+    #[error(
+        "refusing to use the state directory {}: {reason}",
+        path.display()
+    )]
+    UnsafeStateDir {
+        /// The `.haul` directory.
+        path: PathBuf,
+        /// What is wrong with it and the command that fixes it.
+        reason: String,
+    },
     /// Any other I/O failure.
     #[error("could not {op} {}: {source}", path.display())]
     Io {

@@ -118,6 +118,9 @@ impl Root {
         let haul_path = path.join(OsStr::from_bytes(RESERVED));
         let haul = open_child_dir(&dir, RESERVED, Missing::Create, &|| haul_path.clone(), path)?
             .ok_or_else(|| not_found(haul_path.clone(), "create directory"))?;
+        // Before anything is read from or made in it: another user who can write there could
+        // plant or swap partial files, journals and undo records.
+        check_state_dir(&haul, &haul_path)?;
         let staging_path = haul_path.join("staging");
         let staging = open_child_dir(
             &haul,
@@ -632,5 +635,69 @@ impl Root {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .is_fresh(dir.as_bytes())
+    }
+}
+
+/// Refuses a `.haul` state directory that is owned by a user other than the effective one
+/// (root may use one owned by anyone) or that group or others may write, the way ssh refuses
+/// an exposed `~/.ssh`. Checked with `fstat` on the directory already opened, so it is the
+/// directory then used that was checked. Those haul makes are 0700 and owned by their maker.
+fn check_state_dir(haul: &OwnedFd, haul_path: &Path) -> Result<(), StoreError> {
+    let st = rustix::fs::fstat(haul).map_err(|e| {
+        StoreError::from_errno(e, haul_path.to_path_buf(), haul_path, "inspect directory")
+    })?;
+    let euid = rustix::process::geteuid();
+    let mode = st.st_mode & 0o7777;
+    let quoted = shell_word(haul_path);
+    let mut problems = Vec::new();
+    let mut fixes = Vec::new();
+    if !euid.is_root() && st.st_uid != euid.as_raw() {
+        problems.push(format!(
+            "it is owned by uid {}, not by uid {} that haul runs as",
+            st.st_uid,
+            euid.as_raw()
+        ));
+        fixes.push(format!(
+            "`chown -R {} {quoted}` (as root) if the state in it is yours, or remove it if it \
+             is not (haul makes a new one)",
+            euid.as_raw()
+        ));
+    }
+    if mode & 0o022 != 0 {
+        problems.push(format!(
+            "it is writable by {} (mode {mode:04o})",
+            match mode & 0o022 {
+                0o020 => "its group",
+                0o002 => "others",
+                _ => "its group and others",
+            }
+        ));
+        fixes.push(format!("`chmod go-w {quoted}`"));
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::UnsafeStateDir {
+        path: haul_path.to_path_buf(),
+        reason: format!(
+            "{}, so another user could tamper with the partial files and journals in it; run \
+             {} and run again",
+            problems.join(" and "),
+            fixes.join(", then ")
+        ),
+    })
+}
+
+/// `path` as one shell word, for commands quoted in messages.
+fn shell_word(path: &Path) -> String {
+    let mut text = path.display().to_string();
+    if text.starts_with('-') {
+        text.insert_str(0, "./");
+    }
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+,:@%=".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        text
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
     }
 }

@@ -196,3 +196,20 @@ pub fn summary_of(output: &Output) -> serde_json::Value {
             )
         })
 }
+
+/// Writes a secret file (a token) with mode 0600, as `haul` requires of the secrets it loads;
+/// an existing file is truncated and made 0600 before the secret goes in.
+pub fn write_secret(path: &Path, contents: impl AsRef<[u8]>) {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| file.write_all(contents.as_ref()))
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}

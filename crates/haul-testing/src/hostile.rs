@@ -118,7 +118,7 @@ impl Arena {
         fs::write(&sentinel, SENTINEL).unwrap();
         fs::set_permissions(&sentinel, fs::Permissions::from_mode(SENTINEL_MODE)).unwrap();
         let token_file = tmp.path().join("token");
-        fs::write(&token_file, [TOKEN, b"\n"].concat()).unwrap();
+        crate::cmd::write_secret(&token_file, [TOKEN, b"\n"].concat());
         prepare(&root, &outside);
         let outside_before = snapshot(&outside, &[]);
         let server = haul.serve(&root, &tmp.path().join("server-cfg"), Some(&token_file));
