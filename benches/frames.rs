@@ -77,6 +77,7 @@ fn entry_messages(c: &mut Criterion) {
                 uid: 0,
                 gid: 0,
                 rdev: 0,
+                source_stamp: 0,
                 xattrs: Vec::new(),
             })
         })

@@ -7,7 +7,7 @@
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use haul_testing::fidelity::rsync_itemize;
 use haul_testing::{
@@ -407,6 +407,7 @@ mod hostile_host {
             uid: 0,
             gid: 0,
             rdev: 0,
+            source_stamp: 0,
             xattrs: Vec::new(),
         })
     }

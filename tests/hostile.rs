@@ -71,6 +71,7 @@ fn entry(id: u64, kind: EntryKind, path: &[u8], size: u64) -> Message {
         uid: 0,
         gid: 0,
         rdev: 0,
+        source_stamp: 0,
         xattrs: Vec::new(),
     })
 }

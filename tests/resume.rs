@@ -245,12 +245,13 @@ fn a_full_disk_pauses_and_the_same_command_continues_after_expansion() {
     );
 }
 
-/// A re-run takes the chunks its journal verified for this same version of the source (same
-/// size and mtime) without reading them again, which is what makes a resume cheap. So, like
-/// every quick check, it cannot see a change hidden behind a restored mtime; `--checksum`
-/// reads everything and does.
+/// A re-run takes the chunks its journal verified for this same version of the source
+/// without reading them again, which is what makes a resume cheap: "same version" is the size
+/// and mtime and the sender's stamp (change time, inode, device). A source rewritten with its
+/// size and mtime put back has another stamp, so the journaled chunks are compared before
+/// reuse: the copy is the new version, never a mix of two. `--checksum` reads everything.
 #[test]
-fn a_resume_trusts_its_journal_for_the_same_source_version_and_checksum_does_not() {
+fn a_resume_trusts_its_journal_only_for_the_same_source_version() {
     let tmp = tempfile::tempdir().unwrap();
     let (src, dst, cfg) = (
         tmp.path().join("src"),
@@ -261,7 +262,7 @@ fn a_resume_trusts_its_journal_for_the_same_source_version_and_checksum_does_not
     let file = t.file("disk.vhdx", (1200 * MIB) as usize);
     t.mtime("disk.vhdx", 1_650_000_000, 5);
     let mut child = spawn_copy(&cfg, &src, &dst);
-    kill_when(&mut child, &dst, 700 * MIB);
+    let seen = kill_when(&mut child, &dst, 700 * MIB);
 
     // Change the first MiB (journaled by now: light checkpoints come every 64 MiB) and put
     // the mtime back.
@@ -283,16 +284,21 @@ fn a_resume_trusts_its_journal_for_the_same_source_version_and_checksum_does_not
         summary_of(&out)
     };
     let resumed = run(&[]);
-    assert!(resumed["chunks_reused"].as_u64().unwrap() > 0);
-    let copied = std::fs::read(dst.join("disk.vhdx")).unwrap();
-    assert_eq!(
-        &copied[..MIB as usize],
-        &old[..],
-        "the journaled chunk was taken as verified, not read again"
+    // The unchanged journaled chunks are still reused (compared, not sent again) ...
+    assert!(resumed["chunks_reused"].as_u64().unwrap() > 0, "{resumed}");
+    let sent = resumed["bytes_sent"].as_u64().unwrap();
+    assert!(
+        sent <= 1200 * MIB - seen + WINDOW + MIB,
+        "sent {sent} although {seen} were on the target: {resumed}"
     );
+    // ... but the rewritten one is not taken as verified: the copy is the new version.
+    let copied = std::fs::read(dst.join("disk.vhdx")).unwrap();
+    assert_ne!(&copied[..MIB as usize], &old[..], "a mix of two versions");
+    assert_same_tree(&src, &dst);
 
+    // Reading everything finds nothing left to send.
     let checked = run(&["--checksum"]);
-    assert!(checked["bytes_sent"].as_u64().unwrap() >= MIB);
+    assert_eq!(checked["bytes_sent"], 0, "{checked}");
     assert_same_tree(&src, &dst);
 }
 

@@ -94,6 +94,7 @@ fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
             uid: 0,
             gid: 0,
             rdev: 0,
+            source_stamp: 0,
             xattrs: Vec::new(),
         })
     };

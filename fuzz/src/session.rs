@@ -379,6 +379,7 @@ impl Harness {
                 uid: 0,
                 gid: 0,
                 rdev: 0,
+                source_stamp: 0,
                 xattrs: Vec::new(),
             }),
             ClientMsg::EndOfEntries => Message::EndOfEntries,

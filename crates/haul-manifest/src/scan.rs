@@ -67,6 +67,10 @@ pub struct ScanEntry {
     pub dev: u64,
     /// Inode of the entry (`st_ino`); with `dev`, identifies hard links.
     pub ino: u64,
+    /// This version of a regular file: a hash of its change time (nanoseconds), inode and
+    /// device, which any rewrite changes even when size and mtime are put back. 0 for other
+    /// kinds.
+    pub stamp: u64,
 }
 
 /// A problem with one path of the tree. Apart from a bad root, the scan goes on after it.
@@ -591,9 +595,25 @@ fn entry_at(
         link_target,
         dev: st.st_dev,
         ino: st.st_ino,
+        stamp: if kind == EntryKind::File {
+            version_stamp(&st)
+        } else {
+            0
+        },
         source,
         dir: at.shared.cloned(),
     }))
+}
+
+/// See [`ScanEntry::stamp`]: never 0 for a file, so 0 can mean "unknown".
+fn version_stamp(st: &rustix::fs::Stat) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&st.st_ctime.to_le_bytes());
+    h.update(&(st.st_ctime_nsec as i64).to_le_bytes());
+    h.update(&st.st_ino.to_le_bytes());
+    h.update(&st.st_dev.to_le_bytes());
+    let bytes = h.finalize();
+    u64::from_le_bytes(bytes.as_bytes()[..8].try_into().unwrap_or([1; 8])).max(1)
 }
 
 /// Errors of the `*xattr` calls that mean "this file system keeps no extended attributes".

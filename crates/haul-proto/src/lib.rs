@@ -27,6 +27,7 @@
 //!     uid: 0,
 //!     gid: 0,
 //!     rdev: 0,
+//!     source_stamp: 0,
 //!     xattrs: Vec::new(),
 //! });
 //! let wire = entry.encode();

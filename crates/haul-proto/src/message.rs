@@ -277,6 +277,12 @@ pub struct Entry {
     pub gid: u32,
     /// Device number (character and block devices only).
     pub rdev: u64,
+    /// For a regular file: the sender's stamp of this version of it (a hash of its change
+    /// time, inode and device; 0 when unknown). A receiver resuming the file offers the chunks
+    /// an earlier run journaled as already verified only when the stamp is the one they were
+    /// journaled under; otherwise the sender reads and compares them first, so a source
+    /// rewritten with its size and mtime put back never resumes into a mix of two versions.
+    pub source_stamp: u64,
     /// Extended attributes and ACLs, in name order (only when the hello set [`Hello::XATTRS`]).
     pub xattrs: Vec<Xattr>,
 }
@@ -744,6 +750,7 @@ impl Message {
                 body.put_u32(m.uid);
                 body.put_u32(m.gid);
                 body.put_u64(m.rdev);
+                body.put_u64(m.source_stamp);
                 body.put_u32(m.xattrs.len() as u32);
                 for x in &m.xattrs {
                     put_bytes(body, &x.name);
@@ -989,6 +996,7 @@ impl Message {
                 uid: r.u32("uid")?,
                 gid: r.u32("gid")?,
                 rdev: r.u64("rdev")?,
+                source_stamp: r.u64("source_stamp")?,
                 xattrs: r.xattrs()?,
             }),
             kind::END_OF_ENTRIES => Message::EndOfEntries,

@@ -581,6 +581,7 @@ mod tests {
             uid: 0,
             gid: 0,
             rdev: 0,
+            source_stamp: 0,
             xattrs: Vec::new(),
         })
     }

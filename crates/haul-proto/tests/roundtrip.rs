@@ -58,6 +58,7 @@ fn message() -> impl Strategy<Value = Message> {
                         uid: 0,
                         gid: 0,
                         rdev: 0,
+                        source_stamp: 0,
                         xattrs: Vec::new(),
                     })
                 }

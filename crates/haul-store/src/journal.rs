@@ -36,9 +36,26 @@ pub struct SourceIdentity {
     pub mtime_nsec: u32,
     /// The chunk size the transfer uses (chunk indexes are only meaningful with it).
     pub chunk_size: u32,
+    /// The sender's stamp of this version of the file (see `haul_proto::Entry::source_stamp`;
+    /// 0 when unknown). Not part of what a partial is matched on: a partial journaled under
+    /// another stamp is resumed, but its chunks are offered for comparison, not as verified
+    /// ([`crate::OpenedPartial::stamp_matches`]).
+    pub stamp: u64,
 }
 
 impl SourceIdentity {
+    /// The same size, mtime and chunk size: a partial journaled under `other` holds chunks of
+    /// this file's layout (whether they are still its data is the stamp's question).
+    pub(crate) fn same_layout(&self, other: &SourceIdentity) -> bool {
+        (self.size, self.mtime_sec, self.mtime_nsec, self.chunk_size)
+            == (
+                other.size,
+                other.mtime_sec,
+                other.mtime_nsec,
+                other.chunk_size,
+            )
+    }
+
     /// How many chunks the file has (`ceil(size / chunk_size)`); the chunk size is non-zero.
     pub(crate) fn chunk_count(&self) -> u64 {
         self.size.div_ceil(u64::from(self.chunk_size.max(1)))
@@ -46,9 +63,9 @@ impl SourceIdentity {
 }
 
 const MAGIC: &[u8; 8] = b"HAULPRT1";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// Bytes of the header before the rel path.
-const HEADER_FIXED: usize = 8 + 4 + 8 + 8 + 4 + 4 + 4;
+const HEADER_FIXED: usize = 8 + 4 + 8 + 8 + 4 + 4 + 8 + 4;
 const CHECK: usize = 8;
 /// Bytes of one record.
 pub(crate) const RECORD_LEN: usize = 8 + 32 + CHECK;
@@ -68,6 +85,7 @@ pub(crate) fn encode_header(identity: &SourceIdentity, rel: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&identity.mtime_sec.to_le_bytes());
     out.extend_from_slice(&identity.mtime_nsec.to_le_bytes());
     out.extend_from_slice(&identity.chunk_size.to_le_bytes());
+    out.extend_from_slice(&identity.stamp.to_le_bytes());
     // A RelPath is at most a few KiB, far below u32::MAX.
     out.extend_from_slice(&u32::try_from(rel.len()).unwrap_or(u32::MAX).to_le_bytes());
     out.extend_from_slice(rel);
@@ -101,6 +119,7 @@ pub(crate) fn decode_header(bytes: &[u8]) -> Option<Header<'_>> {
     let mtime_sec = i64::from_le_bytes(take(&mut rest)?);
     let mtime_nsec = u32::from_le_bytes(take(&mut rest)?);
     let chunk_size = u32::from_le_bytes(take(&mut rest)?);
+    let stamp = u64::from_le_bytes(take(&mut rest)?);
     let rel_len = usize::try_from(u32::from_le_bytes(take(&mut rest)?)).ok()?;
     let body_len = HEADER_FIXED.checked_add(rel_len)?;
     let sum = bytes.get(body_len..body_len.checked_add(CHECK)?)?;
@@ -113,6 +132,7 @@ pub(crate) fn decode_header(bytes: &[u8]) -> Option<Header<'_>> {
             mtime_sec,
             mtime_nsec,
             chunk_size,
+            stamp,
         },
         rel: &bytes[HEADER_FIXED..body_len],
         len: body_len + CHECK,
@@ -244,6 +264,7 @@ mod tests {
         mtime_sec: -5,
         mtime_nsec: 999_999_999,
         chunk_size: 1 << 20,
+        stamp: 0xfeed,
     };
 
     #[test]

@@ -32,6 +32,10 @@ pub struct OpenedPartial {
     /// True when a partial existed but its identity differed (the source changed): it was
     /// discarded.
     pub discarded_stale: bool,
+    /// True when the `verified` chunks were journaled under the same source stamp as the one
+    /// asked for (and it is known): the sender may take them as they are. False: they are of
+    /// the same size and mtime but maybe another version; compare before reuse.
+    pub stamp_matches: bool,
 }
 
 /// Reads the whole journal.
@@ -78,7 +82,10 @@ impl Root {
         let bytes = read_all(&journal_fd).map_err(|e| jerr(e, "read partial journal"))?;
 
         let header = journal::decode_header(&bytes)
-            .filter(|h| h.identity == identity && h.rel == top_rel.as_bytes());
+            .filter(|h| h.identity.same_layout(&identity) && h.rel == top_rel.as_bytes());
+        let stamp_matches = header
+            .as_ref()
+            .is_some_and(|h| h.identity.stamp == identity.stamp && identity.stamp != 0);
         let mut discarded_stale = !bytes.is_empty() && header.is_none();
         let mut resumed = None;
         if let Some(header) = header {
@@ -159,6 +166,7 @@ impl Root {
             verified,
             resumed: was_resumed,
             discarded_stale,
+            stamp_matches,
         })
     }
 }

@@ -21,6 +21,7 @@ fn identity(size: u64) -> SourceIdentity {
         mtime_sec: 1_700_000_000,
         mtime_nsec: 42,
         chunk_size: CHUNK,
+        stamp: 7,
     }
 }
 

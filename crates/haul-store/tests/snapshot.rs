@@ -234,6 +234,7 @@ fn a_hard_link_snapshot_survives_everything_the_receiver_does_to_the_live_tree()
         mtime_sec: 1_700_000_001,
         mtime_nsec: 0,
         chunk_size: 1 << 20,
+        stamp: 0,
     };
     let opened = root.open_partial(&rel("big.bin"), identity).unwrap();
     opened.partial.write_at(1 << 20, &[0xAB; 4096]).unwrap();
@@ -605,6 +606,7 @@ fn on_xfs_snapshots_are_reflinks_and_in_place_patches_leave_them_alone() {
         mtime_sec: 1_700_000_001,
         mtime_nsec: 0,
         chunk_size: 1 << 20,
+        stamp: 0,
     };
     let opened = root.open_partial(&rel("big.bin"), identity).unwrap();
     opened.partial.write_at(1 << 20, &[0xAB; 4096]).unwrap();

@@ -442,15 +442,22 @@ fn plan_file(files: &Files, rules: &EntryRules, entry: Entry, rel: RelPath, abse
         return files.send(failed(id, message, false));
     }
     // A journaled partial for multi-chunk files, so a kill loses only unjournaled chunks.
+    // Its chunks count as verified for the sender only when journaled under this very version
+    // of the source (the stamp); otherwise the sender compares them before reuse.
+    let mut trusted = false;
     let (target, verified) = if layout.count() > 1 && !rules.dry_run {
         let identity = SourceIdentity {
             size: entry.size,
             mtime_sec: entry.meta.mtime_sec,
             mtime_nsec: entry.meta.mtime_nsec,
             chunk_size: rules.chunk_size,
+            stamp: entry.source_stamp,
         };
         match open_partial_waiting(root, &rel, identity) {
-            Ok(opened) => (Some(Target::Partial(opened.partial)), opened.verified),
+            Ok(opened) => {
+                trusted = opened.stamp_matches;
+                (Some(Target::Partial(opened.partial)), opened.verified)
+            }
             Err(e) => return files.send(failed(id, e.to_string(), e.is_no_space())),
         }
     } else {
@@ -476,7 +483,7 @@ fn plan_file(files: &Files, rules: &EntryRules, entry: Entry, rel: RelPath, abse
         return files.send(failed(id, message, false));
     }
     let mut journaled = vec![false; layout.count() as usize];
-    for (index, _) in &verified {
+    for (index, _) in verified.iter().filter(|_| trusted) {
         if let Some(j) = journaled.get_mut(*index as usize) {
             *j = true;
         }
@@ -490,6 +497,7 @@ fn plan_file(files: &Files, rules: &EntryRules, entry: Entry, rel: RelPath, abse
         attrs,
         dry_run: rules.dry_run,
         target,
+        replaceable: !trusted && !verified.is_empty(),
         verified,
         reuse,
     });

@@ -94,6 +94,9 @@ pub(crate) struct Slot {
     /// Nothing was at the destination name when the file was planned: it is created there
     /// and written in place (see `Root::create_fresh_for`).
     fresh: bool,
+    /// The chunks `verified` came from a partial journaled under another version stamp of
+    /// the source: the sender compares them, and one it sends anew replaces the old.
+    replaceable: bool,
     reuse: Option<Reuse>,
     state: Mutex<SlotState>,
     /// Held while writing to the target through the page cache. Chunks of one file are
@@ -137,6 +140,8 @@ pub(crate) struct Plan {
     /// The journaled partial, with the chunks it already holds (multi-chunk files).
     pub(crate) target: Option<Target>,
     pub(crate) verified: Vec<(u64, Hash)>,
+    /// `verified` is of another version stamp (see [`Slot`]).
+    pub(crate) replaceable: bool,
     pub(crate) reuse: Option<Reuse>,
 }
 
@@ -209,6 +214,7 @@ impl Files {
             attrs: plan.attrs,
             dry_run: plan.dry_run,
             fresh: plan.fresh,
+            replaceable: plan.replaceable,
             reuse: plan.reuse,
             writing: Mutex::new(()),
             state: Mutex::new(SlotState {

@@ -405,6 +405,7 @@ impl<'a> ControlLoop<'a> {
             uid: entry.uid,
             gid: entry.gid,
             rdev: entry.rdev,
+            source_stamp: entry.stamp,
             xattrs: entry.xattrs,
         }));
     }

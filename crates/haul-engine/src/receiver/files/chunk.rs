@@ -28,6 +28,13 @@ impl Files {
                 drop(st);
                 return self.sent_twice(&slot, index);
             }
+            if slot.replaceable
+                && let Some(held) = st.hashes.get_mut(index as usize)
+            {
+                // Journaled under another version of the source and compared by the sender,
+                // which found it changed: the new chunk replaces it.
+                *held = None;
+            }
             if st.hashes.get(index as usize).is_some_and(Option::is_some) {
                 // We offered this chunk and the sender's differs: the source changed in place
                 // since the interrupted run. Never mix old and new data in one file.
