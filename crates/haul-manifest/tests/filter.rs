@@ -537,7 +537,7 @@ fn the_scan_skips_excluded_entries_and_never_opens_an_excluded_directory() {
         let out = Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
             .arg(std::env::current_exe().unwrap())
-            .args(["--exact", "scan_as_nobody", "--nocapture", "--ignored"])
+            .args(["--exact", "scan_as_nobody", "--nocapture"])
             .env("HAUL_SCAN_ROOT", &root)
             .output()
             .expect("setpriv (util-linux) runs");
@@ -556,11 +556,13 @@ fn the_scan_skips_excluded_entries_and_never_opens_an_excluded_directory() {
     assert!(rels(&root, &ScanOptions::default()).contains(&"x/locked/secret".to_string()));
 }
 
-/// Run by the test above as an unprivileged user.
+/// Run by the test above as an unprivileged user, with `HAUL_SCAN_ROOT` set; on its own (as
+/// part of the suite) it has nothing to scan and does nothing.
 #[test]
-#[ignore = "run by the_scan_skips_excluded_entries_and_never_opens_an_excluded_directory"]
 fn scan_as_nobody() {
-    let root = std::env::var_os("HAUL_SCAN_ROOT").expect("HAUL_SCAN_ROOT");
+    let Some(root) = std::env::var_os("HAUL_SCAN_ROOT") else {
+        return;
+    };
     let opts = ScanOptions {
         filter: Some(Arc::new(filter(&["- *.tmp", "- /x/", "- other/"]))),
         ..ScanOptions::default()

@@ -139,7 +139,7 @@ fn an_unreadable_directory_is_an_error_and_the_walk_goes_on() {
         let out = Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
             .arg(std::env::current_exe().unwrap())
-            .args(["--exact", "walk_as_nobody", "--nocapture", "--ignored"])
+            .args(["--exact", "walk_as_nobody", "--nocapture"])
             .env("HAUL_WALK_ROOT", &root)
             .output()
             .expect("setpriv (util-linux) runs");
@@ -160,11 +160,13 @@ fn an_unreadable_directory_is_an_error_and_the_walk_goes_on() {
     assert_eq!(got, want);
 }
 
-/// Run by the test above as an unprivileged user.
+/// Run by the test above as an unprivileged user, with `HAUL_WALK_ROOT` set; on its own (as
+/// part of the suite) it has nothing to walk and does nothing.
 #[test]
-#[ignore = "run by an_unreadable_directory_is_an_error_and_the_walk_goes_on"]
 fn walk_as_nobody() {
-    let root = std::env::var_os("HAUL_WALK_ROOT").expect("HAUL_WALK_ROOT");
+    let Some(root) = std::env::var_os("HAUL_WALK_ROOT") else {
+        return;
+    };
     for line in describe(Path::new(&root)) {
         println!("walked: {line}");
     }
