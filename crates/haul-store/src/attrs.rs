@@ -107,6 +107,32 @@ impl Attrs {
         rustix::fs::Mode::from_raw_mode(mode & if self.special_bits { 0o7777 } else { 0o1777 })
     }
 
+    /// Sets the owner of `name` in `dir` without following a symlink, counting (not failing)
+    /// what this process may not set. The errno and the operation on any other failure.
+    pub(crate) fn chown_at(
+        &self,
+        dir: &std::os::fd::OwnedFd,
+        name: &str,
+    ) -> Result<(), (Errno, &'static str)> {
+        let Some((uid, gid)) = self.owner else {
+            return Ok(());
+        };
+        match rustix::fs::chownat(
+            dir,
+            name,
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        ) {
+            Ok(()) => Ok(()),
+            Err(Errno::PERM | Errno::ACCESS | Errno::INVAL) => {
+                self.count(|r| r.add_owners(1));
+                Ok(())
+            }
+            Err(e) => Err((e, "set the owner of")),
+        }
+    }
+
     /// Applies owner, mode, attributes and mtime to an open file or directory. `shown` names
     /// it in errors.
     pub(crate) fn apply_fd(

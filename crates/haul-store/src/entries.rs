@@ -190,23 +190,7 @@ impl Root {
             "/proc/self/fd/{}",
             std::os::fd::AsRawFd::as_raw_fd(fd)
         ));
-        if let Some((uid, gid)) = attrs.owner {
-            match rustix::fs::chownat(
-                dir,
-                name,
-                Some(rustix::fs::Uid::from_raw(uid)),
-                Some(rustix::fs::Gid::from_raw(gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            ) {
-                Ok(()) => {}
-                Err(Errno::PERM | Errno::ACCESS | Errno::INVAL) => {
-                    if let Some(r) = &attrs.report {
-                        r.add_owners(1);
-                    }
-                }
-                Err(e) => return Err((e, "set the owner of")),
-            }
-        }
+        attrs.chown_at(dir, name)?;
         rustix::fs::chmodat(dir, name, attrs.mode(), AtFlags::empty())
             .map_err(|e| (e, "set the mode of"))?;
         if let Some(want) = attrs.xattrs.as_ref().filter(|w| !w.is_empty()) {

@@ -445,23 +445,7 @@ impl Root {
         name: &str,
         attrs: &Attrs,
     ) -> Result<(), (Errno, &'static str)> {
-        if let Some((uid, gid)) = attrs.owner {
-            match rustix::fs::chownat(
-                dir,
-                name,
-                Some(rustix::fs::Uid::from_raw(uid)),
-                Some(rustix::fs::Gid::from_raw(gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            ) {
-                Ok(()) => {}
-                Err(Errno::PERM | Errno::ACCESS | Errno::INVAL) => {
-                    if let Some(r) = &attrs.report {
-                        r.add_owners(1);
-                    }
-                }
-                Err(e) => return Err((e, "set the owner of")),
-            }
-        }
+        attrs.chown_at(dir, name)?;
         if let Some(want) = attrs.xattrs.as_ref().filter(|w| !w.is_empty()) {
             let proc = PathBuf::from(format!(
                 "/proc/self/fd/{}/{name}",
