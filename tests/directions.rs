@@ -67,9 +67,7 @@ impl Case {
         }
         std::fs::create_dir_all(&root).unwrap();
         let token = tmp.path().join("token");
-        std::fs::write(&token, "directions-token").unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        haul_testing::cmd::write_secret(&token, "directions-token");
         Case {
             dir,
             client_cfg: tmp.path().join("client-cfg"),
@@ -323,9 +321,7 @@ fn a_pull_needs_read_scope_and_a_push_needs_write_scope() {
     let read = case.root.join("../read.token");
     let write = case.root.join("../write.token");
     for (file, text) in [(&read, "reader-token"), (&write, "writer-token")] {
-        std::fs::write(file, text).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        haul_testing::cmd::write_secret(file, text);
     }
     let grant =
         |file: &Path, scope: &str| -> OsString { format!("po1={},{scope}", file.display()).into() };
@@ -412,6 +408,24 @@ mod hostile_host {
         })
     }
 
+    /// A QUIC endpoint on loopback with an ephemeral certificate, to play a serving host by
+    /// hand: its runtime, endpoint, address and the fingerprint a client pins.
+    fn fake_host() -> (
+        tokio::runtime::Runtime,
+        quinn::Endpoint,
+        std::net::SocketAddr,
+        String,
+    ) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let identity = haul_net::Identity::ephemeral().unwrap();
+        let fingerprint = identity.fingerprint.to_string();
+        let endpoint = rt.block_on(async {
+            haul_net::server_endpoint("127.0.0.1:0".parse().unwrap(), &identity).unwrap()
+        });
+        let addr = endpoint.local_addr().unwrap();
+        (rt, endpoint, addr, fingerprint)
+    }
+
     struct Host {
         send: quinn::SendStream,
         recv: quinn::RecvStream,
@@ -451,18 +465,9 @@ mod hostile_host {
         // A symlink already in the destination, pointing out of it.
         std::os::unix::fs::symlink(&outside, dst.join("out")).unwrap();
         let token = tmp.path().join("token");
-        std::fs::write(&token, "hostile-host").unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        haul_testing::cmd::write_secret(&token, "hostile-host");
 
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let identity = haul_net::Identity::ephemeral().unwrap();
-        let fingerprint = identity.fingerprint.to_string();
-        let (endpoint, addr) = rt.block_on(async {
-            let ep = haul_net::server_endpoint("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
-            let addr = ep.local_addr().unwrap();
-            (ep, addr)
-        });
+        let (rt, endpoint, addr, fingerprint) = fake_host();
         let host = rt.spawn(async move {
             let conn = endpoint.accept().await.unwrap().await.unwrap();
             let (send, recv) = conn.accept_bi().await.unwrap();
@@ -576,17 +581,8 @@ mod hostile_host {
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(src.join("f"), b"x").unwrap();
         let token = tmp.path().join("token");
-        std::fs::write(&token, "old-host").unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let identity = haul_net::Identity::ephemeral().unwrap();
-        let fingerprint = identity.fingerprint.to_string();
-        let (endpoint, addr) = rt.block_on(async {
-            let ep = haul_net::server_endpoint("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
-            let addr = ep.local_addr().unwrap();
-            (ep, addr)
-        });
+        haul_testing::cmd::write_secret(&token, "old-host");
+        let (rt, endpoint, addr, fingerprint) = fake_host();
         let host = rt.spawn(async move {
             let conn = endpoint.accept().await.unwrap().await.unwrap();
             let (_send, mut recv) = conn.accept_bi().await.unwrap();
