@@ -49,16 +49,7 @@ pub(crate) async fn serve_pull(
 ) -> Result<SessionReport, EngineError> {
     let decision = session.check_hello(&hello).and_then(|()| {
         let grant = check_token(&config, &hello)?;
-        if !grant.scope.can_read() {
-            return Err(Refused {
-                reason: RefuseReason::Scope,
-                message: format!(
-                    "this token may only write ({}); pulling needs a token with read scope \
-                     (haul serve --grant SUBDIR=FILE,read)",
-                    grant.describe()
-                ),
-            });
-        }
+        grant.allow(Scope::Read, "pulling")?;
         let rel = RelPath::parse(&hello.dest).map_err(|e| Refused {
             reason: RefuseReason::BadPath,
             message: format!("source path refused: {e}"),

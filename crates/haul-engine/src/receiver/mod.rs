@@ -99,6 +99,28 @@ impl Grant {
     }
 }
 
+impl Grant {
+    /// Refuses a session that needs `need` (`Read` or `Write`) for `doing` ("pushing") when
+    /// this grant lacks it, saying which scope to ask for.
+    pub(crate) fn allow(&self, need: Scope, doing: &str) -> Result<(), Refused> {
+        let (ok, has, wants) = match need {
+            Scope::Write => (self.scope.can_write(), "read", "write"),
+            _ => (self.scope.can_read(), "write", "read"),
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(Refused {
+            reason: RefuseReason::Scope,
+            message: format!(
+                "this token may only {has} ({}); {doing} needs a token with {wants} scope \
+                 (haul serve --grant SUBDIR=FILE,{wants})",
+                self.describe()
+            ),
+        })
+    }
+}
+
 /// What a receiver serves: one root and the tokens allowed to write under it.
 pub struct ReceiverConfig {
     root: Arc<Root>,
@@ -273,16 +295,7 @@ pub(crate) async fn receive_session(
     let mut privileged = false;
     let decision = session.check_hello(&hello).and_then(|()| {
         let grant = check_token(&config, &hello)?;
-        if !grant.scope.can_write() {
-            return Err(Refused {
-                reason: RefuseReason::Scope,
-                message: format!(
-                    "this token may only read ({}); pushing needs a token with write scope \
-                     (haul serve --grant SUBDIR=FILE,write)",
-                    grant.describe()
-                ),
-            });
-        }
+        grant.allow(Scope::Write, "pushing")?;
         privileged = grant.privileged;
         let dest = RelPath::parse(&hello.dest)
             .map(|dest| grant.subdir.join(&dest))
