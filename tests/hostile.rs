@@ -141,10 +141,16 @@ impl Client {
         }
     }
 
+    /// What a client holding the right token presents on this connection: the proof bound
+    /// to its TLS session.
+    fn proof(&self) -> Vec<u8> {
+        haul_net::present(TOKEN, haul_net::channel_binding(&self.conn).as_ref())
+    }
+
     /// Connects and says hello with the right token; the server must welcome us.
     async fn session(arena: &Arena, dest: &str) -> Client {
         let mut c = Client::connect(arena).await;
-        c.send(&hello(TOKEN, dest.as_bytes())).await;
+        c.send(&hello(&c.proof(), dest.as_bytes())).await;
         match c.next().await {
             Ok(Message::Welcome(_)) => {}
             other => panic!("expected a welcome for {dest:?}, got {other:?}"),
@@ -417,8 +423,18 @@ async fn paths_out_of_the_root_are_refused() {
     });
     let outside = arena.outside.clone();
 
-    // 6. A wrong token, and none at all: refused, nothing created.
-    for token in [&b"hostile-test-tokem"[..], b"", &[b'x'; 1024]] {
+    // 6. A wrong token, and none at all: refused, nothing created. Then what a relay could
+    // have seen: the right token itself (sent bare, as an older client did), and the proof
+    // another connection presented, replayed.
+    let other = Client::connect(&arena).await;
+    let replayed = other.proof();
+    for token in [
+        &b"hostile-test-tokem"[..],
+        b"",
+        &[b'x'; 1024],
+        TOKEN,
+        replayed.as_slice(),
+    ] {
         let mut c = Client::connect(&arena).await;
         c.send(&hello(token, b"p6")).await;
         match c.next().await {
@@ -433,6 +449,16 @@ async fn paths_out_of_the_root_are_refused() {
         c.closed_by_server().await;
     }
     assert!(!arena.root.join("p6").exists());
+    // The proof is good on its own connection: what the refusals above refused was the
+    // replay, not a malformed proof.
+    let mut other = other;
+    other.send(&hello(&replayed, b"p6")).await;
+    assert!(
+        matches!(other.next().await, Ok(Message::Welcome(_))),
+        "the proof on its own connection"
+    );
+    other.end().await;
+    std::fs::remove_dir(arena.root.join("p6")).ok();
 
     // 4a. Destinations that leave the root are refused at the hello.
     let abs_outside = outside.as_os_str().as_encoded_bytes().to_vec();
@@ -444,7 +470,7 @@ async fn paths_out_of_the_root_are_refused() {
         b"a/\0b",
     ] {
         let mut c = Client::connect(&arena).await;
-        c.send(&hello(TOKEN, dest)).await;
+        c.send(&hello(&c.proof(), dest)).await;
         match c.next().await {
             Ok(Message::Refused(r)) => assert_eq!(r.reason, RefuseReason::BadPath, "{r:?}"),
             other => panic!(
@@ -874,7 +900,7 @@ async fn absurd_declared_sizes_are_refused_cheaply() {
 
     // The same in a dry run, where no partial file is opened first.
     let mut c = Client::connect(&arena).await;
-    let mut h = hello(TOKEN, b"s2");
+    let mut h = hello(&c.proof(), b"s2");
     if let Message::Hello(h) = &mut h {
         h.flags = Hello::DRY_RUN;
     }

@@ -12,11 +12,12 @@ use std::sync::Arc;
 use haul_net::{Identity, Token, Trust};
 use haul_store::{RelPath, Root};
 
+use crate::admission::{self, Admission};
 use crate::compress::Compression;
 use crate::error::EngineError;
 use crate::local_link;
 use crate::progress::{Event, EventSink, Progress, Summary};
-use crate::receiver::{Grant, ReceiverConfig, SessionReport, receive};
+use crate::receiver::{Grant, ReceiverConfig, SessionReport, receive, receive_admitted};
 use crate::sender::{SendRequest, TransferOptions, send};
 use crate::transport::{Link, QuicLink};
 
@@ -32,20 +33,28 @@ pub struct ServeOptions {
     pub identity: Identity,
 }
 
-/// Connections served at once; more are refused (the client is told to retry later) so a
-/// flood of connections cannot exhaust memory or file descriptors.
-pub const MAX_CONNECTIONS: usize = 32;
-
 /// Runs a receiver until the process is stopped. `ready` is called once with the bound
-/// address, so the caller can print it.
+/// address, so the caller can print it. Admits connections within the default
+/// [`admission::Limits`].
 pub async fn serve(
     options: ServeOptions,
     ready: impl FnOnce(SocketAddr),
     events: EventSink,
 ) -> Result<(), EngineError> {
+    serve_with_limits(options, admission::Limits::default(), ready, events).await
+}
+
+/// [`serve`] admitting connections within `limits`: a flood of connections that never prove
+/// a token cannot exhaust memory or file descriptors, nor keep token holders out.
+pub async fn serve_with_limits(
+    options: ServeOptions,
+    limits: admission::Limits,
+    ready: impl FnOnce(SocketAddr),
+    events: EventSink,
+) -> Result<(), EngineError> {
     let root = open_receiver_root(&options.root)?;
     let config = Arc::new(ReceiverConfig::with_grants(root, options.grants));
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let admission = Admission::new(limits);
     let endpoint = haul_net::server_endpoint(options.listen, &options.identity)?;
     let local = endpoint
         .local_addr()
@@ -58,23 +67,31 @@ pub async fn serve(
             _ = tokio::signal::ctrl_c() => None,
         };
         let Some(incoming) = incoming else { break };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            events(Event::SessionEnded {
-                peer: incoming.remote_address().to_string(),
-                installed: 0,
-                failed: 0,
-                error: Some(format!(
-                    "refused: already serving {MAX_CONNECTIONS} connections"
-                )),
-            });
-            incoming.refuse();
+        if admission.wants_retry() && !incoming.remote_address_validated() {
+            // Stateless: one packet back, nothing kept. A spoofed source never answers it.
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().ignore();
+            }
             continue;
+        }
+        let peer = incoming.remote_address();
+        let pending = match admission.admit(peer.ip()) {
+            Ok(pending) => pending,
+            Err(why) => {
+                events(Event::SessionEnded {
+                    peer: peer.to_string(),
+                    installed: 0,
+                    failed: 0,
+                    error: Some(format!("refused: {why}")),
+                });
+                incoming.refuse();
+                continue;
+            }
         };
         let config = config.clone();
         let events = events.clone();
         tokio::spawn(async move {
-            let _slot = slot;
-            let peer = incoming.remote_address().to_string();
+            let peer = peer.to_string();
             let conn = match incoming.await {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -88,7 +105,10 @@ pub async fn serve(
                 }
             };
             let link: Arc<dyn Link> = Arc::new(QuicLink::new(conn.clone()));
-            if receive(link, config, peer, events).await.is_ok() {
+            if receive_admitted(link, config, peer, events, Some(pending))
+                .await
+                .is_ok()
+            {
                 linger(&conn).await;
             }
             // A long-running receiver keeps the hole hashes it computed for the next start.

@@ -18,13 +18,15 @@
 //!   remote destination, planned or run with typed events. [`remote`]: the handle for remote
 //!   operations (free space, listings, manifests, snapshots, leases) and the host's side of
 //!   them. [`pull`]: a transfer where the serving host sends.
-//! - [`jobs`]: serve / push / copy.
+//! - [`jobs`]: serve / push / copy. [`admission`]: how many connections a serving host
+//!   admits before and after authentication, and when it asks for a QUIC Retry.
 //! - [`progress`]: counters, events, summary. `error`: [`EngineError`].
 //!
 //! # Must not depend on
 //! Anything that renders output (clap, indicatif) or the workflow crates. It uses `haul-net`,
 //! `haul-store`, `haul-manifest` and `haul-proto`, never the other way round.
 
+pub mod admission;
 pub mod compress;
 mod error;
 mod idmap;

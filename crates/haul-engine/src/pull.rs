@@ -48,7 +48,7 @@ pub(crate) async fn serve_pull(
     events: EventSink,
 ) -> Result<SessionReport, EngineError> {
     let decision = session.check_hello(&hello).and_then(|()| {
-        let grant = check_token(&config, &hello)?;
+        let grant = check_token(&config, &hello, link.as_ref())?;
         grant.allow(Scope::Read, "pulling")?;
         let rel = RelPath::parse(&hello.dest).map_err(|e| Refused {
             reason: RefuseReason::BadPath,
@@ -82,7 +82,9 @@ pub(crate) async fn serve_pull(
     let request = SendRequest {
         source: inner.clone(),
         dest: handle.file_name().map(<[u8]>::to_vec).unwrap_or_default(),
-        token: hello.token.to_vec(),
+        // The raw token of the grant: the sending pipeline proves it on this link, as the
+        // pulling client (receiving) expects.
+        token: grant.token.as_bytes().to_vec(),
         options,
     };
     let progress = Arc::new(Progress::default());
@@ -313,7 +315,12 @@ async fn pull_over(
         FramedSend::new(ctl_send),
         FramedRecv::new(ctl_recv, Limits::default()),
     );
-    let mut ask = hello_for(&options, source.token.as_bytes(), &source.path);
+    let mut ask = hello_for(
+        &options,
+        source.token.as_bytes(),
+        link.as_ref(),
+        &source.path,
+    );
     ask.flags |= Hello::PULL;
     ask.snapshot = Bytes::from(source.snapshot.clone().unwrap_or_default().into_bytes());
     ctl_tx

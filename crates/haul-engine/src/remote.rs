@@ -358,7 +358,7 @@ impl Remote {
             FramedSend::new(send),
             FramedRecv::new(recv, Limits::for_chunk_size(Request::MAX_BODY)),
         );
-        let mut hello = crate::sender::hello_for(&Default::default(), token, b"");
+        let mut hello = crate::sender::hello_for(&Default::default(), token, link.as_ref(), b"");
         hello.flags = Hello::OPS;
         hello.holder = Bytes::copy_from_slice(holder.unwrap_or_default().as_bytes());
         tx.send(&Message::Hello(hello))
@@ -655,7 +655,7 @@ impl LeaseGuard {
 
 /// Host: serves an operations session until the client closes it.
 pub(crate) async fn serve_ops(
-    _link: Arc<dyn Link>,
+    link: Arc<dyn Link>,
     control: Control,
     mut session: ServerSession,
     hello: Hello,
@@ -665,7 +665,7 @@ pub(crate) async fn serve_ops(
 ) -> Result<SessionReport, EngineError> {
     let grant = match session
         .check_hello(&hello)
-        .and_then(|()| check_token(&config, &hello).cloned())
+        .and_then(|()| check_token(&config, &hello, link.as_ref()).cloned())
     {
         Ok(grant) => grant,
         Err(refused) => return Err(refuse(control, &mut session, refused).await),

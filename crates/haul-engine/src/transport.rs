@@ -59,6 +59,13 @@ pub trait Link: Send + Sync {
     fn shares_buffers(&self) -> bool {
         false
     }
+
+    /// What identifies this connection's TLS session on both ends (its exporter value); the
+    /// token proof is bound to it ([`haul_net::present`]). `None` for links with no TLS
+    /// session, where the token itself is presented.
+    fn channel_binding(&self) -> Option<[u8; haul_net::BINDING_LEN]> {
+        None
+    }
 }
 
 /// A [`Link`] over a quinn connection.
@@ -192,5 +199,8 @@ impl Link for QuicLink {
         Box::pin(async move {
             self.conn.closed().await;
         })
+    }
+    fn channel_binding(&self) -> Option<[u8; haul_net::BINDING_LEN]> {
+        haul_net::channel_binding(&self.conn)
     }
 }

@@ -70,7 +70,7 @@ pub use endpoint::{
 pub use error::NetError;
 pub use fingerprint::Fingerprint;
 pub use identity::Identity;
-pub use token::Token;
+pub use token::{BINDING_LEN, Token, channel_binding, present};
 
 /// The ALPN protocol identifier of haul's wire protocol, version 1.
 pub const ALPN: &[u8] = b"haul/1";

@@ -1,4 +1,11 @@
-//! Client tokens: the shared secret a client presents after the TLS handshake.
+//! Client tokens: the shared secret a client proves it holds after the TLS handshake.
+//!
+//! Over QUIC the token itself never travels: the client sends a proof, a BLAKE3 keyed hash
+//! (a MAC) of the connection's TLS exporter value under a key derived from the token
+//! ([`Token::presented`]). The exporter is different for every TLS session, so a proof seen by
+//! a relay (or a man in the middle holding a certificate the client wrongly trusted) is
+//! worthless on any other connection, and the token cannot be recovered from it. Links
+//! without a TLS session (an in-process copy) present the token as it is.
 
 use std::fmt;
 use std::io;
@@ -8,6 +15,37 @@ use subtle::ConstantTimeEq;
 
 use crate::NetError;
 use crate::files::{create_private_dir, read_secret_if_exists, write_new};
+
+/// The length of a channel binding ([`channel_binding`]) and of a token proof.
+pub const BINDING_LEN: usize = 32;
+
+/// The exporter label of the channel binding (RFC 5705 / RFC 8446 section 7.5).
+const EXPORTER_LABEL: &[u8] = b"EXPORTER-haul-token-proof";
+
+/// The context string the proof key is derived under.
+const PROOF_CONTEXT: &str = "haul 2026-12 token proof v1";
+
+/// What identifies one TLS session on both of its ends and nowhere else: keying material
+/// exported from it. `None` if the connection cannot export (it always can once the
+/// handshake is done).
+pub fn channel_binding(conn: &quinn::Connection) -> Option<[u8; BINDING_LEN]> {
+    let mut out = [0u8; BINDING_LEN];
+    conn.export_keying_material(&mut out, EXPORTER_LABEL, b"")
+        .ok()
+        .map(|()| out)
+}
+
+/// What a client with `token` presents on a link with `binding`: the proof bound to that
+/// TLS session, or, with no binding (an in-process link), the token itself.
+pub fn present(token: &[u8], binding: Option<&[u8; BINDING_LEN]>) -> Vec<u8> {
+    match binding {
+        Some(binding) => {
+            let key = blake3::derive_key(PROOF_CONTEXT, token);
+            blake3::keyed_hash(&key, binding).as_bytes().to_vec()
+        }
+        None => token.to_vec(),
+    }
+}
 
 /// What a token file is called in [`NetError::ExposedSecret`].
 const TOKEN_FILE: &str = "token file";
@@ -38,6 +76,18 @@ impl Token {
     /// Constant-time comparison with bytes received from a peer. Only the length can leak.
     pub fn ct_eq(&self, other: &[u8]) -> bool {
         self.0.as_slice().ct_eq(other).into()
+    }
+
+    /// What a client holding this token presents on a link with `binding` ([`present`]).
+    pub fn presented(&self, binding: Option<&[u8; BINDING_LEN]>) -> Vec<u8> {
+        present(&self.0, binding)
+    }
+
+    /// Whether `presented`, received on a link with `binding`, proves this token, in constant
+    /// time. With a binding only a proof for that very session matches: the bare token (an
+    /// older client, or a replay) and a proof made for another connection do not.
+    pub fn proven_by(&self, presented: &[u8], binding: Option<&[u8; BINDING_LEN]>) -> bool {
+        self.presented(binding).as_slice().ct_eq(presented).into()
     }
 
     /// Reads a token file. An empty file (or one holding only whitespace) is an error, and so
@@ -114,6 +164,28 @@ mod tests {
     #[test]
     fn from_bytes_trims_trailing_whitespace_only() {
         assert_eq!(Token::from_bytes(b" abc \r\n\t\n").as_bytes(), b" abc");
+    }
+
+    #[test]
+    fn a_proof_holds_for_its_own_session_only() {
+        let token = Token::from_bytes(b"secret");
+        let (one, two) = ([1u8; BINDING_LEN], [2u8; BINDING_LEN]);
+        let proof = token.presented(Some(&one));
+        assert_eq!(proof.len(), BINDING_LEN);
+        assert!(token.proven_by(&proof, Some(&one)));
+        assert!(
+            !token.proven_by(&proof, Some(&two)),
+            "replayed on another session"
+        );
+        assert!(
+            !token.proven_by(b"secret", Some(&one)),
+            "the bare token over TLS"
+        );
+        assert!(!Token::from_bytes(b"other").proven_by(&proof, Some(&one)));
+        assert!(!proof.windows(6).any(|w| w == b"secret"));
+        // Without a session (in-process), the token itself.
+        assert!(token.proven_by(b"secret", None));
+        assert!(!token.proven_by(&proof, None));
         assert_eq!(Token::from_bytes(b"\n\n").as_bytes(), b"");
     }
 

@@ -59,7 +59,7 @@ pub use session::{ClientSession, ProtocolError, ServerSession};
 
 /// The protocol version this build speaks. Peers with a different version are refused with a
 /// message naming both versions.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// The default chunk size: 4 MiB. Chunk sizes are powers of two so that every chunk is a whole
 /// BLAKE3 subtree and a file's hash can be assembled from its chunk hashes.

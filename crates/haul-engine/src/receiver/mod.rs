@@ -170,11 +170,15 @@ impl ReceiverConfig {
         &self.root
     }
 
-    /// The part of the root the presented token may write to, if it is accepted. Every token
-    /// is compared (in constant time), so timing does not say which one nearly matched.
-    fn grant_for(&self, presented: &[u8]) -> Option<&Grant> {
+    /// The grant whose token `presented` proves on a link with `binding`, if any. Every
+    /// token is checked (in constant time), so timing does not say which one nearly matched.
+    fn grant_for(
+        &self,
+        presented: &[u8],
+        binding: Option<&[u8; haul_net::BINDING_LEN]>,
+    ) -> Option<&Grant> {
         self.grants.iter().fold(None, |found, g| {
-            let hit = g.token.ct_eq(presented);
+            let hit = g.token.proven_by(presented, binding);
             found.or(hit.then_some(g))
         })
     }
@@ -207,6 +211,19 @@ pub async fn receive(
     peer: String,
     events: EventSink,
 ) -> Result<SessionReport, EngineError> {
+    receive_admitted(link, config, peer, events, None).await
+}
+
+/// [`receive`] for a connection a serving host admitted as `pending`: once its hello proves
+/// a token, the unauthenticated slot is traded for a session slot, held to the end, or the
+/// session is refused as busy.
+pub(crate) async fn receive_admitted(
+    link: Arc<dyn Link>,
+    config: Arc<ReceiverConfig>,
+    peer: String,
+    events: EventSink,
+    pending: Option<crate::admission::Pending>,
+) -> Result<SessionReport, EngineError> {
     let (ctl_send, ctl_recv) = link
         .accept_control()
         .await
@@ -224,6 +241,23 @@ pub async fn receive(
     let mut session = ServerSession::new(Limits::default());
     let hello = read_hello(&mut ctl_rx, &mut session).await?;
     let control = (ctl_tx, ctl_rx);
+    // A hello with a wrong token keeps its unauthenticated slot until the handler below has
+    // refused it.
+    let _slot = match pending {
+        Some(pending) if check_token(&config, &hello, link.as_ref()).is_ok() => {
+            match pending.authenticated() {
+                Ok(slot) => Some(slot),
+                Err(message) => {
+                    let refused = Refused {
+                        reason: RefuseReason::Other,
+                        message,
+                    };
+                    return Err(refuse(control, &mut session, refused).await);
+                }
+            }
+        }
+        _ => None,
+    };
     if hello.has(Hello::PULL) {
         return crate::pull::serve_pull(link, control, session, hello, config, peer, events).await;
     }
@@ -268,17 +302,22 @@ pub(crate) async fn refuse(
     EngineError::Refused { reason, message }
 }
 
-/// The token's grant, if the receiver accepts it, or the refusal to send.
+/// The grant of the token the hello proves on `link`, if the receiver accepts it, or the
+/// refusal to send. Over QUIC only a proof bound to this very TLS session counts.
 pub(crate) fn check_token<'a>(
     config: &'a ReceiverConfig,
     hello: &Hello,
+    link: &dyn Link,
 ) -> Result<&'a Grant, Refused> {
-    config.grant_for(&hello.token).ok_or_else(|| Refused {
-        reason: RefuseReason::BadToken,
-        message: "the token is not accepted by this receiver; pass the token printed by \
-                  `haul serve` with --token-file FILE or the HAUL_TOKEN variable"
-            .into(),
-    })
+    let binding = link.channel_binding();
+    config
+        .grant_for(&hello.token, binding.as_ref())
+        .ok_or_else(|| Refused {
+            reason: RefuseReason::BadToken,
+            message: "the token is not accepted by this receiver; pass the token printed by \
+                      `haul serve` with --token-file FILE or the HAUL_TOKEN variable"
+                .into(),
+        })
 }
 
 /// A push into this receiver (or, on a pulling client, what the serving host sends): checks
@@ -294,7 +333,7 @@ pub(crate) async fn receive_session(
 ) -> Result<SessionReport, EngineError> {
     let mut privileged = false;
     let decision = session.check_hello(&hello).and_then(|()| {
-        let grant = check_token(&config, &hello)?;
+        let grant = check_token(&config, &hello, link.as_ref())?;
         grant.allow(Scope::Write, "pushing")?;
         privileged = grant.privileged;
         let dest = RelPath::parse(&hello.dest)

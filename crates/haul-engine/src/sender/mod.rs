@@ -91,6 +91,7 @@ pub(crate) async fn send_over(
         .send(&Message::Hello(hello_for(
             &opts,
             &request.token,
+            link.as_ref(),
             &request.dest,
         )))
         .await

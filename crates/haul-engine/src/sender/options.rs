@@ -107,11 +107,17 @@ pub struct SendRequest {
 
 /// The hello that asks a receiver for a session shaped by `opts`. A pulling client sends the
 /// same hello with [`Hello::PULL`] and the serving host turns it back into options
-/// ([`options_from_hello`]), so both directions agree on every option.
-pub(crate) fn hello_for(opts: &TransferOptions, token: &[u8], dest: &[u8]) -> Hello {
+/// ([`options_from_hello`]), so both directions agree on every option. The token goes out
+/// as the proof bound to `link`'s TLS session ([`haul_net::present`]), never bare over QUIC.
+pub(crate) fn hello_for(
+    opts: &TransferOptions,
+    token: &[u8],
+    link: &dyn crate::Link,
+    dest: &[u8],
+) -> Hello {
     Hello {
         version: PROTOCOL_VERSION,
-        token: Bytes::copy_from_slice(token),
+        token: haul_net::present(token, link.channel_binding().as_ref()).into(),
         dest: Bytes::copy_from_slice(dest),
         chunk_size: opts.chunk_size,
         flags: flag(opts.checksum, Hello::CHECKSUM)
