@@ -166,6 +166,22 @@ pub async fn connect_with(
     trust: &Trust,
     congestion: Congestion,
 ) -> Result<Connected, NetError> {
+    let local: SocketAddr = match server {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    connect_from(local, server, host_key, trust, congestion).await
+}
+
+/// [`connect_with`] from a client endpoint bound to `local` (a chosen source address on a
+/// host with several, or in tests a second loopback address).
+pub async fn connect_from(
+    local: SocketAddr,
+    server: SocketAddr,
+    host_key: &str,
+    trust: &Trust,
+    congestion: Congestion,
+) -> Result<Connected, NetError> {
     let expected = match trust {
         Trust::Pinned(fp) => Some(*fp),
         Trust::KnownHosts(path) => {
@@ -190,10 +206,6 @@ pub async fn connect_with(
     // Only the sender probes: the receiver sends acks and a few control messages.
     mtu_discovery(&mut transport);
     config.transport_config(Arc::new(transport));
-    let local: SocketAddr = match server {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
     let endpoint = Endpoint::new(
         endpoint_config(),
         None,

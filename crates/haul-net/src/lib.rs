@@ -64,8 +64,8 @@ use std::env;
 use std::path::PathBuf;
 
 pub use endpoint::{
-    Congestion, Connected, Trust, connect, connect_with, server_endpoint, transport_config,
-    transport_config_with,
+    Congestion, Connected, Trust, connect, connect_from, connect_with, server_endpoint,
+    transport_config, transport_config_with,
 };
 pub use error::NetError;
 pub use fingerprint::Fingerprint;

@@ -128,6 +128,11 @@ pub struct Server {
 }
 
 impl Server {
+    /// The server process's id (to read its `/proc` figures).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// quic://ADDR/PATH for this server.
     pub fn url(&self, path: &str) -> String {
         format!("quic://{}/{path}", self.addr)
