@@ -165,18 +165,29 @@ pub struct Expired {
     pub error: Option<String>,
 }
 
-/// The backups a dataset's policy expires at `now`: its own backups past the retention
-/// period, except the newest `retention_count`.
+/// The backups the datasets' policies expire at `now`: for each relationship a dataset made
+/// backups of, its own backups past the retention period, except the newest
+/// `retention_count`. Another dataset's backups (or another server's) are never in it.
 pub fn expiry_plan(server: &Server, now: i64) -> Result<Vec<Backup>, ProtectError> {
     let mut out = Vec::new();
     let backups = server.backups()?;
     for dataset in server.datasets()? {
         let policy = server.policy(&dataset.policy)?;
-        let mut own: Vec<&Backup> = backups.iter().filter(|b| b.dataset == dataset.name).collect();
-        own.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
-        for b in own.into_iter().skip(policy.retention_count as usize) {
-            if b.created_at.saturating_add(policy.retention_period_s as i64) <= now {
-                out.push(b.clone());
+        let rels: BTreeSet<&str> = backups
+            .iter()
+            .filter(|b| b.dataset == dataset.name)
+            .map(|b| b.relationship.as_str())
+            .collect();
+        for rel in rels {
+            let mut own: Vec<&Backup> = backups
+                .iter()
+                .filter(|b| b.dataset == dataset.name && b.relationship == rel)
+                .collect();
+            own.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+            for b in own.into_iter().skip(policy.retention_count as usize) {
+                if b.created_at.saturating_add(policy.retention_period_s as i64) <= now {
+                    out.push(b.clone());
+                }
             }
         }
     }
