@@ -10,7 +10,8 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use haul_testing::{Haul, Server, TreeBuilder, assert_same_tree, write_secret};
+use haul_testing::cmd::write_secret;
+use haul_testing::{Haul, Server, TreeBuilder, assert_same_tree};
 use serde_json::Value;
 
 fn haul() -> Haul {
