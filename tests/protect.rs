@@ -161,7 +161,12 @@ fn json(out: &Output) -> Value {
         .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
-        .unwrap_or_else(|| panic!("no output; stderr: {}", String::from_utf8_lossy(&out.stderr)));
+        .unwrap_or_else(|| {
+            panic!(
+                "no output; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
     serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
 }
 
@@ -291,13 +296,20 @@ fn relationship_migrates_between_servers_without_rebaseline() {
     assert!(updated(&a.tick(T0 + 600)).is_empty());
 
     // One small file changes; the next slot updates both, sending only that file.
-    std::fs::write(src1.join("docs/f3.txt"), b"changed before the second backup").unwrap();
+    std::fs::write(
+        src1.join("docs/f3.txt"),
+        b"changed before the second backup",
+    )
+    .unwrap();
     let tick = a.tick(T0 + HOUR);
     let done = updated(&tick);
     assert_eq!(done.len(), 2, "{tick}");
     let po = done.iter().find(|(n, _)| n == "h1:vol1/po").unwrap();
     // Only the changed file travels (32 bytes, or fewer if compressed).
-    assert!(po.1 > 0 && po.1 <= 32, "only the changed file's bytes travel: {tick}");
+    assert!(
+        po.1 > 0 && po.1 <= 32,
+        "only the changed file's bytes travel: {tick}"
+    );
     let a_second = tick["updates"]
         .as_array()
         .unwrap()
@@ -320,12 +332,40 @@ fn relationship_migrates_between_servers_without_rebaseline() {
     // a scheduled update.
     b.policy(
         "hourly",
-        &["--every", "1h", "--retention-period", "3h", "--retention-count", "1"],
+        &[
+            "--every",
+            "1h",
+            "--retention-period",
+            "3h",
+            "--retention-count",
+            "1",
+        ],
     );
     b.ok(T0, &["server", "set", "max-fan-in", "4"]);
-    let (diff, _) = b.fails(T0, &["policy", "diff", "hourly", "--against", a.dir.to_str().unwrap()]);
-    assert_eq!(diff["differences"][0]["field"], "retention period (seconds)");
-    let (diff, _) = b.fails(T0, &["policy", "diff", "--settings", "--against", a.dir.to_str().unwrap()]);
+    let (diff, _) = b.fails(
+        T0,
+        &[
+            "policy",
+            "diff",
+            "hourly",
+            "--against",
+            a.dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        diff["differences"][0]["field"],
+        "retention period (seconds)"
+    );
+    let (diff, _) = b.fails(
+        T0,
+        &[
+            "policy",
+            "diff",
+            "--settings",
+            "--against",
+            a.dir.to_str().unwrap(),
+        ],
+    );
     assert_eq!(diff["differences"][0]["field"], "max-fan-in");
     let window_with_slot = format!("{}..{}", T0 + 2 * HOUR - 60, T0 + 2 * HOUR + 60);
     let preflight = |window: &str| {
@@ -353,16 +393,40 @@ fn relationship_migrates_between_servers_without_rebaseline() {
         .filter(|c| c["ok"] == false)
         .map(|c| c["item"].as_str().unwrap().to_string())
         .collect();
-    assert!(failed.iter().any(|i| i.starts_with("policy hourly")), "{failed:?}");
-    assert!(failed.iter().any(|i| i == "server settings identical"), "{failed:?}");
-    assert!(failed.iter().any(|i| i.starts_with("no update scheduled on the old")), "{failed:?}");
+    assert!(
+        failed.iter().any(|i| i.starts_with("policy hourly")),
+        "{failed:?}"
+    );
+    assert!(
+        failed.iter().any(|i| i == "server settings identical"),
+        "{failed:?}"
+    );
+    assert!(
+        failed
+            .iter()
+            .any(|i| i.starts_with("no update scheduled on the old")),
+        "{failed:?}"
+    );
     // Fixed: the same policy, the same settings, a window between two slots.
     b.policy("hourly", &hourly);
     b.ok(T0, &["server", "set", "max-fan-in", "8"]);
-    b.ok(T0, &["policy", "diff", "hourly", "--against", a.dir.to_str().unwrap()]);
+    b.ok(
+        T0,
+        &[
+            "policy",
+            "diff",
+            "hourly",
+            "--against",
+            a.dir.to_str().unwrap(),
+        ],
+    );
     let quiet_window = format!("{}..{}", T0 + HOUR + 600, T0 + HOUR + 1200);
     let out = preflight(&quiet_window);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert_eq!(json(&out)["ok"], true);
 
     // Step 1 on A: relinquish. External on A; the dataset stays, with its backups.
@@ -375,8 +439,14 @@ fn relationship_migrates_between_servers_without_rebaseline() {
         .collect();
     assert!(steps[0].starts_with("relinquished h1:vol1/po"), "{steps:?}");
     assert!(steps[1].starts_with("removed primary member"), "{steps:?}");
-    assert!(steps[2].starts_with("removed secondary member"), "{steps:?}");
-    assert!(steps[3].starts_with("verified h1:vol1/po now shows as external"), "{steps:?}");
+    assert!(
+        steps[2].starts_with("removed secondary member"),
+        "{steps:?}"
+    );
+    assert!(
+        steps[3].starts_with("verified h1:vol1/po now shows as external"),
+        "{steps:?}"
+    );
     let seen = a.discovered("h1:vol1/po");
     assert_eq!(seen["ownership"], "external");
     assert!(seen["owner"].is_null());
@@ -396,7 +466,10 @@ fn relationship_migrates_between_servers_without_rebaseline() {
     std::fs::write(src1.join("docs/f7.txt"), b"changed after the migration").unwrap();
     let first_b = b.ok(T0 + HOUR + 900, &["update", "h1:vol1/po"]);
     let sent = first_b["summary"]["bytes_sent"].as_u64().unwrap();
-    assert!(sent > 0 && sent <= 27, "only the changed file travels: {first_b}");
+    assert!(
+        sent > 0 && sent <= 27,
+        "only the changed file travels: {first_b}"
+    );
     assert!(sent * 100 < src1_bytes);
     assert_eq!(b.status("ds-b"), "ok");
     let b_backup = backup_of(&first_b);
@@ -409,12 +482,18 @@ fn relationship_migrates_between_servers_without_rebaseline() {
     // its newest (the count); B's backup is untouched.
     let tick = a.tick(T0 + 3 * HOUR + 1);
     let expired = expired_ids(&tick);
-    assert!(expired.contains(&a_first[0]["id"].as_str().unwrap().to_string()), "{tick}");
+    assert!(
+        expired.contains(&a_first[0]["id"].as_str().unwrap().to_string()),
+        "{tick}"
+    );
     assert!(!expired.contains(&a_second), "{tick}");
     assert!(!expired.contains(&b_backup), "{tick}");
     // The tick also updated A's other relationship (h2), never the migrated one.
     assert_eq!(
-        updated(&tick).iter().map(|u| u.0.as_str()).collect::<Vec<_>>(),
+        updated(&tick)
+            .iter()
+            .map(|u| u.0.as_str())
+            .collect::<Vec<_>>(),
         vec!["h2:vol2/mail"]
     );
     let on_host: Vec<String> = b
@@ -426,19 +505,59 @@ fn relationship_migrates_between_servers_without_rebaseline() {
 
     // Restores: A's backup from A, B's from B, both exact.
     let from_a = work.join("restore-a");
-    let r = a.ok(T0, &["restore", "h1:vol1/po", "--backup", &a_second, "--to", from_a.to_str().unwrap()]);
+    let r = a.ok(
+        T0,
+        &[
+            "restore",
+            "h1:vol1/po",
+            "--backup",
+            &a_second,
+            "--to",
+            from_a.to_str().unwrap(),
+        ],
+    );
     assert_eq!(r["files_verified"], 21);
     assert_same_tree(&at_a_second, &from_a);
     let from_b = work.join("restore-b");
-    b.ok(T0, &["restore", "h1:vol1/po", "--backup", &b_backup, "--to", from_b.to_str().unwrap()]);
+    b.ok(
+        T0,
+        &[
+            "restore",
+            "h1:vol1/po",
+            "--backup",
+            &b_backup,
+            "--to",
+            from_b.to_str().unwrap(),
+        ],
+    );
     assert_same_tree(&src1, &from_b);
     // B, which owns the relationship now, restores A's old backup too.
     let a_from_b = work.join("restore-a-from-b");
-    b.ok(T0, &["restore", "h1:vol1/po", "--backup", &a_second, "--to", a_from_b.to_str().unwrap()]);
+    b.ok(
+        T0,
+        &[
+            "restore",
+            "h1:vol1/po",
+            "--backup",
+            &a_second,
+            "--to",
+            a_from_b.to_str().unwrap(),
+        ],
+    );
     assert_same_tree(&at_a_second, &a_from_b);
 
     // With its retention count at 0, A expires its last backup of it too; B's stays.
-    a.policy("hourly", &["--every", "1h", "--retention-period", "2h", "--retention-count", "0"]);
+    a.policy(
+        "hourly",
+        &[
+            "--every",
+            "1h",
+            "--retention-period",
+            "2h",
+            "--retention-count",
+            "0",
+        ],
+    );
     let tick = a.tick(T0 + 4 * HOUR);
     assert!(expired_ids(&tick).contains(&a_second), "{tick}");
     let on_host: Vec<String> = b
@@ -446,7 +565,10 @@ fn relationship_migrates_between_servers_without_rebaseline() {
         .iter()
         .map(|b| b["id"].as_str().unwrap().to_string())
         .collect();
-    assert!(on_host.contains(&b_backup) && !on_host.contains(&a_second), "{on_host:?}");
+    assert!(
+        on_host.contains(&b_backup) && !on_host.contains(&a_second),
+        "{on_host:?}"
+    );
 
     // Every state change is in A's audit log.
     let log: Vec<String> = a
@@ -456,8 +578,16 @@ fn relationship_migrates_between_servers_without_rebaseline() {
         .iter()
         .map(|l| l["message"].as_str().unwrap().to_string())
         .collect();
-    assert!(log.iter().any(|l| l.starts_with("relationship h1:vol1/po relinquished")), "{log:?}");
-    assert!(log.iter().any(|l| l.starts_with(&format!("backup {a_second}"))), "{log:?}");
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("relationship h1:vol1/po relinquished")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with(&format!("backup {a_second}"))),
+        "{log:?}"
+    );
 }
 
 #[test]
@@ -468,7 +598,17 @@ fn fan_in_relationships_move_together() {
     let (a, b) = (Pm::new(work, "a"), Pm::new(work, "b"));
     for pm in [&a, &b] {
         pm.add_host("h1", &h1);
-        pm.policy("daily", &["--every", "1d", "--retention-period", "1d", "--retention-count", "0"]);
+        pm.policy(
+            "daily",
+            &[
+                "--every",
+                "1d",
+                "--retention-period",
+                "1d",
+                "--retention-count",
+                "0",
+            ],
+        );
     }
     a.ok(T0, &["dataset", "create", "vault", "--policy", "daily"]);
     let (sx, sy) = (work.join("sx"), work.join("sy"));
@@ -478,8 +618,16 @@ fn fan_in_relationships_move_together() {
         a.ok(
             T0,
             &[
-                "relationship", "create", "--dataset", "vault", "--source",
-                src.to_str().unwrap(), "--dest", dest, "--kind", "backup",
+                "relationship",
+                "create",
+                "--dataset",
+                "vault",
+                "--source",
+                src.to_str().unwrap(),
+                "--dest",
+                dest,
+                "--kind",
+                "backup",
             ],
         );
     }
@@ -488,23 +636,42 @@ fn fan_in_relationships_move_together() {
 
     // Alone, either half is refused, naming the other.
     let (_, err) = a.fails(T0, &["relinquish", "h1:vault/x"]);
-    assert!(err.contains("h1:vault/y") && err.contains("fan in"), "{err}");
+    assert!(
+        err.contains("h1:vault/y") && err.contains("fan in"),
+        "{err}"
+    );
     assert_eq!(a.discovered("h1:vault/x")["ownership"], "owned");
     a.ok(T0, &["relinquish", "h1:vault/x", "h1:vault/y"]);
 
     b.ok(T0, &["dataset", "create", "vault", "--policy", "daily"]);
     let (_, err) = b.fails(T0, &["import", "h1:vault/y", "--dataset", "vault"]);
-    assert!(err.contains("h1:vault/x") && err.contains("fan in"), "{err}");
-    b.ok(T0, &["import", "h1:vault/x", "h1:vault/y", "--dataset", "vault"]);
+    assert!(
+        err.contains("h1:vault/x") && err.contains("fan in"),
+        "{err}"
+    );
+    b.ok(
+        T0,
+        &["import", "h1:vault/x", "h1:vault/y", "--dataset", "vault"],
+    );
     // Nothing changed: B's first updates send nothing at all.
     let tick = b.tick(T0 + 60);
-    assert_eq!(updated(&tick), vec![("h1:vault/x".into(), 0), ("h1:vault/y".into(), 0)]);
+    assert_eq!(
+        updated(&tick),
+        vec![("h1:vault/x".into(), 0), ("h1:vault/y".into(), 0)]
+    );
 
     // A keeps its backups until they expire, then says its dataset can go.
-    assert!(a.status("vault").starts_with("ok ("), "{}", a.status("vault"));
+    assert!(
+        a.status("vault").starts_with("ok ("),
+        "{}",
+        a.status("vault")
+    );
     let tick = a.tick(T0 + 2 * 86_400);
     assert_eq!(expired_ids(&tick).len(), 2, "{tick}");
-    assert!(updated(&tick).is_empty(), "A no longer updates them: {tick}");
+    assert!(
+        updated(&tick).is_empty(),
+        "A no longer updates them: {tick}"
+    );
     assert_eq!(a.status("vault"), "can be deleted");
     assert_eq!(b.backups("h1:vault/x").len(), 1, "B's backup stays");
     a.ok(T0, &["dataset", "delete", "vault"]);
@@ -521,7 +688,16 @@ fn tick_reports_a_host_that_is_down_and_goes_on() {
     // A throttled policy: 1 MiB/s.
     a.policy(
         "slow",
-        &["--every", "1h", "--retention-period", "1d", "--retention-count", "2", "--throttle", "1M"],
+        &[
+            "--every",
+            "1h",
+            "--retention-period",
+            "1d",
+            "--retention-count",
+            "2",
+            "--throttle",
+            "1M",
+        ],
     );
     a.ok(T0, &["dataset", "create", "ds", "--policy", "slow"]);
     let (s1, s2) = (work.join("s1"), work.join("s2"));
@@ -534,8 +710,16 @@ fn tick_reports_a_host_that_is_down_and_goes_on() {
         a.ok(
             T0,
             &[
-                "relationship", "create", "--dataset", "ds", "--source",
-                src.to_str().unwrap(), "--dest", dest, "--kind", "mirror",
+                "relationship",
+                "create",
+                "--dataset",
+                "ds",
+                "--source",
+                src.to_str().unwrap(),
+                "--dest",
+                dest,
+                "--kind",
+                "mirror",
             ],
         );
     }
@@ -555,8 +739,14 @@ fn tick_reports_a_host_that_is_down_and_goes_on() {
     a.ok(
         T0,
         &[
-            "host", "add", "h2-wrong", &h2.url(), "--fingerprint", &h2.server.fingerprint,
-            "--token-file", wrong.to_str().unwrap(),
+            "host",
+            "add",
+            "h2-wrong",
+            &h2.url(),
+            "--fingerprint",
+            &h2.server.fingerprint,
+            "--token-file",
+            wrong.to_str().unwrap(),
         ],
     );
     let (diag, _) = a.fails(T0, &["host", "diagnose", "h2-wrong"]);
@@ -574,7 +764,11 @@ fn tick_reports_a_host_that_is_down_and_goes_on() {
     let h1_root = work.join("h1-root");
     drop(h1);
     let out = a.run_at(T0 + HOUR, &["tick"]);
-    assert_eq!(out.status.code(), Some(1), "a failed update makes tick exit 1");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failed update makes tick exit 1"
+    );
     let tick = json(&out);
     assert_eq!(tick["hosts_down"], serde_json::json!(["h1"]), "{tick}");
     let failed = tick["updates"]

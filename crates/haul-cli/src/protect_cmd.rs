@@ -8,9 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use haul_engine::job::JobEvent;
-use haul_protect::{
-    Check, Dataset, Events, Host, Kind, Policy, ProtectError, Server, host_key,
-};
+use haul_protect::{Check, Dataset, Events, Host, Kind, Policy, ProtectError, Server, host_key};
 use serde::Serialize;
 
 use crate::output::{self, Mode};
@@ -311,12 +309,28 @@ fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce()) {
 
 fn checklist(json: bool, checks: &[Check]) -> u8 {
     let ok = checks.iter().all(|c| c.ok);
-    print(json, &serde_json::json!({"ok": ok, "checks": checks}), || {
-        for c in checks {
-            println!("[{}] {}: {}", if c.ok { "pass" } else { "FAIL" }, c.item, c.detail);
-        }
-        println!("{}", if ok { "all checks passed" } else { "some checks failed" });
-    });
+    print(
+        json,
+        &serde_json::json!({"ok": ok, "checks": checks}),
+        || {
+            for c in checks {
+                println!(
+                    "[{}] {}: {}",
+                    if c.ok { "pass" } else { "FAIL" },
+                    c.item,
+                    c.detail
+                );
+            }
+            println!(
+                "{}",
+                if ok {
+                    "all checks passed"
+                } else {
+                    "some checks failed"
+                }
+            );
+        },
+    );
     u8::from(!ok)
 }
 
@@ -448,8 +462,7 @@ async fn run(args: ProtectArgs) -> anyhow::Result<u8> {
                             p.every_s,
                             p.retention_period_s,
                             p.retention_count,
-                            p.throttle
-                                .map_or("none".into(), |t| format!("{t} bytes/s"))
+                            p.throttle.map_or("none".into(), |t| format!("{t} bytes/s"))
                         );
                         for (what, s) in [("pre", &p.pre_script), ("post", &p.post_script)] {
                             if let Some(s) = s {
@@ -471,9 +484,8 @@ async fn run(args: ProtectArgs) -> anyhow::Result<u8> {
                         &other.info().settings,
                     )
                 } else {
-                    let name = name.ok_or_else(|| {
-                        anyhow!("name the policy to compare, or pass --settings")
-                    })?;
+                    let name = name
+                        .ok_or_else(|| anyhow!("name the policy to compare, or pass --settings"))?;
                     haul_protect::policy_differences(
                         server.find_policy(&name)?.as_ref(),
                         other.find_policy(&name)?.as_ref(),

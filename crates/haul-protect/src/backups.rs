@@ -185,7 +185,10 @@ pub fn expiry_plan(server: &Server, now: i64) -> Result<Vec<Backup>, ProtectErro
                 .collect();
             own.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
             for b in own.into_iter().skip(policy.retention_count as usize) {
-                if b.created_at.saturating_add(policy.retention_period_s as i64) <= now {
+                if b.created_at
+                    .saturating_add(policy.retention_period_s as i64)
+                    <= now
+                {
                     out.push(b.clone());
                 }
             }
@@ -205,7 +208,10 @@ pub(crate) async fn expire(
     for backup in expiry_plan(server, now)? {
         if down.contains(&backup.host) {
             out.push(Expired {
-                error: Some(format!("host {} is down; expires on a later tick", backup.host)),
+                error: Some(format!(
+                    "host {} is down; expires on a later tick",
+                    backup.host
+                )),
                 backup,
             });
             continue;
@@ -221,7 +227,10 @@ pub(crate) async fn expire(
                 remote
                     .snapshot_delete(&backup.id)
                     .await
-                    .map_err(ProtectError::engine(format!("cannot delete backup {}", backup.id)))?;
+                    .map_err(ProtectError::engine(format!(
+                        "cannot delete backup {}",
+                        backup.id
+                    )))?;
             }
             remote.close().await;
             Ok::<_, ProtectError>(())
@@ -305,7 +314,10 @@ pub async fn tick(
             updates.push(TickUpdate {
                 relationship: rel.name.clone(),
                 report: None,
-                error: Some(format!("host {} is down; updates on a later tick", rel.host)),
+                error: Some(format!(
+                    "host {} is down; updates on a later tick",
+                    rel.host
+                )),
             });
             continue;
         }
@@ -316,8 +328,15 @@ pub async fn tick(
                 error: None,
             }),
             Err(e) => {
-                let host_down = matches!(e, ProtectError::HostDown { .. })
-                    || matches!(&e, ProtectError::Engine { source: haul_engine::EngineError::Connection { .. } | haul_engine::EngineError::Net(_), .. });
+                let host_down = match &e {
+                    ProtectError::HostDown { .. } => true,
+                    ProtectError::Engine { source, .. } => matches!(
+                        **source,
+                        haul_engine::EngineError::Connection { .. }
+                            | haul_engine::EngineError::Net(_)
+                    ),
+                    _ => false,
+                };
                 if host_down {
                     down.insert(rel.host.clone());
                 }
@@ -368,7 +387,11 @@ fn locate(server: &Server, name: &str) -> Result<(String, String), ProtectError>
     if let Some(rel) = server.find_relationship(name)? {
         return Ok((rel.host, rel.path));
     }
-    if let Some(b) = server.backups()?.into_iter().find(|b| b.relationship == name) {
+    if let Some(b) = server
+        .backups()?
+        .into_iter()
+        .find(|b| b.relationship == name)
+    {
         return Ok((b.host, b.path));
     }
     Err(ProtectError::NotFound(format!(
@@ -451,7 +474,9 @@ pub async fn restore(
     let summary = job
         .run(move |e| sink(e))
         .await
-        .map_err(ProtectError::engine(format!("restore of {name} from backup {backup_id}")))?;
+        .map_err(ProtectError::engine(format!(
+            "restore of {name} from backup {backup_id}"
+        )))?;
     server.audit(&format!(
         "restored backup {backup_id} of {name} into {}",
         to.display()

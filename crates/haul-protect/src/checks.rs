@@ -47,9 +47,7 @@ pub fn dataset_statuses(server: &Server) -> Result<Vec<DatasetStatus>, ProtectEr
             (false, _) => "ok".to_string(),
             (true, 0) if d.relinquished_any => "can be deleted".to_string(),
             (true, 0) => "empty".to_string(),
-            (true, n) => format!(
-                "ok ({n} backups kept for restores and expiry; no relationships)"
-            ),
+            (true, n) => format!("ok ({n} backups kept for restores and expiry; no relationships)"),
         };
         out.push(DatasetStatus {
             name: d.name,
@@ -98,7 +96,11 @@ pub fn policy_differences(here: Option<&Policy>, there: Option<&Policy>) -> Vec<
                     out.push(d(field, x, y));
                 }
             };
-            cmp("schedule (every seconds)", a.every_s.to_string(), b.every_s.to_string());
+            cmp(
+                "schedule (every seconds)",
+                a.every_s.to_string(),
+                b.every_s.to_string(),
+            );
             cmp(
                 "retention period (seconds)",
                 a.retention_period_s.to_string(),
@@ -238,7 +240,10 @@ pub async fn preflight(
             format!("{}: discovered as external on the new server", rel.name),
             ok,
             match found {
-                Some(d) if ok => format!("owned by {}", d.owner.as_ref().map_or("nobody".into(), |o| o.to_string())),
+                Some(d) if ok => format!(
+                    "owned by {}",
+                    d.owner.as_ref().map_or("nobody".into(), |o| o.to_string())
+                ),
                 Some(_) => "the new server already owns it".to_string(),
                 None => "not seen: check the host's registration on the new server".to_string(),
             },

@@ -32,9 +32,9 @@ pub enum ProtectError {
     Engine {
         /// What was being done.
         context: String,
-        /// The engine's error.
+        /// The engine's error (boxed: it is large, and errors travel in every `Result`).
         #[source]
-        source: EngineError,
+        source: Box<EngineError>,
     },
     /// A local file or script.
     #[error("{0}")]
@@ -47,7 +47,7 @@ impl ProtectError {
         match self {
             ProtectError::HostDown { .. } => true,
             ProtectError::Engine { source, .. } => {
-                matches!(source, EngineError::Connection { .. }) || source.exit_code() == 3
+                matches!(**source, EngineError::Connection { .. }) || source.exit_code() == 3
             }
             ProtectError::State(e) => e.is_retryable(),
             _ => false,
@@ -64,6 +64,9 @@ impl ProtectError {
 
     pub(crate) fn engine(context: impl Into<String>) -> impl FnOnce(EngineError) -> ProtectError {
         let context = context.into();
-        move |source| ProtectError::Engine { context, source }
+        move |source| ProtectError::Engine {
+            context,
+            source: Box::new(source),
+        }
     }
 }

@@ -112,7 +112,10 @@ pub(crate) async fn connect(
 }
 
 /// Resolves and connects.
-pub(crate) async fn open(host: &Host, timeout: Duration) -> Result<(Remote, RemoteTarget), ProtectError> {
+pub(crate) async fn open(
+    host: &Host,
+    timeout: Duration,
+) -> Result<(Remote, RemoteTarget), ProtectError> {
     let target = target(host).await?;
     let remote = connect(host, &target, timeout).await?;
     Ok((remote, target))
@@ -155,7 +158,11 @@ pub async fn diagnose(host: &Host, timeout: Duration) -> Vec<Check> {
             addr
         }
         Err(e) => {
-            checks.push(Check::new(format!("{name}: name resolution"), false, e.to_string()));
+            checks.push(Check::new(
+                format!("{name}: name resolution"),
+                false,
+                e.to_string(),
+            ));
             return checks;
         }
     };
@@ -164,12 +171,19 @@ pub async fn diagnose(host: &Host, timeout: Duration) -> Vec<Check> {
             checks.push(Check::new(
                 format!("{name}: credentials"),
                 true,
-                format!("fingerprint and token file {} set", host.token_file.display()),
+                format!(
+                    "fingerprint and token file {} set",
+                    host.token_file.display()
+                ),
             ));
             c
         }
         Err(e) => {
-            checks.push(Check::new(format!("{name}: credentials"), false, e.to_string()));
+            checks.push(Check::new(
+                format!("{name}: credentials"),
+                false,
+                e.to_string(),
+            ));
             return checks;
         }
     };
@@ -202,7 +216,14 @@ pub async fn diagnose(host: &Host, timeout: Duration) -> Vec<Check> {
                 checks.push(Check::new(format!("{name}: reachable"), true, "answered"));
             }
             checks.push(Check::new(
-                format!("{name}: {}", if fingerprint { "fingerprint" } else { "reachable" }),
+                format!(
+                    "{name}: {}",
+                    if fingerprint {
+                        "fingerprint"
+                    } else {
+                        "reachable"
+                    }
+                ),
                 false,
                 text,
             ));
@@ -210,7 +231,11 @@ pub async fn diagnose(host: &Host, timeout: Duration) -> Vec<Check> {
         }
         Ok(Ok(remote)) => remote,
     };
-    checks.push(Check::new(format!("{name}: reachable"), true, "answered over QUIC"));
+    checks.push(Check::new(
+        format!("{name}: reachable"),
+        true,
+        "answered over QUIC",
+    ));
     checks.push(Check::new(
         format!("{name}: fingerprint"),
         true,
@@ -233,7 +258,10 @@ pub async fn diagnose(host: &Host, timeout: Duration) -> Vec<Check> {
         format!("{name}: scope: read (restores)"),
         !read_refused,
         match read_refused {
-            true => format!("{}; restores need read scope", read.err().map(|e| e.to_string()).unwrap_or_default()),
+            true => format!(
+                "{}; restores need read scope",
+                read.err().map(|e| e.to_string()).unwrap_or_default()
+            ),
             false => "allowed".into(),
         },
     ));

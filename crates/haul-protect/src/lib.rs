@@ -53,8 +53,8 @@ mod relationships;
 mod server;
 
 pub use backups::{
-    BackupInfo, Events, Expired, RestoreReport, TickReport, TickUpdate, UpdateReport,
-    expiry_plan, is_due, list_backups, restore, tick, update,
+    BackupInfo, Events, Expired, RestoreReport, TickReport, TickUpdate, UpdateReport, expiry_plan,
+    is_due, list_backups, restore, tick, update,
 };
 pub use checks::{
     DatasetStatus, Difference, dataset_statuses, policy_differences, preflight,

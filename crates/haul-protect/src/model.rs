@@ -53,11 +53,10 @@ impl Settings {
         };
         match name {
             "max-fan-in" => {
-                self.max_fan_in = value
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| format!("max-fan-in must be a number above 0, not {value:?}"))?;
+                self.max_fan_in =
+                    value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        format!("max-fan-in must be a number above 0, not {value:?}")
+                    })?;
             }
             "reaper-cleanup-mode" => {
                 self.reaper_cleanup_mode = one_of(&["automatic", "orphans", "never"])?

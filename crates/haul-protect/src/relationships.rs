@@ -28,7 +28,10 @@ pub fn parse_name(name: &str) -> Result<(String, String), ProtectError> {
             "{name:?}: write HOST:PATH, with the destination path under the host's grant"
         )));
     }
-    if path.split('/').any(|c| c.is_empty() || c == "." || c == ".." || c == ".haul") {
+    if path
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == ".." || c == ".haul")
+    {
         return Err(ProtectError::Invalid(format!(
             "{name:?}: the destination path may not hold empty, '.', '..' or '.haul' components"
         )));
@@ -67,7 +70,10 @@ pub async fn create(
     let (host_name, path) = parse_name(dest)?;
     let host = server.host(&host_name)?;
     let source = std::fs::canonicalize(source).map_err(|e| {
-        ProtectError::Local(format!("the source {} cannot be used: {e}", source.display()))
+        ProtectError::Local(format!(
+            "the source {} cannot be used: {e}",
+            source.display()
+        ))
     })?;
     if !source.is_dir() {
         return Err(ProtectError::Invalid(format!(
@@ -83,7 +89,9 @@ pub async fn create(
         let owner = existing
             .owner
             .as_ref()
-            .map_or("nobody (relinquished; import it)".to_string(), |o| o.to_string());
+            .map_or("nobody (relinquished; import it)".to_string(), |o| {
+                o.to_string()
+            });
         return Err(ProtectError::Refused(format!(
             "there is already a relationship into {name}, from {}, owned by {owner}",
             existing.source
@@ -256,9 +264,13 @@ pub async fn discover(server: &Server, timeout: Duration) -> Result<Discovery, P
 
 /// The relationships named, grouped by host and destination volume, with a refusal when a
 /// volume's group leaves out one that must move with it.
-fn fan_in_groups(names: &[String]) -> Result<BTreeMap<(String, String), Vec<String>>, ProtectError> {
+fn fan_in_groups(
+    names: &[String],
+) -> Result<BTreeMap<(String, String), Vec<String>>, ProtectError> {
     if names.is_empty() {
-        return Err(ProtectError::Invalid("name at least one relationship".into()));
+        return Err(ProtectError::Invalid(
+            "name at least one relationship".into(),
+        ));
     }
     let mut groups: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for name in names {
@@ -272,7 +284,13 @@ fn fan_in_groups(names: &[String]) -> Result<BTreeMap<(String, String), Vec<Stri
     Ok(groups)
 }
 
-fn fan_in_refusal(verb: &str, host: &str, volume: &str, missing: &[String], given: &[String]) -> ProtectError {
+fn fan_in_refusal(
+    verb: &str,
+    host: &str,
+    volume: &str,
+    missing: &[String],
+    given: &[String],
+) -> ProtectError {
     let all: Vec<String> = given
         .iter()
         .chain(missing)
@@ -339,7 +357,13 @@ pub async fn relinquish(
             .map(|r| r.path.clone())
             .collect();
         if !missing.is_empty() {
-            return Err(fan_in_refusal("relinquish", host_name, volume, &missing, paths));
+            return Err(fan_in_refusal(
+                "relinquish",
+                host_name,
+                volume,
+                &missing,
+                paths,
+            ));
         }
         // 1. Relinquish each relationship of the pair on the host.
         for r in record
@@ -352,9 +376,7 @@ pub async fn relinquish(
         registry::write(&mut remote, volume, &record).await?;
         for path in paths {
             let name = format!("{host_name}:{path}");
-            let rel = server
-                .find_relationship(&name)?
-                .expect("checked above");
+            let rel = server.find_relationship(&name)?.expect("checked above");
             moved
                 .steps
                 .push(format!("relinquished {name} from dataset {}", rel.dataset));
@@ -385,10 +407,9 @@ pub async fn relinquish(
         let after = registry::read(&mut remote, volume).await?;
         remote.close().await;
         for path in paths {
-            let still_ours = after
-                .relationships
-                .iter()
-                .any(|r| &r.path == path && r.owner.as_ref().is_some_and(|o| o.server == server.id()));
+            let still_ours = after.relationships.iter().any(|r| {
+                &r.path == path && r.owner.as_ref().is_some_and(|o| o.server == server.id())
+            });
             if still_ours {
                 return Err(ProtectError::Refused(format!(
                     "{host_name}:{path} still shows this server as its owner on the host; \
@@ -470,7 +491,11 @@ pub async fn import(
         }
         registry::write(&mut remote, volume, &record).await?;
         remote.close().await;
-        for r in record.relationships.iter().filter(|r| paths.contains(&r.path)) {
+        for r in record
+            .relationships
+            .iter()
+            .filter(|r| paths.contains(&r.path))
+        {
             let name = format!("{host_name}:{}", r.path);
             server.put_relationship(&Relationship {
                 name: name.clone(),
@@ -485,7 +510,9 @@ pub async fn import(
                 "relationship {name} imported into dataset {dataset} (no re-baseline: the \
                  next update sends only what changed)"
             ))?;
-            moved.steps.push(format!("imported {name} into dataset {dataset}"));
+            moved
+                .steps
+                .push(format!("imported {name} into dataset {dataset}"));
             moved.relationships.push(name);
         }
     }

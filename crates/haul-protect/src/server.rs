@@ -175,7 +175,11 @@ impl Server {
     /// Adds (or replaces) a policy.
     pub fn put_policy(&self, policy: &Policy) -> Result<(), ProtectError> {
         self.put("policy", &policy.name, policy)?;
-        self.audit(&format!("policy {} stored: {}", policy.name, to_json(policy)))
+        self.audit(&format!(
+            "policy {} stored: {}",
+            policy.name,
+            to_json(policy)
+        ))
     }
 
     /// A policy by name.

@@ -94,8 +94,8 @@ impl Root {
         let Some(locked) = self.lock_registry(false, Missing::Absent)? else {
             return Ok(Vec::new());
         };
-        let listing = names(&locked.dir)
-            .map_err(|e| self.registry_err(e, "", "list the registry"))?;
+        let listing =
+            names(&locked.dir).map_err(|e| self.registry_err(e, "", "list the registry"))?;
         let mut out = Vec::new();
         for name in listing {
             let Ok(name) = String::from_utf8(name) else {
