@@ -759,6 +759,78 @@ fn tick_reports_a_host_that_is_down_and_goes_on() {
         .unwrap_or_else(|| panic!("{diag}"));
     assert_eq!(token_check["ok"], false);
 
+    // A token confined to a sub-root with read scope only: it may look (discover) and read
+    // (restore), never write the registry, and creating a relationship with it says so.
+    let ro_root = work.join("h3-root");
+    std::fs::create_dir_all(ro_root.join("vols")).unwrap();
+    let (full, ro) = (work.join("h3.token"), work.join("h3-ro.token"));
+    write_secret(&full, "h3-full-token\n");
+    write_secret(&ro, "h3-read-only-token\n");
+    let grant = format!("vols={},read", ro.display());
+    let h3 = haul().serve_with(
+        &ro_root,
+        &work.join("h3-cfg"),
+        &[
+            "--token-file".into(),
+            full.into(),
+            "--grant".into(),
+            grant.into(),
+        ],
+    );
+    a.ok(
+        T0,
+        &[
+            "host",
+            "add",
+            "h3ro",
+            &format!("quic://{}", h3.addr),
+            "--fingerprint",
+            &h3.fingerprint,
+            "--token-file",
+            ro.to_str().unwrap(),
+        ],
+    );
+    let (diag, _) = a.fails(T0, &["host", "diagnose", "h3ro"]);
+    let scope: Vec<(String, bool)> = diag["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["item"].as_str().unwrap().contains("scope"))
+        .map(|c| (c["item"].as_str().unwrap().to_string(), c["ok"] == true))
+        .collect();
+    assert_eq!(
+        scope,
+        vec![
+            (
+                "h3ro: scope: look (discover relationships)".to_string(),
+                true
+            ),
+            ("h3ro: scope: read (restores)".to_string(), true),
+            (
+                "h3ro: scope: write (updates, backups, expiry)".to_string(),
+                false
+            ),
+        ]
+    );
+    let (_, err) = a.fails(
+        T0,
+        &[
+            "relationship",
+            "create",
+            "--dataset",
+            "ds",
+            "--source",
+            s2.to_str().unwrap(),
+            "--dest",
+            "h3ro:vol/x",
+            "--kind",
+            "backup",
+        ],
+    );
+    assert!(err.contains("write scope"), "{err}");
+    assert!(!ro_root.join(".haul/registry").exists());
+    drop(h3);
+
     // h1 goes down. The next slot's tick reports it and still updates h2.
     std::fs::write(s2.join("small.bin"), b"new mail").unwrap();
     let h1_root = work.join("h1-root");

@@ -17,8 +17,10 @@ fn records_are_replaced_listed_and_removed() {
     // Removing what was never written is not an error.
     root.registry_put(&rel("vol1"), "").unwrap();
 
-    root.registry_put(&rel("vol1"), "first\nwith lines").unwrap();
-    root.registry_put(&rel("vol1"), "{\"second\":true}").unwrap();
+    root.registry_put(&rel("vol1"), "first\nwith lines")
+        .unwrap();
+    root.registry_put(&rel("vol1"), "{\"second\":true}")
+        .unwrap();
     root.registry_put(&rel("a/deeper/tree"), "other").unwrap();
     assert_eq!(
         root.registry_get(&rel("vol1")).unwrap().as_deref(),
@@ -43,7 +45,10 @@ fn records_are_replaced_listed_and_removed() {
     // A second open of the same root sees the same records.
     let again = Root::open(tmp.path()).unwrap();
     assert_eq!(
-        again.registry_get(&rel("a/deeper/tree")).unwrap().as_deref(),
+        again
+            .registry_get(&rel("a/deeper/tree"))
+            .unwrap()
+            .as_deref(),
         Some("other")
     );
 }
@@ -56,7 +61,10 @@ fn a_sub_root_sees_only_its_own_records_by_its_own_paths() {
     root.registry_put(&rel("outside"), "not yours").unwrap();
     let sub = root.subdir(&rel("grant")).unwrap();
     sub.registry_put(&rel("vol"), "inside").unwrap();
-    assert_eq!(sub.registry_list().unwrap(), vec![(rel("vol"), "inside".to_string())]);
+    assert_eq!(
+        sub.registry_list().unwrap(),
+        vec![(rel("vol"), "inside".to_string())]
+    );
     assert_eq!(sub.registry_get(&rel("outside")).unwrap(), None);
     // From the top, the sub-root's record is under the grant's path.
     assert_eq!(
@@ -73,9 +81,15 @@ fn oversized_records_are_refused_and_change_nothing() {
     let big = "x".repeat(MAX_RECORD + 1);
     let err = root.registry_put(&rel("v"), &big).unwrap_err();
     assert!(err.to_string().contains("longer than"), "{err}");
-    assert_eq!(root.registry_get(&rel("v")).unwrap().as_deref(), Some("kept"));
+    assert_eq!(
+        root.registry_get(&rel("v")).unwrap().as_deref(),
+        Some("kept")
+    );
     // The largest allowed record round-trips.
     let max = "y".repeat(MAX_RECORD);
     root.registry_put(&rel("v"), &max).unwrap();
-    assert_eq!(root.registry_get(&rel("v")).unwrap().unwrap().len(), MAX_RECORD);
+    assert_eq!(
+        root.registry_get(&rel("v")).unwrap().unwrap().len(),
+        MAX_RECORD
+    );
 }
