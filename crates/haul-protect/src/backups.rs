@@ -55,6 +55,13 @@ pub async fn update(
     let dataset = server.dataset(&rel.dataset)?;
     let policy = server.policy(&dataset.policy)?;
     let host = server.host(&rel.host)?;
+    // One update of a source at a time on this machine (a tick from a timer and an
+    // on-demand update, or two servers' ticks during a migration).
+    let _lock = haul_state::SourceLock::acquire(
+        server.dir(),
+        &rel.source,
+        &format!("haul protect update {name}"),
+    )?;
     run_script(policy.pre_script.as_deref(), "pre", &rel)?;
     let (mut remote, target) = hosts::open(&host, timeout).await?;
     // The host's registry is the truth about ownership: never update what another server
