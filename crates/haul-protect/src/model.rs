@@ -253,3 +253,52 @@ impl std::fmt::Display for Owner {
         write!(f, "dataset {} on server {}", self.dataset, self.server)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hourly() -> Policy {
+        Policy {
+            name: "hourly".into(),
+            every_s: 3600,
+            retention_period_s: 7200,
+            retention_count: 1,
+            throttle: None,
+            pre_script: None,
+            post_script: None,
+        }
+    }
+
+    #[test]
+    fn schedules_run_at_multiples_of_their_period() {
+        let p = hourly();
+        assert_eq!(p.next_after(0), 3600);
+        assert_eq!(p.next_after(3599), 3600);
+        assert_eq!(p.next_after(3600), 7200);
+        assert_eq!(p.scheduled_in(3500, 7300), vec![3600, 7200]);
+        assert!(p.scheduled_in(3700, 7100).is_empty());
+        assert_eq!(p.scheduled_in(3600, 3601), vec![3600]);
+    }
+
+    #[test]
+    fn settings_accept_only_known_values() {
+        let mut s = Settings::default();
+        s.set("max-fan-in", "4").unwrap();
+        assert_eq!(s.max_fan_in, 4);
+        assert!(s.set("max-fan-in", "0").is_err());
+        assert!(s.set("rebaseline-mode", "sometimes").is_err());
+        assert!(
+            s.set("dpMaxFanInRatio", "2")
+                .unwrap_err()
+                .contains("max-fan-in")
+        );
+        assert_eq!(s.pairs()[0], ("max-fan-in", "4".to_string()));
+    }
+
+    #[test]
+    fn the_volume_is_the_first_component() {
+        assert_eq!(volume_of("vault/a/b"), "vault");
+        assert_eq!(volume_of("/vol1"), "vol1");
+    }
+}

@@ -518,3 +518,42 @@ pub async fn import(
     }
     Ok(moved)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_host_and_a_confined_path() {
+        assert_eq!(
+            parse_name("nas1:vol1/po1/").unwrap(),
+            ("nas1".to_string(), "vol1/po1".to_string())
+        );
+        for bad in [
+            "nas1",
+            ":vol",
+            "nas1:",
+            "nas1:a/../b",
+            "nas1:.haul/x",
+            "nas1:a//b",
+        ] {
+            assert!(parse_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn fan_in_groups_are_by_host_and_volume() {
+        let groups = fan_in_groups(&[
+            "h:v/a".to_string(),
+            "h:v/b".to_string(),
+            "h:w/c".to_string(),
+            "g:v/a".to_string(),
+        ])
+        .unwrap();
+        assert_eq!(groups.len(), 3);
+        assert_eq!(
+            groups[&("h".to_string(), "v".to_string())],
+            vec!["v/a", "v/b"]
+        );
+    }
+}
