@@ -164,6 +164,11 @@ pub(crate) enum Command {
         #[command(subcommand)]
         op: SnapshotOp,
     },
+    /// Protection relationships (Protection Manager): datasets with policies own
+    /// relationships from a source to a destination host; updates, backups, expiry,
+    /// restores, and migrating relationships to another management server without a
+    /// re-baseline (discover, preflight, relinquish, import).
+    Protect(crate::protect_cmd::ProtectArgs),
     /// Print BLAKE3 hashes of files, in the format of `b3sum` (haul's file hash is the same).
     Hash {
         /// Files to hash.
@@ -505,7 +510,7 @@ pub(crate) enum CompressMode {
 }
 
 /// A rate for --bwlimit, in bytes per second.
-fn parse_rate(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_rate(s: &str) -> Result<u64, String> {
     let lower = s.trim().to_ascii_lowercase();
     let lower = lower.trim_end_matches("/s");
     let digits_end = lower

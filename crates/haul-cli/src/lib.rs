@@ -10,6 +10,7 @@
 
 mod args;
 mod output;
+mod protect_cmd;
 mod remote_cmd;
 
 use std::ffi::OsStr;
@@ -161,6 +162,7 @@ async fn run(cli: Cli) -> u8 {
         },
         Command::Remote { json, op } => remote_cmd::remote(op, json).await,
         Command::Snapshot { json, op } => remote_cmd::snapshot(op, json).await,
+        Command::Protect(args) => protect_cmd::protect(args).await,
         Command::Hash { files } => hash(&files),
     }
 }

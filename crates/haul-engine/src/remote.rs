@@ -6,7 +6,7 @@
 //! [`RelPath`] (no `..`, no absolute path, never `.haul`), and reached on the host by walking
 //! from the root with `O_NOFOLLOW` (see `haul_store`'s `ops`). Looking (`df`, `stat`, `ls`,
 //! `du`, snapshot and lease lists) needs any scope; reading file data (`cat`, manifests with
-//! hashes) needs read scope; every change (`rm`, `mv`, `put`, snapshots, leases) needs write
+//! hashes) needs read scope; every change (`rm`, `mv`, `put`, snapshots, leases, registry records) needs write
 //! scope, respects leases held by other jobs, and is logged by the host.
 //!
 //! The operations travel as JSON ([`Op`]); a `put`'s bytes and a `cat`'s answer follow as raw
@@ -113,6 +113,20 @@ pub enum Op {
     },
     /// The leases under the grant.
     Leases,
+    /// The registry record of a tree (a workflow's note of what the tree is for, kept in the
+    /// host's `.haul/registry/`, never among the tree's files).
+    RegistryGet {
+        /// The tree.
+        path: String,
+    },
+    /// Replaces the registry record of a tree (its UTF-8 text follows the request; empty
+    /// removes it).
+    RegistryPut {
+        /// The tree.
+        path: String,
+    },
+    /// Every registry record under the grant.
+    RegistryList,
 }
 
 impl Op {
@@ -134,6 +148,9 @@ impl Op {
             Op::LeaseTake { .. } => "lease take",
             Op::LeaseRelease { .. } => "lease release",
             Op::Leases => "leases",
+            Op::RegistryGet { .. } => "registry get",
+            Op::RegistryPut { .. } => "registry put",
+            Op::RegistryList => "registry list",
         }
     }
 
@@ -148,6 +165,7 @@ impl Op {
                 | Op::SnapshotDelete { .. }
                 | Op::LeaseTake { .. }
                 | Op::LeaseRelease { .. }
+                | Op::RegistryPut { .. }
         )
     }
 
@@ -168,10 +186,12 @@ impl Op {
             | Op::Put { path }
             | Op::SnapshotCreate { path, .. }
             | Op::LeaseTake { path, .. }
-            | Op::LeaseRelease { path, .. } => vec![path],
+            | Op::LeaseRelease { path, .. }
+            | Op::RegistryGet { path }
+            | Op::RegistryPut { path } => vec![path],
             Op::Mv { from, to } => vec![from, to],
             Op::SnapshotDelete { id } => vec![id],
-            Op::Df | Op::SnapshotList | Op::Leases => Vec::new(),
+            Op::Df | Op::SnapshotList | Op::Leases | Op::RegistryList => Vec::new(),
         }
     }
 }
@@ -275,6 +295,15 @@ pub struct SnapshotInfo {
     pub bytes: u64,
     /// False when its making was interrupted (it can only be deleted).
     pub complete: bool,
+}
+
+/// One registry record on the host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryRecord {
+    /// The tree it is about, relative to the grant.
+    pub path: String,
+    /// The record, as its writer put it.
+    pub record: String,
 }
 
 /// A lease on the host.
@@ -392,7 +421,7 @@ impl Remote {
         let id = self.next_id;
         self.next_id += 1;
         let mut body = serde_json::to_vec(op).expect("operations serialize");
-        if matches!(op, Op::Put { .. }) {
+        if matches!(op, Op::Put { .. } | Op::RegistryPut { .. }) {
             body.push(0);
             body.extend_from_slice(payload);
         }
@@ -584,6 +613,35 @@ impl Remote {
     /// The leases under the grant.
     pub async fn leases(&mut self) -> Result<Vec<LeaseInfo>, EngineError> {
         self.call_list(&Op::Leases).await
+    }
+
+    /// The registry record of the tree `path` (None: none was written). Any scope may read
+    /// it: it says what the tree is for, not what it holds.
+    pub async fn registry_get(&mut self, path: &str) -> Result<Option<String>, EngineError> {
+        self.call_json(&Op::RegistryGet { path: path.into() }).await
+    }
+
+    /// Replaces the registry record of the tree `path` (write scope; respects leases); an
+    /// empty `record` removes it. At most [`haul_store::MAX_RECORD`] bytes.
+    pub async fn registry_put(&mut self, path: &str, record: &str) -> Result<(), EngineError> {
+        if record.len() > haul_store::MAX_RECORD {
+            return Err(EngineError::Remote {
+                op: "registry put".into(),
+                message: format!(
+                    "{} bytes is more than a registry record may hold ({})",
+                    record.len(),
+                    haul_store::MAX_RECORD
+                ),
+            });
+        }
+        self.call(&Op::RegistryPut { path: path.into() }, record.as_bytes())
+            .await?;
+        Ok(())
+    }
+
+    /// Every registry record under the grant, by path.
+    pub async fn registry_list(&mut self) -> Result<Vec<RegistryRecord>, EngineError> {
+        self.call_list(&Op::RegistryList).await
     }
 
     /// Ends the session cleanly.
@@ -996,6 +1054,31 @@ fn run_op(
                     purpose: l.purpose.clone(),
                     expires_ms: l.expires_unix_ms,
                     took_over: None,
+                })
+                .collect();
+            json_list(&list)
+        }
+        Op::RegistryGet { path } => {
+            let rel = grant_path(grant, path)?;
+            json(&root.registry_get(&rel).map_err(store)?)
+        }
+        Op::RegistryPut { path } => {
+            let rel = grant_path(grant, path)?;
+            let record = std::str::from_utf8(payload)
+                .map_err(|_| "a registry record must be UTF-8 text".to_string())?;
+            root.check_lease(&rel, holder).map_err(store)?;
+            root.registry_put(&rel, record).map_err(store)?;
+            json(&())
+        }
+        Op::RegistryList => {
+            let list: Vec<RegistryRecord> = root
+                .registry_list()
+                .map_err(store)?
+                .into_iter()
+                .filter(|(rel, _)| rel.starts_with(&grant.subdir))
+                .map(|(rel, record)| RegistryRecord {
+                    path: client_path(grant, &rel),
+                    record,
                 })
                 .collect();
             json_list(&list)

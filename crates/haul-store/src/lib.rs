@@ -92,6 +92,9 @@
 //! - `lease`: [`Root::take_lease`], [`Root::renew_lease`], [`Root::release_lease`],
 //!   [`Root::leases`], [`Root::check_lease`], [`Lease`], [`LeaseInfo`]: a job's claim on a
 //!   destination subtree, one file per lease in `<top root>/.haul/leases/`.
+//! - `registry`: [`Root::registry_get`], [`Root::registry_put`], [`Root::registry_list`]: a
+//!   small text record per destination subtree in `<top root>/.haul/registry/` (what a
+//!   workflow says the tree is for: the protection relationships into it and their owner).
 //! - `existing`: [`ExistingFile`], [`Root::open_existing`], [`Root::set_file_meta`].
 //! - `entries`: [`Root::stat_entry`], [`Root::install_special`], [`Root::install_hard_link`],
 //!   [`Root::remove_tree`], [`EntryStat`], [`LinkOutcome`], [`Listing`]: entries other than
@@ -125,6 +128,7 @@ mod partial_dir;
 mod partial_open;
 mod patch;
 mod path;
+mod registry;
 mod root;
 mod snapshot;
 mod source;
@@ -141,6 +145,7 @@ pub use partial::Partial;
 pub use partial_open::OpenedPartial;
 pub use patch::PatchRange;
 pub use path::{MAX_NAME, MAX_PATH, PathError, RESERVED, RelPath};
+pub use registry::MAX_RECORD;
 pub use root::{FileKind, Root};
 pub use snapshot::{SnapshotInfo, SnapshotMethod};
 pub use source::SourceHandle;
