@@ -39,14 +39,31 @@ fn open_files(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
 }
 
-/// The server's soft limit on open files.
-fn file_limit(pid: u32) -> u64 {
+/// The server's soft and hard limits on open files.
+fn file_limits(pid: u32) -> (u64, u64) {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     let line = limits
         .lines()
         .find(|l| l.starts_with("Max open files"))
         .unwrap();
-    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+    let mut figures = line.split_whitespace().skip(3);
+    let mut next = || figures.next().unwrap().parse().unwrap();
+    (next(), next())
+}
+
+/// Runs `start` (which spawns a child) with a soft open-file limit of `soft` (the interactive
+/// default is 1,024; the hard limit stays), then puts this process's limit back.
+fn with_soft_file_limit<T>(soft: u64, start: impl FnOnce() -> T) -> T {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let lowered = Rlimit {
+        current: Some(soft.min(limit.current.unwrap_or(u64::MAX))),
+        maximum: limit.maximum,
+    };
+    setrlimit(Resource::Nofile, lowered).unwrap();
+    let started = start();
+    setrlimit(Resource::Nofile, limit).unwrap();
+    started
 }
 
 #[derive(Default)]
@@ -143,9 +160,13 @@ fn a_flood_of_unauthenticated_connections_keeps_neither_token_holders_out_nor_me
     let token = tmp.path().join("token");
     haul_testing::cmd::write_secret(&token, "load-test-token");
     let haul = haul();
-    let server = haul.serve(&root, &cfg.join("server"), Some(&token));
+    // The server starts with a shell's usual soft limit and must raise it to the hard one.
+    let server = with_soft_file_limit(1024, || {
+        haul.serve(&root, &cfg.join("server"), Some(&token))
+    });
     let pid = server.pid();
-    let limit = file_limit(pid);
+    let (limit, hard) = file_limits(pid);
+    assert_eq!(limit, hard, "haul serve did not raise its open-file limit");
 
     // Sample the server's figures while the load runs.
     let done = Arc::new(AtomicBool::new(false));

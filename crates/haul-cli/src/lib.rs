@@ -47,6 +47,7 @@ pub fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
+    raise_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -67,6 +68,26 @@ pub fn main() -> ExitCode {
         tracing::debug!(error = %e, "hole-hash cache not saved");
     }
     ExitCode::from(code)
+}
+
+/// Raises the soft limit on open files to the hard limit, as servers do: a receiver with
+/// many sessions, and a sender with many streams reading ahead, hold a file each, and the
+/// usual soft limit of 1,024 is a default for interactive shells, not for them. A failure
+/// leaves the limit as it was.
+fn raise_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let Some(hard) = limit.maximum
+        && limit.current.is_some_and(|soft| soft < hard)
+    {
+        let raised = rustix::process::Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!(error = %e, "open-file limit left as it was");
+        }
+    }
 }
 
 /// Where haul keeps what it can always recompute (the hashes of hole chunks):
