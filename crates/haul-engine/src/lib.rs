@@ -18,7 +18,9 @@
 //!   remote destination, planned or run with typed events. [`remote`]: the handle for remote
 //!   operations (free space, listings, manifests, snapshots, leases) and the host's side of
 //!   them. [`pull`]: a transfer where the serving host sends.
-//! - [`jobs`]: serve / push / copy.
+//! - [`jobs`]: serve / push / copy. [`local_ops`]: the remote operations on a local
+//!   directory, and manifests and sizes of local trees (one code path for local and remote
+//!   targets).
 //! - [`progress`]: counters, events, summary. `error`: [`EngineError`].
 //!
 //! # Must not depend on
@@ -31,6 +33,7 @@ mod idmap;
 pub mod job;
 pub mod jobs;
 pub mod local_link;
+pub mod local_ops;
 mod owners;
 pub mod progress;
 pub mod pull;
