@@ -90,6 +90,8 @@ pub struct StepPlan {
     /// Directories an interrupted full migration already renamed aside: their fresh copies
     /// are continued, not renamed again.
     pub continued: Vec<String>,
+    /// Directories the target does not hold yet: copied fresh, nothing renamed.
+    pub fresh: Vec<String>,
     /// True when this run continues an interrupted full migration.
     pub resumes: bool,
     /// The space it needs.
@@ -189,6 +191,7 @@ pub async fn plan(
             target: target.describe(),
             rename_aside: Vec::new(),
             continued: Vec::new(),
+            fresh: Vec::new(),
             resumes: false,
             space: SpaceNeed {
                 source_bytes: offiles_bytes,
@@ -207,15 +210,20 @@ pub async fn plan(
             plan.resumes = in_progress.is_some();
             for dir in backup_dirs(&backup)? {
                 if !on_target.iter().any(|i| i.name == dir && i.kind == "dir") {
+                    plan.fresh.push(dir);
                     continue;
                 }
                 let asides = on_target
                     .iter()
                     .filter(|i| aside_of(&i.name, [dir.as_str()]).is_some())
                     .count();
-                let already = in_progress
-                    .and_then(|p| p.asides_before.get(&dir))
-                    .is_some_and(|before| asides > *before);
+                // The interrupted run renamed it aside already, or made it fresh itself.
+                let already = in_progress.is_some_and(|p| {
+                    p.absent_before.contains(&dir)
+                        || p.asides_before
+                            .get(&dir)
+                            .is_some_and(|before| asides > *before)
+                });
                 if already {
                     plan.continued.push(dir);
                 } else {
@@ -405,6 +413,7 @@ pub async fn execute(
                 backup: backup.tag.clone(),
                 started_ms,
                 asides_before: aside_counts(target, &plan).await?,
+                absent_before: plan.fresh.clone(),
             });
             profile::save(db, &profile)?;
         }

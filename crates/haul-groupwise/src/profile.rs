@@ -90,6 +90,10 @@ pub struct InProgress {
     /// For each directory to be copied anew: how many aside copies it had before the run
     /// (one more now means the run already renamed it aside).
     pub asides_before: BTreeMap<String, usize>,
+    /// Directories the target did not hold before the run: the run makes them fresh, so a
+    /// continued run goes on filling them instead of renaming them aside.
+    #[serde(default)]
+    pub absent_before: Vec<String>,
 }
 
 fn task_id(name: &str) -> String {
