@@ -696,19 +696,18 @@ async fn step(
                     }
                 }
             }
-            StepEvent::Job(JobEvent::Engine(event)) => {
-                if let Some(events) = bar_events
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .as_ref()
-                {
-                    events(event);
+            StepEvent::Job(event) => match *event {
+                JobEvent::Engine(event) => {
+                    let sink = bar_events.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    if let Some(events) = sink {
+                        events(event);
+                    }
                 }
-            }
-            StepEvent::Job(JobEvent::Retrying { attempt, error }) => {
-                eprintln!("haul groupwise: connection lost ({error}); attempt {attempt}");
-            }
-            StepEvent::Job(_) => {}
+                JobEvent::Retrying { attempt, error } => {
+                    eprintln!("haul groupwise: connection lost ({error}); attempt {attempt}");
+                }
+                _ => {}
+            },
         })
     };
     let result = migrate::execute(&db, &target, plan, before.as_deref(), sink).await;

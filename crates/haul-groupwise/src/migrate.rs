@@ -106,7 +106,7 @@ pub enum StepEvent {
     /// The transfer started: its live counters, for a progress bar.
     Transfer(Arc<Progress>),
     /// What the engine reports.
-    Job(JobEvent),
+    Job(Box<JobEvent>),
 }
 
 /// Where step events go.
@@ -443,7 +443,9 @@ pub async fn execute(
         .retries(3, Duration::from_secs(2));
     events(StepEvent::Transfer(job.progress()));
     let sink = events.clone();
-    let result = job.run(move |event| sink(StepEvent::Job(event))).await;
+    let result = job
+        .run(move |event| sink(StepEvent::Job(Box::new(event))))
+        .await;
     let released = lease.release().await;
     let ended_ms = clock::now_ms();
     let duration_s = (ended_ms - started_ms) as f64 / 1000.0;
