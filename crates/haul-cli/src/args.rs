@@ -169,6 +169,10 @@ pub(crate) enum Command {
     /// restores, and migrating relationships to another management server without a
     /// re-baseline (discover, preflight, relinquish, import).
     Protect(crate::protect_cmd::ProtectArgs),
+    /// Migrate a GroupWise post office from its Reload backups (pre-migration, final full
+    /// migration, verify, cleanup, estimate; profiles and a migration log in the state
+    /// database).
+    Groupwise(crate::groupwise_cmd::GroupwiseArgs),
     /// Print BLAKE3 hashes of files, in the format of `b3sum` (haul's file hash is the same).
     Hash {
         /// Files to hash.

@@ -9,6 +9,7 @@
 //! Nothing depends on this crate except the `haul` binary. It must not contain transfer logic.
 
 mod args;
+mod groupwise_cmd;
 mod output;
 mod protect_cmd;
 mod remote_cmd;
@@ -184,6 +185,7 @@ async fn run(cli: Cli) -> u8 {
         Command::Remote { json, op } => remote_cmd::remote(op, json).await,
         Command::Snapshot { json, op } => remote_cmd::snapshot(op, json).await,
         Command::Protect(args) => protect_cmd::protect(args).await,
+        Command::Groupwise(args) => groupwise_cmd::groupwise(args).await,
         Command::Hash { files } => hash(&files),
     }
 }

@@ -424,7 +424,7 @@ pub(crate) fn split_destination(
     Ok((parent, name.as_bytes().to_vec()))
 }
 
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     use rand::Rng;
     let bytes: [u8; 32] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -20,6 +20,8 @@
 //!   them. [`pull`]: a transfer where the serving host sends.
 //! - [`jobs`]: serve / push / copy. [`admission`]: how many connections a serving host
 //!   admits before and after authentication, and when it asks for a QUIC Retry.
+//!   [`local_ops`]: the remote operations on a local directory, and manifests and sizes of
+//!   local trees (one code path for local and remote targets).
 //! - [`progress`]: counters, events, summary. `error`: [`EngineError`].
 //!
 //! # Must not depend on
@@ -33,6 +35,7 @@ mod idmap;
 pub mod job;
 pub mod jobs;
 pub mod local_link;
+pub mod local_ops;
 mod owners;
 pub mod progress;
 pub mod pull;

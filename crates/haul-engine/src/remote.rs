@@ -681,7 +681,18 @@ impl LeaseGuard {
         purpose: &str,
         ttl: Duration,
     ) -> Result<LeaseGuard, EngineError> {
-        let mut remote = Remote::connect(target).await?;
+        LeaseGuard::hold_on(Remote::connect(target).await?, path, holder, purpose, ttl).await
+    }
+
+    /// [`LeaseGuard::hold`] on a session already open (a host's, or a local directory's from
+    /// [`crate::local_ops::open_local`]), which the guard then owns and closes on release.
+    pub async fn hold_on(
+        mut remote: Remote,
+        path: &str,
+        holder: &str,
+        purpose: &str,
+        ttl: Duration,
+    ) -> Result<LeaseGuard, EngineError> {
         let info = remote.lease_take(path, holder, purpose, ttl).await?;
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let (path, holder, purpose) = (path.to_string(), holder.to_string(), purpose.to_string());
