@@ -164,6 +164,13 @@ pub(crate) enum Command {
         #[command(subcommand)]
         op: SnapshotOp,
     },
+    /// Migrate an appliance (App Layering ELM's "Migrate Appliance"): preconditions, Phase
+    /// One (layers), confirmation, Phase Two (database), as Copy or Move, with tasks that
+    /// survive restarts, pause when the target is full and can be cancelled or reverted.
+    Elm {
+        #[command(subcommand)]
+        command: crate::elm_cmd::ElmCommand,
+    },
     /// Print BLAKE3 hashes of files, in the format of `b3sum` (haul's file hash is the same).
     Hash {
         /// Files to hash.

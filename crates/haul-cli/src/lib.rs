@@ -9,6 +9,7 @@
 //! Nothing depends on this crate except the `haul` binary. It must not contain transfer logic.
 
 mod args;
+mod elm_cmd;
 mod output;
 mod remote_cmd;
 
@@ -161,6 +162,7 @@ async fn run(cli: Cli) -> u8 {
         },
         Command::Remote { json, op } => remote_cmd::remote(op, json).await,
         Command::Snapshot { json, op } => remote_cmd::snapshot(op, json).await,
+        Command::Elm { command } => elm_cmd::elm(command).await,
         Command::Hash { files } => hash(&files),
     }
 }
