@@ -305,6 +305,7 @@ impl<'a> Runner<'a> {
             },
             None => options,
         };
+        let mut busy_retries = 0;
         loop {
             let job = Job::new(
                 Endpoint::Local(src.clone()),
@@ -354,8 +355,25 @@ impl<'a> Runner<'a> {
             }
             self.update(|_| {})?;
             match result {
-                None => return Err(ElmError::Cancelled(self.id())),
+                None => {
+                    // The dropped job closes its connection; give the close a moment to
+                    // leave, so the host ends that session now, not at its idle timeout.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    return Err(ElmError::Cancelled(self.id()));
+                }
                 Some(Ok(summary)) => {
+                    // A session of a stopped run may still hold a file on the host until the
+                    // host notices (its idle timeout): wait for it rather than fail.
+                    let busy = summary
+                        .errors
+                        .iter()
+                        .any(|p| p.message.contains("another haul receiver is writing"));
+                    if busy && busy_retries < 4 {
+                        busy_retries += 1;
+                        self.log(Level::Warn, "a stopped session still holds a file on the target: waiting for the host to end it");
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                        continue;
+                    }
                     if summary.files_failed > 0 || !summary.errors.is_empty() {
                         let first = summary
                             .errors
