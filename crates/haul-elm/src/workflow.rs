@@ -229,7 +229,7 @@ impl Elm {
                 t.id != task.id
                     && &t.source == source
                     && t.state.is_open()
-                    && !(t.state == State::Checking && !t.process_alive())
+                    && (t.state != State::Checking || t.process_alive())
             })
             .map(|t| format!("task {} ({})", t.id, t.describe()))
             .collect();
