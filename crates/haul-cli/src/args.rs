@@ -173,6 +173,13 @@ pub(crate) enum Command {
     /// migration, verify, cleanup, estimate; profiles and a migration log in the state
     /// database).
     Groupwise(crate::groupwise_cmd::GroupwiseArgs),
+    /// Migrate an appliance (App Layering ELM's "Migrate Appliance"): preconditions, Phase
+    /// One (layers), confirmation, Phase Two (database), as Copy or Move, with tasks that
+    /// survive restarts, pause when the target is full and can be cancelled or reverted.
+    Elm {
+        #[command(subcommand)]
+        command: crate::elm_cmd::ElmCommand,
+    },
     /// Print BLAKE3 hashes of files, in the format of `b3sum` (haul's file hash is the same).
     Hash {
         /// Files to hash.

@@ -9,6 +9,7 @@
 //! Nothing depends on this crate except the `haul` binary. It must not contain transfer logic.
 
 mod args;
+mod elm_cmd;
 mod groupwise_cmd;
 mod output;
 mod protect_cmd;
@@ -186,6 +187,7 @@ async fn run(cli: Cli) -> u8 {
         Command::Snapshot { json, op } => remote_cmd::snapshot(op, json).await,
         Command::Protect(args) => protect_cmd::protect(args).await,
         Command::Groupwise(args) => groupwise_cmd::groupwise(args).await,
+        Command::Elm { command } => elm_cmd::elm(command).await,
         Command::Hash { files } => hash(&files),
     }
 }

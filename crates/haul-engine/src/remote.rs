@@ -93,6 +93,13 @@ pub enum Op {
         /// Its id.
         id: String,
     },
+    /// Restores a snapshot onto the live tree it was taken of, in place on the host (what
+    /// was added since is removed, what changed is put back); crash-safe, see
+    /// `haul_store::Root::restore_snapshot`. Refused while another holder leases that tree.
+    SnapshotRestore {
+        /// Its id.
+        id: String,
+    },
     /// Takes (or renews, for the same holder) a lease on a tree.
     LeaseTake {
         /// The tree.
@@ -145,6 +152,7 @@ impl Op {
             Op::SnapshotCreate { .. } => "snapshot create",
             Op::SnapshotList => "snapshot list",
             Op::SnapshotDelete { .. } => "snapshot delete",
+            Op::SnapshotRestore { .. } => "snapshot restore",
             Op::LeaseTake { .. } => "lease take",
             Op::LeaseRelease { .. } => "lease release",
             Op::Leases => "leases",
@@ -163,6 +171,7 @@ impl Op {
                 | Op::Put { .. }
                 | Op::SnapshotCreate { .. }
                 | Op::SnapshotDelete { .. }
+                | Op::SnapshotRestore { .. }
                 | Op::LeaseTake { .. }
                 | Op::LeaseRelease { .. }
                 | Op::RegistryPut { .. }
@@ -190,7 +199,7 @@ impl Op {
             | Op::RegistryGet { path }
             | Op::RegistryPut { path } => vec![path],
             Op::Mv { from, to } => vec![from, to],
-            Op::SnapshotDelete { id } => vec![id],
+            Op::SnapshotDelete { id } | Op::SnapshotRestore { id } => vec![id],
             Op::Df | Op::SnapshotList | Op::Leases | Op::RegistryList => Vec::new(),
         }
     }
@@ -304,6 +313,19 @@ pub struct RegistryRecord {
     pub path: String,
     /// The record, as its writer put it.
     pub record: String,
+}
+
+/// What restoring a snapshot in place did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreInfo {
+    /// The snapshot restored.
+    pub id: String,
+    /// The tree it was restored onto, relative to the grant.
+    pub path: String,
+    /// Entries of the snapshot now in the live tree.
+    pub restored: u64,
+    /// Top-level entries of the live tree that were replaced or removed.
+    pub removed: u64,
 }
 
 /// A lease on the host.
@@ -582,6 +604,12 @@ impl Remote {
     /// Deletes the snapshot `id`.
     pub async fn snapshot_delete(&mut self, id: &str) -> Result<(), EngineError> {
         self.call_json(&Op::SnapshotDelete { id: id.into() }).await
+    }
+
+    /// Restores the snapshot `id` onto the tree it was taken of, in place (see
+    /// [`Op::SnapshotRestore`]).
+    pub async fn snapshot_restore(&mut self, id: &str) -> Result<RestoreInfo, EngineError> {
+        self.call_json(&Op::SnapshotRestore { id: id.into() }).await
     }
 
     /// Takes or renews a lease on `path` for `holder`.
@@ -1030,6 +1058,24 @@ fn run_op(
             snapshot_for_grant(root, grant, id, false)?;
             root.delete_snapshot(id).map_err(store)?;
             json(&())
+        }
+        Op::SnapshotRestore { id } => {
+            snapshot_for_grant(root, grant, id, true)?;
+            let subtree = root
+                .list_snapshots()
+                .map_err(store)?
+                .into_iter()
+                .find(|s| &s.id == id)
+                .map(|s| s.subtree)
+                .ok_or_else(|| format!("no snapshot {id:?} on this host"))?;
+            root.check_lease(&subtree, holder).map_err(store)?;
+            let report = root.restore_snapshot(id).map_err(store)?;
+            json(&RestoreInfo {
+                id: report.id,
+                path: client_path(grant, &subtree),
+                restored: report.restored,
+                removed: report.removed,
+            })
         }
         Op::LeaseTake {
             path,

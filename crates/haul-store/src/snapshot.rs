@@ -476,6 +476,76 @@ impl Root {
     }
 }
 
+/// Copies the contents of directory `src` (shown as `src_base`) into the empty directory
+/// `dst` (shown as `dst_base`) the way a snapshot is made (reflinks, else hard links, else
+/// copies), then gives `dst` the mode, owner, attributes and times of `src`. For
+/// [`Root::restore_snapshot`], which copies a snapshot's tree back beside the live one.
+pub(crate) fn copy_tree(
+    src: &OwnedFd,
+    src_base: PathBuf,
+    dst: &OwnedFd,
+    dst_base: PathBuf,
+    space: PathBuf,
+) -> Result<u64, StoreError> {
+    let mut info = SnapshotInfo::new(String::new(), 0, 0);
+    let mut copier = Copier {
+        src_base,
+        dst_base,
+        space,
+        tree: dst,
+        groups: HashMap::new(),
+        info: &mut info,
+    };
+    copier.dir(src, dst, &[], false)?;
+    let entries =
+        copier.info.files + copier.info.dirs + copier.info.symlinks + copier.info.specials;
+    Ok(entries)
+}
+
+/// Gives directory `dst` the mode, owner (best effort), attributes and times of `src`.
+pub(crate) fn copy_dir_meta(
+    src: &OwnedFd,
+    dst: &OwnedFd,
+    shown: PathBuf,
+) -> Result<(), StoreError> {
+    let st = rustix::fs::fstat(src)
+        .map_err(|e| StoreError::from_errno(e, shown.clone(), &shown, "inspect"))?;
+    owner_of(dst.as_fd(), &st);
+    rustix::fs::fchmod(dst, Mode::from_raw_mode(st.st_mode & 0o7777))
+        .map_err(|e| StoreError::from_errno(e, shown.clone(), &shown, "set the mode of"))?;
+    copy_xattrs(src.as_fd(), dst.as_fd());
+    rustix::fs::futimens(dst, &times_of(&st))
+        .map_err(|e| StoreError::from_errno(e, shown.clone(), &shown, "set the times of"))
+}
+
+/// Removes `name` in `parent` and everything below it (for `restore`).
+pub(crate) fn remove_tree(parent: &OwnedFd, name: &[u8]) -> Result<(), Errno> {
+    remove_entry(parent, name)
+}
+
+/// The snapshot directory's tree of `id`, opened, with the subtree it is a copy of.
+pub(crate) fn snapshot_tree(
+    root: &Root,
+    id: &str,
+) -> Result<(OwnedFd, SnapshotInfo, PathBuf), StoreError> {
+    let path = root.snapshot_dir(id)?;
+    let info = root
+        .list_snapshots()?
+        .into_iter()
+        .find(|s| s.id == id)
+        .ok_or_else(|| StoreError::NoSuchSnapshot {
+            id: id.to_owned(),
+            path: path.clone(),
+        })?;
+    let dir = root.existing_snapshot(id)?;
+    let space = &root.staging.root_path;
+    let id_dir = rustix::fs::openat(&dir, id, DIR_FLAGS, Mode::empty())
+        .map_err(|e| StoreError::from_errno(e, path.clone(), space, "open"))?;
+    let tree = rustix::fs::openat(&id_dir, TREE, DIR_FLAGS, Mode::empty())
+        .map_err(|e| StoreError::from_errno(e, path.clone(), space, "open"))?;
+    Ok((tree, info, path))
+}
+
 /// Makes the directory of a new snapshot in `dir`; returns its id and creation time.
 fn make_id(dir: &OwnedFd, now: std::time::Duration) -> Result<(String, (i64, u32)), Errno> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
