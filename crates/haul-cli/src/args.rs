@@ -320,7 +320,7 @@ pub(crate) enum SnapshotOp {
 }
 
 /// A duration like 500ms, 30s, 5m or 2h.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -335,7 +335,7 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         _ => return Err(format!("unknown unit in {s:?}; use ms, s, m or h")),
     };
     if ms == 0 {
-        return Err("a lease must last longer than 0".into());
+        return Err(format!("{s:?} is no time at all; give a duration above 0"));
     }
     Ok(std::time::Duration::from_millis(ms))
 }

@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -188,11 +188,11 @@ pub(crate) struct RunArgs {
     #[command(flatten)]
     common: CommonArgs,
     /// Most bytes per second on the wire (e.g. 50M, 400mbit).
-    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    #[arg(long, value_name = "RATE", value_parser = crate::args::parse_rate)]
     bwlimit: Option<u64>,
     /// How often a paused task (target full) looks at the target's free space (e.g. 500ms,
     /// 30s, 5m).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::args::parse_duration)]
     poll_interval: Duration,
     /// Chunk size (e.g. 1M, 4M).
     #[arg(long, value_parser = parse_bytes)]
@@ -611,41 +611,3 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
     num.checked_mul(mult)
         .ok_or_else(|| format!("{s} is too large"))
 }
-
-/// A rate like 50M (bytes/s) or 400mbit.
-fn parse_rate(s: &str) -> Result<u64, String> {
-    let lower = s.trim().to_ascii_lowercase();
-    let lower = lower.trim_end_matches("/s");
-    if let Some(bits) = lower.strip_suffix("bit") {
-        return parse_bytes(bits).map(|b| (b / 8).max(1));
-    }
-    let rate = parse_bytes(lower)?;
-    if rate < 1024 {
-        return Err(format!("{s} is below the smallest limit, 1 KiB/s"));
-    }
-    Ok(rate)
-}
-
-/// A duration like 500ms, 30s, 5m or 2h.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(end);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 30s or 5m"))?;
-    let ms = match unit {
-        "ms" => n,
-        "" | "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        _ => return Err(format!("unknown unit in {s:?}; use ms, s, m or h")),
-    };
-    if ms == 0 {
-        return Err("the interval must be longer than 0".into());
-    }
-    Ok(Duration::from_millis(ms))
-}
-
-#[allow(dead_code)]
-fn _unused(_: &Path) {}

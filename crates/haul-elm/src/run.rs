@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -469,13 +468,5 @@ impl<'a> Runner<'a> {
         if let Some(t) = self.ticker.take() {
             t.abort();
         }
-    }
-
-    #[allow(dead_code)]
-    pub(crate) fn sent(&self) -> u64 {
-        let base = lock(&self.base).0;
-        base + lock(&self.current)
-            .as_ref()
-            .map_or(0, |p| p.bytes_sent.load(Ordering::Relaxed))
     }
 }
