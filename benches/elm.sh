@@ -23,7 +23,7 @@ sync; t0=$(date +%s.%N)
 "$H" push "$W/src/layers" "quic://$A1/layers" --fingerprint "$F1" --token-file "$W/tok" >/dev/null
 t1=$(date +%s.%N)
 "$H" elm migrate --source "$W/src" --target "quic://$A2/" --mode copy --share //fs/bench \
-    --fingerprint "$F2" --token-file "$W/tok" >/dev/null 2>&1
+    --fingerprint "$F2" --token-file "$W/tok" >"$W/elm.out" 2>&1 || { tail -5 "$W/elm.out"; exit 1; }
 t2=$(date +%s.%N)
 push=$(echo "$t1 - $t0" | bc -l); elm=$(echo "$t2 - $t1" | bc -l)
 printf 'layers: 4 x %s\nplain push:          %.2f s\nelm Phase One:       %.2f s\nratio (elm/push):    %.3f\n' \
